@@ -1,0 +1,190 @@
+//! cgroups for containers, through youki's `libcgroups`.
+//!
+//! Why libcgroups and not cgroups-rs: it takes oci-spec's `LinuxResources` directly (the
+//! same oci-spec 0.10 we use), detects v1, v2 and hybrid hosts itself, and covers freezer,
+//! stats and pid listing; cgroups-rs would pull zbus and a second, older nix. On a hybrid
+//! host (v1 controllers plus an empty v2 hierarchy) the v1 controllers do the work.
+
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{
+    AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState,
+    create_cgroup_manager_with_root,
+};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+
+/// Where cgroupfs is mounted unless told otherwise.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Errors of cgroup handling; each names the cgroup path.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The manager could not be set up (cgroupfs missing or unrecognised).
+    #[error("cannot set up cgroup {path}: {message}")]
+    Setup {
+        /// The cgroup path.
+        path: PathBuf,
+        /// The underlying error's text.
+        message: String,
+    },
+    /// An operation on the cgroup failed.
+    #[error("cannot {op} cgroup {path}: {message}")]
+    Op {
+        /// What was attempted.
+        op: &'static str,
+        /// The cgroup path.
+        path: PathBuf,
+        /// The underlying error's text.
+        message: String,
+    },
+}
+
+/// A container's cgroup.
+pub struct Cgroup {
+    path: PathBuf,
+    manager: AnyCgroupManager,
+}
+
+impl std::fmt::Debug for Cgroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cgroup").field("path", &self.path).finish()
+    }
+}
+
+/// The cgroup path for a container: the spec's `cgroupsPath`, or `/skiff/<id>`.
+/// With `--systemd-cgroup`, a `slice:prefix:name` path is mapped to
+/// `/<slice>/<prefix>-<name>.scope` on cgroupfs (the layout systemd would create).
+pub fn path_for(spec_path: Option<&Path>, id: &str, systemd: bool) -> PathBuf {
+    match spec_path {
+        Some(p) if !p.as_os_str().is_empty() => {
+            let s = p.to_string_lossy();
+            let parts: Vec<&str> = s.split(':').collect();
+            if systemd && parts.len() == 3 {
+                let slice = if parts[0].is_empty() {
+                    "system.slice"
+                } else {
+                    parts[0]
+                };
+                PathBuf::from(format!("/{slice}/{}-{}.scope", parts[1], parts[2]))
+            } else if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                Path::new("/").join(p)
+            }
+        }
+        _ => PathBuf::from(format!("/skiff/{id}")),
+    }
+}
+
+impl Cgroup {
+    /// Opens (without creating) the cgroup at `path` under `root` (default /sys/fs/cgroup).
+    pub fn open(root: Option<&Path>, path: &Path) -> Result<Cgroup, CgroupError> {
+        let config = CgroupConfig {
+            cgroup_path: path.to_path_buf(),
+            systemd_cgroup: false,
+            container_name: String::new(),
+        };
+        let manager = create_cgroup_manager_with_root(
+            Some(root.unwrap_or(Path::new(DEFAULT_CGROUP_ROOT))),
+            config,
+        )
+        .map_err(|e| CgroupError::Setup {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(Cgroup {
+            path: path.to_path_buf(),
+            manager,
+        })
+    }
+
+    /// The cgroup path (relative to each hierarchy's root).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn op<T, E: std::fmt::Display>(
+        &self,
+        op: &'static str,
+        r: Result<T, E>,
+    ) -> Result<T, CgroupError> {
+        r.map_err(|e| CgroupError::Op {
+            op,
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Moves `pid` (and so its future children) into the cgroup, creating it.
+    pub fn add(&self, pid: Pid) -> Result<(), CgroupError> {
+        self.op("add a process to", self.manager.add_task(pid))
+    }
+
+    /// Applies resource limits.
+    pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        let opt = ControllerOpt {
+            resources,
+            disable_oom_killer: resources
+                .memory()
+                .as_ref()
+                .and_then(|m| m.disable_oom_killer())
+                .unwrap_or(false),
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        self.op("apply resources to", self.manager.apply(&opt))
+    }
+
+    /// Freezes (pause) or thaws (resume) every process in the cgroup.
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        let state = if frozen {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        };
+        self.op("freeze", self.manager.freeze(state))
+    }
+
+    /// Usage figures (cpu, memory, pids, blkio, hugetlb).
+    pub fn stats(&self) -> Result<libcgroups::stats::Stats, CgroupError> {
+        self.op("read stats of", self.manager.stats())
+    }
+
+    /// Every pid in the cgroup.
+    pub fn pids(&self) -> Result<Vec<Pid>, CgroupError> {
+        self.op("list processes of", self.manager.get_all_pids())
+    }
+
+    /// Kills what is left and removes the cgroup directories.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        self.op("remove", self.manager.remove())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_path_table() {
+        let cases: [(Option<&str>, bool, &str); 5] = [
+            (None, false, "/skiff/c1"),
+            (Some(""), false, "/skiff/c1"),
+            (Some("/pods/x"), false, "/pods/x"),
+            (Some("pods/x"), false, "/pods/x"),
+            (
+                Some("system.slice:skiff:c1"),
+                true,
+                "/system.slice/skiff-c1.scope",
+            ),
+        ];
+        for (given, systemd, want) in cases {
+            assert_eq!(
+                path_for(given.map(Path::new), "c1", systemd),
+                PathBuf::from(want),
+                "{given:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The raw system calls the runtime needs that `nix` does not wrap safely.
+//!
+//! This is the only module of the crate with `unsafe`; every block says why it is sound.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// Takes ownership of a file descriptor the kernel just returned (nix 0.29 still returns
+/// some fds as raw integers).
+pub fn owned_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass only fds freshly returned by a syscall, owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `_exit(2)`: ends a forked child without running atexit handlers or flushing stdio
+/// buffers that belong to the parent.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory of ours.
+    unsafe { libc::_exit(code) }
+}
+
+/// Result of [`clone_fork`]: which side of the fork we are on.
+#[derive(Debug, Clone, Copy)]
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// `clone(2)` with fork semantics (the child continues on a copy of the caller's stack)
+/// and extra flags such as `CLONE_PARENT` or namespace flags.
+///
+/// The caller must be single-threaded, or the child must restrict itself to
+/// async-signal-safe work until it execs or exits (the usual rule after fork).
+pub fn clone_fork(flags: libc::c_int) -> nix::Result<Forked> {
+    // SAFETY: with a null stack pointer, clone(2) behaves like fork(2): the child gets a
+    // copy-on-write copy of the address space and continues from this call; no pointers are
+    // passed. The caveats of fork in threaded programs are documented on this function.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match Errno::result(ret)? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid as i32))),
+    }
+}
+
+/// `pidfd_open(2)`: a file descriptor that refers to the process `pid`.
+pub fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; on success it returns a new fd we own.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = Errno::result(ret)? as RawFd;
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_send_signal(2)`: signals the process behind a pidfd (immune to pid reuse).
+pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: libc::c_int) -> nix::Result<()> {
+    // SAFETY: the fd is valid for the call's duration; a null siginfo is allowed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null_mut::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// Marks every fd from `first` up as close-on-exec (`close_range(2)` with
+/// `CLOSE_RANGE_CLOEXEC`), so no runtime fd survives into the container process.
+pub fn cloexec_from(first: u32) -> nix::Result<()> {
+    // SAFETY: integer-only syscall; it changes fd flags, never frees memory we use.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// Makes `fd` the controlling terminal of the calling process (`TIOCSCTTY`).
+pub fn set_controlling_terminal(fd: RawFd) -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument, no pointer; fd validity is checked by the kernel.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) };
+    Errno::result(ret).map(drop)
+}
+
+/// Sets the terminal window size of `fd`.
+pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> nix::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct through the pointer, which is valid here.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+    Errno::result(ret).map(drop)
+}
+
+/// Reads the terminal window size of `fd`.
+pub fn get_winsize(fd: RawFd) -> nix::Result<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize struct through the pointer, which is valid here.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+    Errno::result(ret).map(|_| (ws.ws_row, ws.ws_col))
+}
+
+/// `setdomainname(2)`.
+pub fn set_domainname(name: &str) -> nix::Result<()> {
+    // SAFETY: the pointer and length describe a valid byte slice for the call.
+    let ret = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    Errno::result(ret).map(drop)
+}
+
+/// Joins a new anonymous session keyring named `name` (as runc does per container), so
+/// containers do not share the host's session keyring. ENOSYS/EPERM are reported to the caller.
+pub fn join_session_keyring(name: &str) -> nix::Result<()> {
+    let name = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_int = 1;
+    // SAFETY: keyctl(JOIN_SESSION_KEYRING, name) reads a NUL-terminated string that lives
+    // for the whole call.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    Errno::result(ret).map(drop)
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`);
+/// used to tell a container's init apart from a later process that reused its pid.
+pub fn process_start_time(pid: Pid) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // the command name (field 2) may contain spaces and parentheses: split after the last ')'
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("malformed stat"))?;
+    // rest starts at field 3 (state); start time is field 22
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed stat"))
+}
+
+/// Whether the running executable is a sealed memfd copy (see [`ensure_sealed_exe`]).
+fn exe_is_sealed(exe: &File) -> bool {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    match fcntl(exe.as_raw_fd(), FcntlArg::F_GET_SEALS) {
+        Ok(bits) => {
+            let seals = SealFlag::from_bits_truncate(bits);
+            seals.contains(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Environment variable set on the re-executed sealed copy, so it never loops.
+const SEALED_ENV: &str = "_SKIFF_SEALED_EXE";
+
+/// Protects the skiff binary from being overwritten by a container (the CVE-2019-5736
+/// class): processes that enter a container must not have the host binary as
+/// `/proc/self/exe`. If this process is not already running from a sealed in-memory copy,
+/// copy the executable into a memfd, seal it against writes and re-exec it with the same
+/// arguments and environment. Returns only when already sealed (or on error).
+pub fn ensure_sealed_exe() -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MemFdCreateFlag, memfd_create};
+
+    let mut exe = File::open("/proc/self/exe")?;
+    if exe_is_sealed(&exe) {
+        return Ok(());
+    }
+    if std::env::var_os(SEALED_ENV).is_some() {
+        return Err(io::Error::other(
+            "re-executed from a sealed copy but /proc/self/exe is not sealed",
+        ));
+    }
+    let name = c"skiff-sealed";
+    let memfd = memfd_create(
+        name,
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
+    let mut copy = File::from(memfd);
+    io::copy(&mut exe, &mut copy)?;
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(copy.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
+    let args: Vec<CString> = std::env::args_os()
+        .map(|a| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())))
+        .collect::<Result<_, _>>()
+        .map_err(io::Error::other)?;
+    let mut env: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = std::os::unix::ffi::OsStrExt::as_bytes(k.as_os_str()).to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()));
+            CString::new(kv)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(io::Error::other)?;
+    env.push(CString::new(format!("{SEALED_ENV}=1")).map_err(io::Error::other)?);
+    nix::unistd::fexecve(copy.as_raw_fd(), &args, &env)?;
+    Err(io::Error::other("fexecve returned"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self_is_readable() {
+        let t = process_start_time(nix::unistd::getpid()).unwrap();
+        assert!(t > 0);
+    }
+
+    #[test]
+    fn pidfd_of_self() {
+        let fd = pidfd_open(nix::unistd::getpid()).unwrap();
+        // signal 0 checks existence
+        pidfd_send_signal(&fd, 0).unwrap();
+    }
+}
