@@ -315,6 +315,7 @@ impl Container {
             spec: &bundle.spec,
             process,
             rootfs: &bundle.rootfs,
+            bundle: &bundle.path,
             plan,
             role: Role::Init {
                 fifo: &fifo_fd,
@@ -619,6 +620,7 @@ impl Container {
             spec: &bundle.spec,
             process,
             rootfs: &bundle.rootfs,
+            bundle: &bundle.path,
             plan: &plan,
             role: Role::Exec,
             console: console.as_ref().map(|s| s.as_raw_fd()),

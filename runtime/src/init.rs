@@ -47,6 +47,8 @@ pub(crate) struct Launch<'a> {
     pub spec: &'a Spec,
     pub process: &'a Process,
     pub rootfs: &'a Path,
+    /// The bundle directory: relative bind-mount sources resolve against it, as in runc.
+    pub bundle: &'a Path,
     pub plan: &'a Plan,
     pub role: Role<'a>,
     /// Connected console socket, when the process gets a terminal.
@@ -153,6 +155,7 @@ fn container_process(launch: &Launch<'_>, chan: &Channel) -> Result<Never> {
         hook_state,
     } = &launch.role
     {
+        nix::unistd::chdir(launch.bundle).map_err(|e| Error::sys("chdir to the bundle", e))?;
         let cfg = RootfsConfig {
             spec,
             rootfs: launch.rootfs,

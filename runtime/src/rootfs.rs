@@ -126,6 +126,14 @@ pub enum RootfsError {
         /// The errno.
         source: Errno,
     },
+    /// A directory cannot be opened (the old and new root around pivot_root).
+    #[error("cannot open {path}")]
+    Open {
+        /// The directory.
+        path: PathBuf,
+        /// Why opening failed.
+        source: std::io::Error,
+    },
     /// A host file (mountinfo, cgroup membership) cannot be read.
     #[error("cannot read {path}")]
     Read {
@@ -148,6 +156,13 @@ pub enum RootfsError {
         /// The hierarchy's controllers ("cpu,cpuacct", "name=systemd", "" for cgroup2).
         hierarchy: String,
         /// The file that was searched.
+        path: PathBuf,
+    },
+    /// No procfs at /proc after the pivot, but masked/read-only paths need one (the spec has
+    /// no proc mount).
+    #[error("no procfs mounted at {path} in the container, needed for masked and read-only paths")]
+    ProcNotMounted {
+        /// Where procfs was expected.
         path: PathBuf,
     },
     /// The container's /dev/null, used to mask files, is not the null device.
@@ -178,6 +193,8 @@ pub struct RootfsConfig<'a> {
 /// in order, default devices, spec devices, /dev symlinks.
 pub fn prepare_rootfs(cfg: &RootfsConfig) -> Result<(), RootfsError> {
     let _span = info_span!("prepare_rootfs", rootfs = %cfg.rootfs.display()).entered();
+    // Validated before anything is mounted.
+    let devices = devices_to_create(cfg.spec)?;
 
     // Nothing we mount may propagate back to the host.
     let propagation = rootfs_propagation(cfg.spec)?.unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
@@ -215,7 +232,6 @@ pub fn prepare_rootfs(cfg: &RootfsConfig) -> Result<(), RootfsError> {
         debug!("/dev is a bind mount, devices are not created");
         return Ok(());
     }
-    let devices = devices_to_create(cfg.spec)?;
     {
         let _umask = UmaskGuard::set(Mode::empty());
         for dev in &devices {
@@ -250,33 +266,39 @@ pub fn pivot_rootfs(cfg: &RootfsConfig) -> Result<(), RootfsError> {
 /// read-only root (root.readonly), final rootfs propagation.
 pub fn finish_rootfs(cfg: &RootfsConfig) -> Result<(), RootfsError> {
     let _span = info_span!("finish_rootfs").entered();
-    let ctx = Ctx::open(Path::new("/"), cfg.in_user_ns, cfg.in_cgroup_ns)?;
     let linux = cfg.spec.linux().as_ref();
-
-    for path in linux
+    let readonly = linux
         .and_then(|l| l.readonly_paths().as_deref())
-        .unwrap_or_default()
-    {
-        ctx.readonly_path(Path::new(path))?;
-    }
-    let mut dev_null = None;
-    for path in linux
+        .unwrap_or_default();
+    let masked = linux
         .and_then(|l| l.masked_paths().as_deref())
-        .unwrap_or_default()
-    {
-        ctx.mask_path(Path::new(path), &mut dev_null)?;
-    }
-
+        .unwrap_or_default();
     // A read-only /dev was mounted read-write so that devices could be created in it.
     let mounts = cfg.spec.mounts().as_deref().unwrap_or_default();
-    if let Some(dev) = mounts
+    let ro_dev = mounts
         .iter()
         .find(|m| clean_destination(m.destination()) == Path::new("/dev"))
-    {
-        let opts = parse_mount_options(dev.options().as_deref().unwrap_or_default());
-        if opts.flags.contains(MsFlags::MS_RDONLY) {
-            let desc = MountDesc::of(dev);
-            ctx.remount_bind(Path::new("/dev"), opts.flags, &desc)?;
+        .map(|m| {
+            (
+                MountDesc::of(m),
+                parse_mount_options(m.options().as_deref().unwrap_or_default()),
+            )
+        })
+        .filter(|(_, opts)| opts.flags.contains(MsFlags::MS_RDONLY));
+
+    if !readonly.is_empty() || !masked.is_empty() || ro_dev.is_some() {
+        // Mounts are made through /proc/self/fd, and libpathrs needs a procfs as well.
+        ensure_proc_mounted()?;
+        let ctx = Ctx::open(Path::new("/"), cfg.in_user_ns, cfg.in_cgroup_ns)?;
+        for path in readonly {
+            ctx.readonly_path(Path::new(path))?;
+        }
+        let mut dev_null = None;
+        for path in masked {
+            ctx.mask_path(Path::new(path), &mut dev_null)?;
+        }
+        if let Some((desc, opts)) = &ro_dev {
+            ctx.remount_bind(Path::new("/dev"), opts.flags, desc)?;
         }
     }
 
@@ -287,6 +309,18 @@ pub fn finish_rootfs(cfg: &RootfsConfig) -> Result<(), RootfsError> {
         set_propagation(Path::new("/"), propagation)?;
     }
     Ok(())
+}
+
+/// Fails unless a procfs is mounted at /proc (in the container, after the pivot).
+fn ensure_proc_mounted() -> Result<(), RootfsError> {
+    let proc = Path::new("/proc");
+    match nix::sys::statfs::statfs(proc) {
+        Ok(st) if st.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC => Ok(()),
+        Ok(_) | Err(Errno::ENOENT) => Err(RootfsError::ProcNotMounted {
+            path: proc.to_path_buf(),
+        }),
+        Err(e) => Err(syscall_err("statfs(2)", proc, e)),
+    }
 }
 
 /// Mount options of a spec mount, split the way mount(2) wants them.
@@ -1204,11 +1238,11 @@ fn make_parent_mount_private(rootfs: &Path) -> Result<(), RootfsError> {
 /// runc's pivot_root(".", "."): the old root ends up stacked under the new one at "/", is
 /// made rslave so that the unmount cannot reach the host, then detached.
 fn pivot_root_dot(rootfs: &Path) -> Result<(), RootfsError> {
-    let old_root = std::fs::File::open("/").map_err(|source| RootfsError::Read {
+    let old_root = std::fs::File::open("/").map_err(|source| RootfsError::Open {
         path: PathBuf::from("/"),
         source,
     })?;
-    let new_root = std::fs::File::open(rootfs).map_err(|source| RootfsError::Read {
+    let new_root = std::fs::File::open(rootfs).map_err(|source| RootfsError::Open {
         path: rootfs.to_path_buf(),
         source,
     })?;
@@ -1219,7 +1253,7 @@ fn pivot_root_dot(rootfs: &Path) -> Result<(), RootfsError> {
         .map_err(|e| syscall_err("fchdir(2)", Path::new("/"), e))?;
     set_propagation(Path::new("."), MsFlags::MS_SLAVE | MsFlags::MS_REC)?;
     nix::mount::umount2(".", MntFlags::MNT_DETACH)
-        .map_err(|e| syscall_err("umount2(2)", Path::new("old root"), e))?;
+        .map_err(|e| syscall_err("umount2(2)", Path::new("old root ."), e))?;
     nix::unistd::chdir("/").map_err(|e| syscall_err("chdir(2)", Path::new("/"), e))
 }
 

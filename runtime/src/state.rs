@@ -165,7 +165,8 @@ impl State {
         let mut v = serde_json::json!({
             "ociVersion": self.oci_version,
             "id": self.id,
-            "pid": self.pid,
+            // runc reports no pid once the container has stopped
+            "pid": if self.status == Status::Stopped { 0 } else { self.pid },
             "status": self.status,
             "bundle": self.bundle,
             "rootfs": self.rootfs,

@@ -1,0 +1,151 @@
+//! cgroup handling on the real kernel, for both hierarchies this machine can offer: the
+//! host's default (v1 controllers here, v2 on most workers) and an explicit cgroup v2
+//! (unified) hierarchy, which on a hybrid host has no controllers but still supports
+//! membership, freezing and removal. Every test works under a prefix it owns and removes it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+use skiff_runtime::cgroups::Cgroup;
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "cgroup tests need root (CAP_SYS_ADMIN over /sys/fs/cgroup); run them as root"
+    );
+}
+
+/// The unified (v2) hierarchy: /sys/fs/cgroup itself on a pure v2 host, or
+/// /sys/fs/cgroup/unified on a hybrid one.
+fn unified_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .next()
+}
+
+struct Sleeper(Child);
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sleeper() -> Sleeper {
+    Sleeper(Command::new("sleep").arg("100").spawn().unwrap())
+}
+
+fn proc_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit_once(')')
+        .unwrap()
+        .1
+        .trim()
+        .chars()
+        .next()
+        .unwrap()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn lifecycle(root: Option<&Path>, path: &Path) {
+    let cg = Cgroup::open(root, path).unwrap();
+    let s = sleeper();
+    let pid = Pid::from_raw(s.0.id() as i32);
+    cg.add(pid).unwrap();
+    assert_eq!(cg.pids().unwrap(), vec![pid]);
+    cg.set_frozen(true).unwrap();
+    let events = root
+        .unwrap()
+        .join(path.strip_prefix("/").unwrap())
+        .join("cgroup.events");
+    let frozen = || {
+        std::fs::read_to_string(&events)
+            .unwrap()
+            .contains("frozen 1")
+    };
+    wait_until("the kernel reports the cgroup frozen", frozen);
+    cg.set_frozen(false).unwrap();
+    wait_until("the kernel reports the cgroup thawed", || !frozen());
+    assert_ne!(proc_state(s.0.id()), 'Z');
+    cg.remove().unwrap();
+}
+
+#[test]
+fn unified_hierarchy_membership_freeze_and_removal() {
+    require_root();
+    let root = unified_root().expect("no cgroup2 hierarchy mounted on this host");
+    let prefix = format!("skiff-test-{}", std::process::id());
+    let path = PathBuf::from(format!("/{prefix}/v2"));
+    lifecycle(Some(&root), &path);
+    assert!(!root.join(&prefix).join("v2").exists());
+    let _ = std::fs::remove_dir(root.join(&prefix));
+}
+
+#[test]
+fn default_hierarchy_limits_land_in_files() {
+    require_root();
+    let prefix = format!("skiff-test-{}", std::process::id());
+    let path = PathBuf::from(format!("/{prefix}/limits"));
+    let cg = Cgroup::open(None, &path).unwrap();
+    let s = sleeper();
+    cg.add(Pid::from_raw(s.0.id() as i32)).unwrap();
+    let resources: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+        "memory": {"limit": 33554432},
+        "pids": {"limit": 20},
+        "cpu": {"quota": 50000, "period": 100000, "cpus": "0"}
+    }))
+    .unwrap();
+    cg.apply(&resources).unwrap();
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let read = |ctrl: &str, file: &str| {
+        let base = if v2 {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup").join(ctrl)
+        };
+        std::fs::read_to_string(base.join(&prefix).join("limits").join(file))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    if v2 {
+        assert_eq!(read("", "memory.max"), "33554432");
+        assert_eq!(read("", "pids.max"), "20");
+        assert_eq!(read("", "cpu.max"), "50000 100000");
+        assert_eq!(read("", "cpuset.cpus"), "0");
+    } else {
+        assert_eq!(read("memory", "memory.limit_in_bytes"), "33554432");
+        assert_eq!(read("pids", "pids.max"), "20");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpuset", "cpuset.cpus"), "0");
+    }
+    let stats = cg.stats().unwrap();
+    assert_eq!(stats.pids.limit, 20);
+    cg.remove().unwrap();
+    drop(s);
+    for ctrl in [
+        "memory", "pids", "cpu", "cpuset", "freezer", "blkio", "devices", "cpuacct",
+    ] {
+        let p = Path::new("/sys/fs/cgroup").join(ctrl).join(&prefix);
+        let _ = std::fs::remove_dir(&p);
+        assert!(!p.join("limits").exists(), "{} left behind", p.display());
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&prefix));
+}
