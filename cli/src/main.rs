@@ -1,7 +1,10 @@
 //! `skiff`: the one binary. It only parses arguments, sets up logging and calls into the
 //! library crates. Started as `skiff-runc` (a symlink) it is exactly `skiff runtime`.
 
+mod image_cmd;
+mod run_cmd;
 mod runtime_cmd;
+mod terminal;
 
 use std::path::Path;
 
@@ -19,6 +22,27 @@ struct Cli {
 enum Command {
     /// The OCI container runtime, runc-compatible (also installed as `skiff-runc`).
     Runtime(runtime_cmd::RuntimeCli),
+    /// Images: pull, import, export, ls, inspect, rm, prune.
+    Image(image_cmd::ImageCli),
+    /// Run a container from an image (pulls it if needed), like `podman run`.
+    Run(run_cmd::RunArgs),
+    /// List containers started by `skiff run`.
+    Ps(run_cmd::PsArgs),
+    /// Remove containers started by `skiff run`.
+    Rm(run_cmd::RmArgs),
+    /// Internal: wait for a detached `run --rm` container and clean it up.
+    #[command(name = "__reap", hide = true)]
+    Reap(run_cmd::ReapArgs),
+}
+
+/// Logging for the non-runtime commands: warnings to stderr, `SKIFF_LOG` to change it.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libcgroups=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() {
@@ -30,8 +54,24 @@ fn main() {
     let code = if name == "skiff-runc" || name == "runc" {
         runtime_cmd::main(runtime_cmd::RuntimeCli::parse())
     } else {
-        match Cli::parse().command {
-            Command::Runtime(rt) => runtime_cmd::main(rt),
+        let cli = Cli::parse();
+        if !matches!(cli.command, Command::Runtime(_)) {
+            init_logging();
+        }
+        let result = match cli.command {
+            Command::Runtime(rt) => Ok(runtime_cmd::main(rt)),
+            Command::Image(a) => image_cmd::main(a),
+            Command::Run(a) => run_cmd::run(a),
+            Command::Ps(a) => run_cmd::ps(a),
+            Command::Rm(a) => run_cmd::rm(a),
+            Command::Reap(a) => run_cmd::reap(a),
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("skiff: {e:#}");
+                125
+            }
         }
     };
     std::process::exit(code);

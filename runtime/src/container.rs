@@ -650,7 +650,7 @@ fn spawn(
     handshake: impl FnOnce(&channel::Channel, Pid) -> Result<()>,
 ) -> Result<Pid> {
     let (parent, child) = channel::pair("container")?;
-    let bootstrap = match sys::clone_fork(0).map_err(|e| Error::sys("fork", e))? {
+    let bootstrap = match sys::fork().map_err(|e| Error::sys("fork", e))? {
         sys::Forked::Child => {
             drop(parent);
             init::bootstrap(launch, &child)

@@ -58,6 +58,18 @@ pub fn clone_fork(flags: libc::c_int) -> nix::Result<Forked> {
     }
 }
 
+/// `fork(2)` through libc, so its atfork handlers keep malloc and stdio locks consistent in
+/// the child even if the caller has other threads. The child must exec or `_exit` without
+/// returning into the caller's normal flow.
+pub fn fork() -> nix::Result<Forked> {
+    // SAFETY: the child only runs the bootstrap code path, which ends in exec or _exit;
+    // glibc's fork makes allocation in the child safe even in a threaded parent.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
 /// `pidfd_open(2)`: a file descriptor that refers to the process `pid`.
 pub fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments; on success it returns a new fd we own.
