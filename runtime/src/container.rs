@@ -243,6 +243,23 @@ impl Container {
         )?)
     }
 
+    /// The spec's seccomp filter as BPF, from the runtime root's cache when the same
+    /// profile was compiled before.
+    fn compile_seccomp(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<Option<crate::seccomp::CompiledFilter>> {
+        let Some(sc) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+            return Ok(None);
+        };
+        let cache = self
+            .dir
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(".seccomp-cache");
+        Ok(Some(crate::seccomp::compile_cached(sc, &cache)?))
+    }
+
     fn save(&self) -> Result<()> {
         Ok(self.state.save(&self.dir)?)
     }
@@ -310,6 +327,7 @@ impl Container {
         };
         let hook_state = state.hook_state();
         let id = state.id.clone();
+        let seccomp = self.compile_seccomp(&bundle.spec)?;
         let launch = Launch {
             id: &id,
             spec: &bundle.spec,
@@ -324,6 +342,7 @@ impl Container {
             },
             console: console.as_ref().map(|s| s.as_raw_fd()),
             preserve_fds: opts.preserve_fds,
+            seccomp: seccomp.as_ref(),
         };
         let cgroup = Cgroup::open(self.cgroup_root.as_deref(), &state.internal.cgroup_path)?;
         let resources = bundle
@@ -611,6 +630,7 @@ impl Container {
             .ok_or_else(|| Error::NotFound(self.state.id.clone()))?;
         let plan = Plan::join_process(init)?;
         let bundle = Bundle::load(&self.state.bundle)?;
+        let seccomp = self.compile_seccomp(&bundle.spec)?;
         let console = match &opts.console_socket {
             Some(p) => Some(crate::console::connect(p)?),
             None => None,
@@ -625,6 +645,7 @@ impl Container {
             role: Role::Exec,
             console: console.as_ref().map(|s| s.as_raw_fd()),
             preserve_fds: opts.preserve_fds,
+            seccomp: seccomp.as_ref(),
         };
         let cgroup = self.cgroup()?;
         let pid = spawn(&launch, &cgroup, None, &bundle.spec, |chan, _pid| {

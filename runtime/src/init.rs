@@ -55,6 +55,8 @@ pub(crate) struct Launch<'a> {
     pub console: Option<RawFd>,
     /// Number of extra fds (from 3) passed into the container.
     pub preserve_fds: u32,
+    /// The spec's seccomp filter, compiled by the runtime before forking.
+    pub seccomp: Option<&'a seccomp::CompiledFilter>,
 }
 
 /// Runs the bootstrap process. Never returns.
@@ -235,19 +237,14 @@ fn container_process(launch: &Launch<'_>, chan: &Channel) -> Result<Never> {
         .map_err(|_| Error::sys("program path", nix::Error::EINVAL))?;
 
     let nnp = launch.process.no_new_privileges().unwrap_or(false);
-    let seccomp_spec = linux.seccomp().as_ref();
-    // without no_new_privileges, loading a filter needs CAP_SYS_ADMIN: load it while we
-    // still have it (the filter must then allow the few calls made before exec, as runc's)
-    let filter = match seccomp_spec {
-        Some(s) => Some(seccomp::compile(s)?),
-        None => None,
-    };
     let caps = launch.process.capabilities().as_ref();
     process::drop_bounding(caps)?;
-    let mut filter = filter;
+    // without no_new_privileges, loading a filter needs CAP_SYS_ADMIN: load it while we
+    // still have it (the filter must then allow the few calls made before exec, as runc's)
+    let mut filter = launch.seccomp;
     if !nnp {
         if let Some(f) = filter.take() {
-            seccomp::load_compiled(&f)?;
+            seccomp::load_bpf(f)?;
         }
     }
     let setgroups_denied = launch.plan.new_user
@@ -287,7 +284,7 @@ fn container_process(launch: &Launch<'_>, chan: &Channel) -> Result<Never> {
         }
     }
     if let Some(f) = filter {
-        seccomp::load_compiled(&f)?;
+        seccomp::load_bpf(f)?;
     }
     let err = nix::unistd::execve(&program, &args, &env).err();
     Err(Error::Exec {

@@ -174,6 +174,120 @@ pub enum SeccompError {
         #[source]
         source: LibseccompError,
     },
+    /// libseccomp could not export the compiled program.
+    #[error("cannot export the compiled seccomp filter")]
+    Export {
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel refused a compiled program.
+    #[error("cannot load the compiled seccomp filter ({len} instructions)")]
+    LoadBpf {
+        /// Program length.
+        len: usize,
+        /// The kernel's errno.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// A filter compiled to classic BPF, ready for `seccomp(2)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledFilter {
+    /// The program: `sock_filter` instructions of 8 bytes, native byte order.
+    pub bpf: Vec<u8>,
+    /// `SECCOMP_FILTER_FLAG_*` to load it with (TSYNC always; LOG, SPEC_ALLOW per spec).
+    pub flags: u32,
+}
+
+const SECCOMP_FILTER_FLAG_TSYNC: u32 = 1;
+const SECCOMP_FILTER_FLAG_LOG: u32 = 2;
+const SECCOMP_FILTER_FLAG_SPEC_ALLOW: u32 = 4;
+
+/// Compiles the spec's filter to BPF with libseccomp (the expensive step: a few
+/// milliseconds for the default profile).
+pub fn compile_bpf(seccomp: &LinuxSeccomp) -> Result<CompiledFilter, SeccompError> {
+    use std::io::{Read, Seek};
+    let plan = Plan::from_spec(seccomp)?;
+    let filter = plan.build()?;
+    let memfd = nix::sys::memfd::memfd_create(
+        c"skiff-seccomp",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| SeccompError::Export { source: e.into() })?;
+    let mut file = std::fs::File::from(memfd);
+    filter.export_bpf(&file).map_err(|e| SeccompError::Export {
+        source: std::io::Error::other(e),
+    })?;
+    let mut bpf = Vec::new();
+    file.rewind()
+        .and_then(|_| file.read_to_end(&mut bpf))
+        .map_err(|source| SeccompError::Export { source })?;
+    let mut flags = SECCOMP_FILTER_FLAG_TSYNC;
+    for flag in &plan.flags {
+        match flag {
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => flags |= SECCOMP_FILTER_FLAG_LOG,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                flags |= SECCOMP_FILTER_FLAG_SPEC_ALLOW
+            }
+            _ => {}
+        }
+    }
+    Ok(CompiledFilter { bpf, flags })
+}
+
+/// [`compile_bpf`] with a cache in `cache_dir`, keyed by the SHA-256 of the profile, the
+/// libseccomp version and the architecture: the same profile (every pod with the default
+/// one) is compiled once per node. A cache that cannot be written is only logged.
+pub fn compile_cached(
+    seccomp: &LinuxSeccomp,
+    cache_dir: &Path,
+) -> Result<CompiledFilter, SeccompError> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(serde_json::to_vec(seccomp).unwrap_or_default());
+    let v = libseccomp::ScmpVersion::current().ok();
+    h.update(format!("{v:?}/{}", std::env::consts::ARCH));
+    let key = h
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let path = cache_dir.join(format!("{key}.bpf"));
+    if let Ok(data) = std::fs::read(&path) {
+        if data.len() > 4 && (data.len() - 4) % 8 == 0 {
+            let mut f = [0u8; 4];
+            f.copy_from_slice(&data[..4]);
+            return Ok(CompiledFilter {
+                flags: u32::from_le_bytes(f),
+                bpf: data[4..].to_vec(),
+            });
+        }
+    }
+    let compiled = compile_bpf(seccomp)?;
+    let mut data = compiled.flags.to_le_bytes().to_vec();
+    data.extend_from_slice(&compiled.bpf);
+    let tmp = cache_dir.join(format!(".{key}.{}", std::process::id()));
+    let written = std::fs::create_dir_all(cache_dir)
+        .and_then(|_| std::fs::write(&tmp, &data))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&tmp);
+        debug!(%error, path = %path.display(), "seccomp cache not written");
+    }
+    Ok(compiled)
+}
+
+/// Loads a compiled filter into the calling process (all threads): the last step before
+/// `execve`. Needs no_new_privs or CAP_SYS_ADMIN.
+pub fn load_bpf(filter: &CompiledFilter) -> Result<(), SeccompError> {
+    crate::sys::seccomp_set_filter(&filter.bpf, filter.flags).map_err(|source| {
+        SeccompError::LoadBpf {
+            len: filter.bpf.len() / 8,
+            source,
+        }
+    })
 }
 
 /// Check a spec's seccomp section without loading it.
@@ -185,8 +299,9 @@ pub enum SeccompError {
 /// so that architectures or flags the installed libseccomp refuses are reported
 /// here too. Syscall names libseccomp does not know are ignored, as runc does.
 pub fn validate(seccomp: &LinuxSeccomp) -> Result<(), SeccompError> {
-    let plan = Plan::from_spec(seccomp)?;
-    plan.build().map(drop)
+    // rules are checked by `Plan::from_spec`; adding them to a libseccomp context is the
+    // expensive part, done once when the filter is compiled
+    Plan::from_spec(seccomp)?.header().map(drop)
 }
 
 /// Compile the filter without loading it.
@@ -354,6 +469,15 @@ impl Plan {
 
     /// Build the libseccomp filter from the checked plan.
     fn build(&self) -> Result<ScmpFilterContext, SeccompError> {
+        let mut filter = self.header()?;
+        self.add_rules(&mut filter)?;
+        Ok(filter)
+    }
+
+    /// The filter context with its default action, attributes, architectures and flags,
+    /// but no rules: enough to check everything libseccomp could refuse about the profile
+    /// as a whole, cheaply.
+    fn header(&self) -> Result<ScmpFilterContext, SeccompError> {
         let mut filter = ScmpFilterContext::new(self.default_action).map_err(|source| {
             SeccompError::NewFilter {
                 action: self.spec_default,
@@ -411,6 +535,11 @@ impl Plan {
             debug!(%error, "libseccomp binary tree optimisation not available");
         }
 
+        Ok(filter)
+    }
+
+    /// Adds the rules to a filter made by [`Plan::header`].
+    fn add_rules(&self, filter: &mut ScmpFilterContext) -> Result<(), SeccompError> {
         for rule in &self.rules {
             let Ok(syscall) = ScmpSyscall::from_name(&rule.syscall) else {
                 debug!(
@@ -427,7 +556,7 @@ impl Plan {
                     source,
                 })?;
         }
-        Ok(filter)
+        Ok(())
     }
 }
 
@@ -1978,5 +2107,26 @@ mod tests {
         std::fs::write(&path, "5.10.0-28-cloud-amd64\n").unwrap();
         assert_eq!(kernel_version(&path), Some((5, 10)));
         assert_eq!(kernel_version(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn compiled_filters_are_cached_by_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = default_profile(&[]);
+        let first = compile_cached(&profile, dir.path()).unwrap();
+        assert!(!first.bpf.is_empty() && first.bpf.len() % 8 == 0);
+        assert_eq!(
+            first.flags & SECCOMP_FILTER_FLAG_TSYNC,
+            SECCOMP_FILTER_FLAG_TSYNC
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1);
+        // the second call reads the cache and gives the same program
+        assert_eq!(compile_cached(&profile, dir.path()).unwrap(), first);
+        assert_eq!(compile_bpf(&profile).unwrap(), first);
+        // another profile gets another entry
+        let other = default_profile(&[Capability::SysAdmin]);
+        assert_ne!(compile_cached(&other, dir.path()).unwrap(), first);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

@@ -70,6 +70,39 @@ pub fn fork() -> nix::Result<Forked> {
     }
 }
 
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)` with a raw BPF program (8-byte
+/// `sock_filter` instructions in native byte order, as libseccomp exports them).
+pub fn seccomp_set_filter(bpf: &[u8], flags: u32) -> nix::Result<()> {
+    if bpf.is_empty() || bpf.len() % 8 != 0 || bpf.len() / 8 > usize::from(u16::MAX) {
+        return Err(Errno::EINVAL);
+    }
+    let insns: Vec<libc::sock_filter> = bpf
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_ptr().cast_mut(),
+    };
+    const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
+    // SAFETY: `prog` points at `insns`, both alive for the whole call; the kernel copies
+    // the program and does not keep the pointer.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// `pidfd_open(2)`: a file descriptor that refers to the process `pid`.
 pub fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments; on success it returns a new fd we own.
