@@ -198,8 +198,14 @@ pub fn main(cli: ImageCli) -> Result<i32> {
             let name = name.map(|n| n.parse::<Reference>()).transpose()?;
             let recs = archive::import_platform(&store, &path, name.as_ref(), &cli.store.platform)
                 .with_context(|| format!("cannot import {}", path.display()))?;
-            for rec in recs {
-                skiff_rootfs::pull::unpack_image(&store, &snaps, &rec)?;
+            for (i, rec) in recs.iter().enumerate() {
+                if let Err(e) = skiff_rootfs::pull::unpack_image(&store, &snaps, rec) {
+                    // an image whose layers cannot be unpacked is not kept (nor those after it)
+                    for r in &recs[i..] {
+                        let _ = store.remove_image(&r.name);
+                    }
+                    return Err(e).with_context(|| format!("cannot unpack image {}", rec.name));
+                }
                 println!("{}", rec.name);
             }
         }

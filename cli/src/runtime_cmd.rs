@@ -773,7 +773,7 @@ fn events(rt: &Runtime, id: &str, once: bool, interval: &str) -> Result<i32> {
         let ev = serde_json::json!({
             "type": "stats",
             "id": id,
-            "data": c.stats()?,
+            "data": skiff_runtime::cgroups::runc_stats_json(&c.stats()?),
         });
         println!("{ev}");
         if once {

@@ -162,9 +162,82 @@ impl Cgroup {
     }
 }
 
+/// Stats in the JSON layout of runc's `events --stats` (libcontainer's `types.Stats`),
+/// which containerd and other callers parse.
+pub fn runc_stats_json(s: &libcgroups::stats::Stats) -> serde_json::Value {
+    use serde_json::json;
+    let mem = |d: &libcgroups::stats::MemoryData| json!({"limit": d.limit, "usage": d.usage, "max": d.max_usage, "failcnt": d.fail_count});
+    let blk = |v: &[libcgroups::stats::BlkioDeviceStat]| {
+        v.iter()
+            .map(|e| json!({"major": e.major, "minor": e.minor, "op": e.op_type.clone().unwrap_or_default(), "value": e.value}))
+            .collect::<Vec<_>>()
+    };
+    let hugetlb: serde_json::Map<String, serde_json::Value> = s
+        .hugetlb
+        .iter()
+        .map(|(k, h)| {
+            (
+                k.clone(),
+                json!({"usage": h.usage, "max": h.max_usage, "failcnt": h.fail_count}),
+            )
+        })
+        .collect();
+    json!({
+        "cpu": {
+            "usage": {
+                "total": s.cpu.usage.usage_total,
+                "percpu": s.cpu.usage.per_core_usage_total,
+                "percpu_kernel": s.cpu.usage.per_core_usage_kernel,
+                "percpu_user": s.cpu.usage.per_core_usage_user,
+                "kernel": s.cpu.usage.usage_kernel,
+                "user": s.cpu.usage.usage_user,
+            },
+            "throttling": {
+                "periods": s.cpu.throttling.periods,
+                "throttled_periods": s.cpu.throttling.throttled_periods,
+                "throttled_time": s.cpu.throttling.throttled_time,
+            },
+        },
+        "memory": {
+            "cache": s.memory.cache,
+            "usage": mem(&s.memory.memory),
+            "swap": mem(&s.memory.memswap),
+            "kernel": mem(&s.memory.kernel),
+            "kernelTCP": mem(&s.memory.kernel_tcp),
+            "raw": s.memory.stats,
+        },
+        "pids": {"current": s.pids.current, "limit": s.pids.limit},
+        "blkio": {
+            "ioServiceBytesRecursive": blk(&s.blkio.service_bytes),
+            "ioServicedRecursive": blk(&s.blkio.serviced),
+            "ioQueuedRecursive": blk(&s.blkio.queued),
+            "ioServiceTimeRecursive": blk(&s.blkio.service_time),
+            "ioWaitTimeRecursive": blk(&s.blkio.wait_time),
+            "ioMergedRecursive": blk(&s.blkio.merged),
+            "ioTimeRecursive": blk(&s.blkio.time),
+            "sectorsRecursive": blk(&s.blkio.sectors),
+        },
+        "hugetlb": hugetlb,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runc_layout_of_stats() {
+        let mut s = libcgroups::stats::Stats::default();
+        s.memory.memory.limit = 16 << 20;
+        s.memory.memory.usage = 4096;
+        s.pids.current = 2;
+        s.cpu.usage.usage_total = 7;
+        let v = runc_stats_json(&s);
+        assert_eq!(v["memory"]["usage"]["limit"], 16 << 20);
+        assert_eq!(v["memory"]["usage"]["usage"], 4096);
+        assert_eq!(v["pids"]["current"], 2);
+        assert_eq!(v["cpu"]["usage"]["total"], 7);
+    }
 
     #[test]
     fn cgroup_path_table() {

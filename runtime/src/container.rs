@@ -315,6 +315,13 @@ impl Container {
         let fifo = self.fifo_path();
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
             .map_err(|e| Error::sys(format!("mkfifo {}", fifo.display()), e))?;
+        // the container process opens it for writing after it changed user (and maybe
+        // user namespace): give it to that user, whatever our umask made of the mode
+        fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+            .map_err(|e| Error::io(format!("chmod {}", fifo.display()), e))?;
+        let (uid, gid) = host_ids(&bundle.spec, process);
+        nix::unistd::chown(&fifo, Some(uid), Some(gid))
+            .map_err(|e| Error::sys(format!("chown {}", fifo.display()), e))?;
         let fifo_fd: OwnedFd = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
@@ -727,6 +734,30 @@ fn wait_pidfd(pidfd: &OwnedFd) {
         nix::sys::wait::Id::PIDFd(pidfd.as_fd()),
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
     );
+}
+
+/// The host uid/gid the container process runs as: its user mapped through the spec's
+/// uid/gid mappings (identity without a user namespace).
+fn host_ids(
+    spec: &oci_spec::runtime::Spec,
+    process: &Process,
+) -> (nix::unistd::Uid, nix::unistd::Gid) {
+    let linux = spec.linux().clone().unwrap_or_default();
+    let map = |id: u32, maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| match maps
+        .as_deref()
+        .filter(|m| !m.is_empty())
+    {
+        None => id,
+        Some(maps) => maps
+            .iter()
+            .find(|m| id >= m.container_id() && id - m.container_id() < m.size())
+            .map(|m| m.host_id() + (id - m.container_id()))
+            .unwrap_or(id),
+    };
+    (
+        nix::unistd::Uid::from_raw(map(process.user().uid(), linux.uid_mappings())),
+        nix::unistd::Gid::from_raw(map(process.user().gid(), linux.gid_mappings())),
+    )
 }
 
 /// Writes a pid file atomically (temp file + rename), as runc does.

@@ -128,9 +128,10 @@ pub fn apply_capabilities(caps_spec: Option<&LinuxCapabilities>) -> Result<(), P
     })?;
     for cap in ambient {
         // the kernel only allows ambient caps that are permitted and inheritable; runc
-        // ignores the rest with a warning, so do we
+        // ignores the rest, so do we (logged at debug: this runs in the container process,
+        // whose stderr belongs to the container)
         if let Err(e) = caps::raise(None, CapSet::Ambient, cap) {
-            tracing::warn!(cap = %cap, error = %e, "cannot raise ambient capability");
+            tracing::debug!(cap = %cap, error = %e, "cannot raise ambient capability");
         }
     }
     Ok(())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, the privileged runtime tests included (for real: they
+# need root, a static busybox and libseccomp). `scripts/quickstart.sh` installs all that;
+# CI (.ci/run) installs it with apt-get and then runs this script.
+#
+# The runtime tests drive skiff as `skiff-runc`; SKIFF_TEST_RUNTIME=runc runs them against
+# another runc-compatible runtime instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    . "$HOME/.cargo/env"
+fi
+missing=()
+command -v cargo >/dev/null 2>&1 || missing+=("cargo (Rust)")
+[ -x /bin/busybox ] || missing+=("/bin/busybox (busybox-static)")
+pkg-config --exists libseccomp 2>/dev/null || missing+=("libseccomp (libseccomp-dev, pkg-config)")
+for tool in docker-registry skopeo umoci htpasswd; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool (image tests)")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "$0: missing: ${missing[*]}; scripts/quickstart.sh installs them" >&2
+    exit 1
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "$0: the runtime tests create namespaces, mounts and cgroups: run as root" >&2
+    exit 1
+fi
+
+cargo test --workspace --no-fail-fast "$@"
