@@ -12,7 +12,6 @@
 #[path = "../../rootfs-tools/tests/common/mod.rs"]
 mod common;
 
-use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -517,6 +516,7 @@ fn one_layer_image_is_pulled_listed_inspected_and_run() {
         .run(&["--rm", &image, "busybox", "cat", "/etc/skiff-test"])
         .ok();
     assert_eq!(out.stdout, "hello from one layer");
+    env.assert_no_containers();
 
     let ls = env.image(&["ls"]).ok();
     assert!(
@@ -526,7 +526,7 @@ fn one_layer_image_is_pulled_listed_inspected_and_run() {
         "{}",
         ls.stdout
     );
-    assert_eq!(env.image_names(), [image.clone()]);
+    assert_eq!(env.image_names(), std::slice::from_ref(&image));
     let quiet = env.image(&["ls", "-q"]).ok();
     assert_eq!(quiet.stdout.trim(), &id[..12]);
 
@@ -681,9 +681,10 @@ fn zstd_layer_is_pulled_and_run() {
 // 5. malicious layers
 // ---------------------------------------------------------------------------------------
 
-/// Imports, then pushes and pulls, an image of a busybox base and `evil` on top: both must
-/// fail naming the entry (the import also the layer digest), leave no snapshot of the evil
-/// layer nor a temp unpack, and leave the host stand-in alone. A run of it fails too.
+/// Imports, then pushes (digests kept) and pulls, an image of a busybox base and `evil` on
+/// top: both must fail naming the layer digest and the entry, record no image, leave no
+/// snapshot of the evil layer nor a temp unpack, and leave the host stand-in alone. A run
+/// of it fails too.
 fn assert_malicious_layer_rejected(env: &Env, evil: Vec<u8>, entry: &str) {
     let base = LayerBlob::plain(busybox_layer("base").finish());
     let evil = LayerBlob::plain(evil);
@@ -723,11 +724,11 @@ fn assert_malicious_layer_rejected(env: &Env, evil: Vec<u8>, entry: &str) {
     check_store("after run of the failed import");
 
     let registry = TestRegistry::start();
-    registry.push(&oci, "latest", "test/evil:latest", &[]);
+    registry.push(&oci, "latest", "test/evil:latest", &["--preserve-digests"]);
     let image = registry.reference("test/evil:latest");
     env.image(&["pull", "-q", &image])
         .failed()
-        .says(&["layer sha256:", &quoted]);
+        .says(&[&format!("layer {evil_digest}"), &quoted]);
     check_store("after pull");
     assert!(
         !env.image_names().contains(&image),
@@ -931,7 +932,7 @@ fn registry_with_auth_needs_the_authfile() {
     let authfile = right.to_str().unwrap();
     env.image(&["--authfile", authfile, "pull", "-q", &image])
         .ok();
-    assert_eq!(env.image_names(), [image.clone()]);
+    assert_eq!(env.image_names(), std::slice::from_ref(&image));
     let out = env
         .run(&["--rm", &image, "busybox", "cat", "/etc/skiff-test"])
         .ok();
@@ -951,10 +952,14 @@ struct GatedRegistry {
     addr: String,
     stop: Arc<AtomicBool>,
     gate: Arc<(Mutex<bool>, Condvar)>,
-    requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    requests: RequestLog,
     thread: Option<JoinHandle<()>>,
 }
 
+/// `(path, Range header)` of each request a [`GatedRegistry`] saw.
+type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// What a [`GatedRegistry`] serves and holds back.
 struct Served {
     layout: PathBuf,
     tag: String,
@@ -1202,7 +1207,7 @@ fn killed_pull_is_resumed() {
     assert!(!partial.exists(), "the partial file was not consumed");
     let stored = env.root.join("content/blobs/sha256").join(hex);
     assert_eq!(fs::metadata(&stored).unwrap().len(), size);
-    assert_eq!(env.image_names(), [image.clone()]);
+    assert_eq!(env.image_names(), std::slice::from_ref(&image));
     let out = env
         .run(&["--rm", &image, "busybox", "cat", "/etc/skiff-test"])
         .ok();
@@ -1370,6 +1375,6 @@ fn export_import_round_trip() {
     let third = Env::new("import-named");
     third.image(&["import", tar.to_str().unwrap()]).ok();
     assert_eq!(third.image_names(), [name.to_string()]);
-    let names: BTreeSet<String> = third.entries("snapshots").into_iter().collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    let snapshots = third.entries("snapshots");
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
 }

@@ -1,6 +1,6 @@
 //! Pulling an image into the store: resolve the reference, store manifest (and index),
 //! fetch the config and the missing layers concurrently (resuming partial downloads),
-//! verify every blob, record the image, and unpack its layers into snapshots.
+//! verify every blob, unpack the layers into snapshots, and record the image.
 //!
 //! A pull killed at any point leaves the store consistent: blobs appear only complete and
 //! verified, partial downloads are resumed by the next pull, and the image record is
@@ -193,7 +193,7 @@ pub async fn pull(
     if !store.has_blob(&config_digest) {
         let mut ingest = store.ingest(&config_digest, Some(config_size))?;
         let offset = ingest.offset();
-        {
+        let result = {
             let mut w = Blocking(&mut ingest);
             registry
                 .fetch_blob(
@@ -204,7 +204,13 @@ pub async fn pull(
                     &mut w,
                     &|_| {},
                 )
-                .await?;
+                .await
+        };
+        if let Err(e) = result {
+            if content_is_wrong(&e) {
+                ingest.abort();
+            }
+            return Err(e.into());
         }
         ingest.commit()?;
     }
@@ -273,12 +279,13 @@ pub async fn pull(
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         size: config_size + manifest.layers().iter().map(|l| l.size()).sum::<u64>(),
     };
-    store.put_image(&record)?;
-    tracing::info!(image = %record.name, id = %record.id(), "image stored");
     if opts.unpack {
         // the downloads are done: nothing else runs on this task while layers unpack
         unpack_image(store, snapshots, &record)?;
     }
+    // last, so that an image whose layers cannot be unpacked is not listed
+    store.put_image(&record)?;
+    tracing::info!(image = %record.name, id = %record.id(), "image stored");
     Ok(record)
 }
 
@@ -338,8 +345,26 @@ async fn fetch_layer(
                 tracing::warn!(layer = %layer.digest, error = %e, attempt, "retrying download");
                 drop(ingest); // keeps the partial file for the resume
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if content_is_wrong(&e) {
+                    ingest.abort();
+                }
+                return Err(e.into());
+            }
         }
+    }
+}
+
+/// Whether a failed download received bytes that are not the blob's (a whole blob hashing to
+/// something else, more bytes than the descriptor says): the partial file is then useless
+/// for a resume, and kept it would fail the next pull without asking the registry again.
+fn content_is_wrong(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::BlobDigest { .. } => true,
+        RegistryError::BlobSize {
+            expected, actual, ..
+        } => actual > expected,
+        _ => false,
     }
 }
 

@@ -183,6 +183,12 @@ impl TestRegistry {
         run(&mut cmd);
     }
 
+    /// The registry's storage directory (`<storage>/docker/registry/v2/blobs/…`), for tests
+    /// that tamper with what it serves.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
     /// The registry's own log (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
