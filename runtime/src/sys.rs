@@ -222,39 +222,108 @@ fn exe_is_sealed(exe: &File) -> bool {
     }
 }
 
-/// Environment variable set on the re-executed sealed copy, so it never loops.
-const SEALED_ENV: &str = "_SKIFF_SEALED_EXE";
+/// Whether the running executable cannot be written through `/proc/self/exe`: a sealed
+/// memfd copy, or a file reached through a read-only mount.
+fn exe_is_protected(exe: &File) -> bool {
+    if exe_is_sealed(exe) {
+        return true;
+    }
+    nix::sys::statvfs::fstatvfs(exe)
+        .map(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+        .unwrap_or(false)
+}
 
-/// Protects the skiff binary from being overwritten by a container (the CVE-2019-5736
-/// class): processes that enter a container must not have the host binary as
-/// `/proc/self/exe`. If this process is not already running from a sealed in-memory copy,
-/// copy the executable into a memfd, seal it against writes and re-exec it with the same
-/// arguments and environment. Returns only when already sealed (or on error).
-pub fn ensure_sealed_exe() -> io::Result<()> {
+/// Opens the executable through a read-only bind mount made in a throwaway mount
+/// namespace: a thread unshares its filesystem context and mount namespace, bind-mounts
+/// the binary onto itself read-only, opens it `O_PATH` and exits. The namespace dies with
+/// the thread but the open file keeps its read-only mount alive, so an exec through it
+/// gives a `/proc/self/exe` that refuses writes (EROFS), without copying the binary and
+/// without leaving anything mounted on the host (runc's approach since 1.2).
+fn open_exe_read_only() -> io::Result<OwnedFd> {
+    use nix::mount::{MsFlags, mount};
+    let worker = std::thread::spawn(|| -> io::Result<OwnedFd> {
+        nix::sched::unshare(
+            nix::sched::CloneFlags::CLONE_FS | nix::sched::CloneFlags::CLONE_NEWNS,
+        )?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )?;
+        let exe = std::fs::read_link("/proc/self/exe")?;
+        mount(
+            Some(&exe),
+            &exe,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        mount(
+            None::<&str>,
+            &exe,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )?;
+        let fd = nix::fcntl::open(
+            &exe,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok(owned_fd(fd))
+    });
+    worker
+        .join()
+        .map_err(|_| io::Error::other("read-only exe thread panicked"))?
+}
+
+/// A sealed in-memory copy of the executable (the fallback when no mount namespace can
+/// be made): copy into a memfd and seal it against writes, growth and shrinking.
+fn sealed_copy_of_exe(exe: &mut File) -> io::Result<OwnedFd> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
     use nix::sys::memfd::{MemFdCreateFlag, memfd_create};
-
-    let mut exe = File::open("/proc/self/exe")?;
-    if exe_is_sealed(&exe) {
-        return Ok(());
-    }
-    if std::env::var_os(SEALED_ENV).is_some() {
-        return Err(io::Error::other(
-            "re-executed from a sealed copy but /proc/self/exe is not sealed",
-        ));
-    }
-    let name = c"skiff-sealed";
     let memfd = memfd_create(
-        name,
+        c"skiff-sealed",
         MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
     )?;
     let mut copy = File::from(memfd);
-    io::copy(&mut exe, &mut copy)?;
+    io::copy(exe, &mut copy)?;
     let seals = SealFlag::F_SEAL_SEAL
         | SealFlag::F_SEAL_SHRINK
         | SealFlag::F_SEAL_GROW
         | SealFlag::F_SEAL_WRITE;
     fcntl(copy.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(copy.into())
+}
+
+/// Environment variable set on the re-executed process, so it never loops.
+const SEALED_ENV: &str = "_SKIFF_SEALED_EXE";
+
+/// Protects the skiff binary from being overwritten by a container (the CVE-2019-5736
+/// class): processes that enter a container must not have a writable host binary as
+/// `/proc/self/exe`. Unless the executable is already protected (on a read-only mount, or
+/// a sealed memfd), re-exec it through a read-only bind mount (see `open_exe_read_only`),
+/// or, where that is impossible, from a sealed memfd copy; same arguments and environment.
+/// Returns only when already protected (or on error).
+pub fn ensure_sealed_exe() -> io::Result<()> {
+    let mut exe = File::open("/proc/self/exe")?;
+    if exe_is_protected(&exe) {
+        return Ok(());
+    }
+    if std::env::var_os(SEALED_ENV).is_some() {
+        return Err(io::Error::other(
+            "re-executed through a protected path but /proc/self/exe is still writable",
+        ));
+    }
+    let target = match open_exe_read_only() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(error = %e, "no read-only mount for the executable, copying it");
+            sealed_copy_of_exe(&mut exe)?
+        }
+    };
     let args: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())))
         .collect::<Result<_, _>>()
@@ -269,8 +338,14 @@ pub fn ensure_sealed_exe() -> io::Result<()> {
         .collect::<Result<_, _>>()
         .map_err(io::Error::other)?;
     env.push(CString::new(format!("{SEALED_ENV}=1")).map_err(io::Error::other)?);
-    nix::unistd::fexecve(copy.as_raw_fd(), &args, &env)?;
-    Err(io::Error::other("fexecve returned"))
+    nix::unistd::execveat(
+        Some(target.as_raw_fd()),
+        c"",
+        &args,
+        &env,
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    )?;
+    Err(io::Error::other("execveat returned"))
 }
 
 #[cfg(test)]

@@ -1,0 +1,91 @@
+//! The runtime's defences against container breakouts of known classes, checked for real:
+//! the runtime binary cannot be overwritten through `/proc/<pid>/exe` of a process that
+//! entered a container (CVE-2019-5736), and no runtime file descriptor or host working
+//! directory reaches the container (CVE-2024-21626).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use skiff_testsupport::{Bundle, Runtime, poll_until, require_root};
+
+/// A private copy of the binary, so that no other test process runs (and pins) the same
+/// inode: a write attempt then fails only because of the runtime's protection.
+fn private_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("skiff");
+    std::fs::copy(env!("CARGO_BIN_EXE_skiff"), &copy).unwrap();
+    (dir, copy)
+}
+
+#[test]
+fn runtime_binary_cannot_be_overwritten_from_a_container() -> Result<()> {
+    require_root();
+    let (_dir, copy) = private_copy();
+    let before = std::fs::read(&copy)?;
+    let rt = Runtime::from_env(copy.to_str().unwrap());
+    let mut bundle = Bundle::busybox()?;
+    bundle.args(&["sleep", "1000"]);
+    bundle.write_spec()?;
+    let c = rt.container("exe", &bundle);
+    c.create(&[])?.ok()?;
+    // the container's init is still the runtime's own code until `start`: what a process in
+    // the container could grab through /proc
+    let pid = c.pid()?;
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(format!("/proc/{pid}/exe"))?;
+    rt.call(&["kill", c.id(), "KILL"])?.ok()?;
+    poll_until(
+        std::time::Duration::from_secs(10),
+        "the init process is gone",
+        || {
+            let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z"))
+                    .unwrap_or(true);
+            gone.then_some(())
+        },
+    )?;
+    let reopened = std::fs::OpenOptions::new().append(true).open(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&handle)
+    ));
+    match reopened {
+        Ok(mut f) => {
+            let _ = std::io::Write::write_all(&mut f, b"overwritten");
+            panic!("the runtime binary was opened for writing through /proc/<pid>/exe");
+        }
+        Err(e) => assert!(
+            matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EPERM)),
+            "unexpected error {e}"
+        ),
+    }
+    assert_eq!(std::fs::read(&copy)?, before, "the binary changed");
+    Ok(())
+}
+
+#[test]
+fn no_runtime_fd_or_host_cwd_reaches_the_container() -> Result<()> {
+    require_root();
+    let rt = Runtime::from_env(env!("CARGO_BIN_EXE_skiff"));
+    let mut bundle = Bundle::busybox()?;
+    bundle.sh("ls /proc/$$/fd | tr '\\n' ' '; echo; readlink /proc/$$/cwd");
+    bundle.process(|p| {
+        p.set_cwd("/bin".into());
+    });
+    bundle.write_spec()?;
+    let c = rt.container("fds", &bundle);
+    let out = c.run(&[])?.ok()?;
+    let lines: Vec<&str> = out.out().lines().collect();
+    assert_eq!(
+        lines.first().map(|l| l.trim()),
+        Some("0 1 2"),
+        "{}",
+        out.out()
+    );
+    assert_eq!(lines.get(1).copied(), Some("/bin"), "{}", out.out());
+    Ok(())
+}
