@@ -2,6 +2,7 @@
 //! library crates. Started as `skiff-runc` (a symlink) it is exactly `skiff runtime`.
 
 mod image_cmd;
+mod master_cmd;
 mod run_cmd;
 mod runtime_cmd;
 mod terminal;
@@ -30,6 +31,8 @@ enum Command {
     Ps(run_cmd::PsArgs),
     /// Remove containers started by `skiff run`.
     Rm(run_cmd::RmArgs),
+    /// The API server: Kubernetes REST API over HTTPS.
+    Master(master_cmd::MasterArgs),
     /// Internal: wait for a detached `run --rm` container and clean it up.
     #[command(name = "__reap", hide = true)]
     Reap(run_cmd::ReapArgs),
@@ -65,6 +68,7 @@ fn main() {
             Command::Ps(a) => run_cmd::ps(a),
             Command::Rm(a) => run_cmd::rm(a),
             Command::Reap(a) => run_cmd::reap(a),
+            Command::Master(a) => master_cmd::main(a),
         };
         match result {
             Ok(code) => code,

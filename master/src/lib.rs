@@ -1,5 +1,13 @@
-//! API server, store, scheduler and controllers (issues 4 and 5).
-//!
-//! Not built yet: this crate holds its place in the workspace so that the
-//! layout matches docs/architecture.md. Its issue fills it in.
+//! skiff-master: the API server (a faithful subset of the Kubernetes REST API), its
+//! durable store, and (later) the scheduler and controllers.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+/// The HTTP(S) API server: authentication, discovery, REST handlers, watch.
+pub mod api;
+/// Cluster CA, serving certificate, tokens and the admin kubeconfig.
+pub mod certs;
+/// Kinds served: group/version/resource table, defaulting, validation, patches, tables.
+pub mod resources;
+/// The `Store` trait and its backends (embedded redb, etcd).
+pub mod store;

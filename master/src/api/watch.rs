@@ -1,0 +1,187 @@
+//! Watch: a chunked stream of `{"type": …, "object": …}` lines, with Kubernetes'
+//! resourceVersion semantics, selectors applied to events (an object leaving the selector is
+//! DELETED), bookmarks, timeouts, initial events and Table objects when asked for.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::rest::{Ctx, decode_kv, make_table, selectors, wants_table};
+use super::select::FieldSelector;
+use super::status::ApiError;
+use crate::resources::ResourceInfo;
+use crate::store::{EventKind, StoreError};
+
+/// How often bookmarks are sent when allowed.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+
+struct Render {
+    info: &'static ResourceInfo,
+    table: Option<String>,
+}
+
+impl Render {
+    fn line(&self, ty: &str, obj: &Value) -> Bytes {
+        let object = match &self.table {
+            Some(include) if ty != "BOOKMARK" && ty != "ERROR" => {
+                make_table(self.info, include, std::slice::from_ref(obj))
+            }
+            _ => obj.clone(),
+        };
+        let mut s = json!({"type": ty, "object": object}).to_string();
+        s.push('\n');
+        Bytes::from(s)
+    }
+    fn bookmark(&self, rev: u64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        self.line(
+            "BOOKMARK",
+            &json!({"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": meta}),
+        )
+    }
+}
+
+fn error_line(render: &Render, e: ApiError) -> Bytes {
+    render.line("ERROR", &e.to_status())
+}
+
+/// GET with `watch=true` (or under `/watch/`).
+pub(crate) async fn watch(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    if ctx.target.sub.is_some() {
+        return Err(ApiError::method_not_allowed());
+    }
+    let (ls, mut fs) = selectors(ctx)?;
+    if let Some(name) = &ctx.target.name {
+        fs.0.push(("metadata.name".into(), true, name.clone()));
+    }
+    let fs: FieldSelector = fs;
+    let q = |k: &str| ctx.query.get(k).map(String::as_str);
+    let rv = q("resourceVersion").unwrap_or_default();
+    let send_initial = q("sendInitialEvents") == Some("true");
+    let bookmarks = q("allowWatchBookmarks") == Some("true");
+    let timeout = q("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(1800);
+    let render = Render {
+        info: ctx.info(),
+        table: wants_table(ctx.accept)
+            .then(|| q("includeObject").unwrap_or("Metadata").to_string()),
+    };
+    let server = ctx.server.clone();
+    let store = &server.store;
+    let prefix = ctx.target.prefix();
+    let (initial, start) = if rv.is_empty() || rv == "0" || send_initial {
+        let res = store.list(&prefix, None, 0, None).await?;
+        let mut objs = Vec::new();
+        for kv in &res.items {
+            let o = decode_kv(kv)?;
+            if ls.matches(&o) && fs.matches(&o) {
+                objs.push(o);
+            }
+        }
+        (objs, res.revision)
+    } else {
+        let n = rv
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+        (Vec::new(), n)
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let stream = store.watch(&prefix, start).await;
+    let mut stop = server.shutdown.clone();
+    tokio::spawn(async move {
+        let _server = server;
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        let mut events = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(error_line(&render, e.into())).await;
+                return;
+            }
+        };
+        for o in &initial {
+            if tx.send(render.line("ADDED", o)).await.is_err() {
+                return;
+            }
+        }
+        let mut last = start;
+        if send_initial && bookmarks && tx.send(render.bookmark(last, true)).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                _ = stop.changed() => return,
+                _ = tick.tick(), if bookmarks => {
+                    if tx.send(render.bookmark(last, false)).await.is_err() {
+                        return;
+                    }
+                }
+                ev = events.next() => {
+                    let Some(ev) = ev else { return };
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(e @ StoreError::Compacted { .. }) => {
+                            let _ = tx.send(error_line(&render, e.into())).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(error_line(&render, ApiError::gone(e.to_string()))).await;
+                            return;
+                        }
+                    };
+                    last = ev.kv.mod_revision;
+                    let Ok(obj) = decode_kv(&ev.kv) else { continue };
+                    let sel = |o: &Value| ls.matches(o) && fs.matches(o);
+                    let prev_match = ev
+                        .prev
+                        .as_ref()
+                        .and_then(|p| decode_kv(p).ok())
+                        .is_some_and(|p| sel(&p));
+                    let ty = match ev.kind {
+                        EventKind::Delete if prev_match => "DELETED",
+                        EventKind::Delete => continue,
+                        EventKind::Put => match (prev_match, sel(&obj)) {
+                            (true, true) => "MODIFIED",
+                            (false, true) => "ADDED",
+                            (true, false) => "DELETED",
+                            (false, false) => continue,
+                        },
+                    };
+                    if tx.send(render.line(ty, &obj)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    }));
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::OK;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    Ok(r)
+}

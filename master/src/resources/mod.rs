@@ -1,0 +1,264 @@
+//! The kinds the API server serves, and what is specific to each: defaulting, validation,
+//! patch merge keys, table columns. The HTTP layer (`api`) is generic over this table.
+
+/// One served resource (a REST collection), as discovery describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceInfo {
+    /// API group ("" for core).
+    pub group: &'static str,
+    /// Version ("v1").
+    pub version: &'static str,
+    /// Kind ("Pod").
+    pub kind: &'static str,
+    /// Plural resource name ("pods").
+    pub plural: &'static str,
+    /// Singular ("pod").
+    pub singular: &'static str,
+    /// Whether objects live in namespaces.
+    pub namespaced: bool,
+    /// kubectl short names ("po").
+    pub short_names: &'static [&'static str],
+    /// Categories ("all").
+    pub categories: &'static [&'static str],
+    /// Subresources served ("status", "scale", "binding", "log", "exec").
+    pub subresources: &'static [&'static str],
+}
+
+impl ResourceInfo {
+    /// `group/version`, or `version` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The store key prefix of this resource (etcd's Kubernetes layout).
+    pub fn key_prefix(&self) -> String {
+        if self.group.is_empty() {
+            format!("/registry/{}/", self.plural)
+        } else {
+            format!("/registry/{}/{}/", self.group, self.plural)
+        }
+    }
+}
+
+const ALL: &[&str] = &["all"];
+
+/// Every resource the API server serves.
+pub const RESOURCES: &[ResourceInfo] = &[
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        categories: &[],
+        subresources: &["status", "finalize"],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        namespaced: true,
+        short_names: &["po"],
+        categories: ALL,
+        subresources: &["status", "binding", "log", "exec", "eviction"],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        namespaced: true,
+        short_names: &["svc"],
+        categories: ALL,
+        subresources: &["status"],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        namespaced: true,
+        short_names: &["ep"],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        namespaced: false,
+        short_names: &["no"],
+        categories: &[],
+        subresources: &["status"],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        namespaced: true,
+        short_names: &["cm"],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        namespaced: true,
+        short_names: &["ev"],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        namespaced: true,
+        short_names: &["sa"],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        categories: ALL,
+        subresources: &["status", "scale"],
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        namespaced: true,
+        short_names: &["rs"],
+        categories: ALL,
+        subresources: &["status", "scale"],
+    },
+    ResourceInfo {
+        group: "discovery.k8s.io",
+        version: "v1",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+];
+
+/// Finds a resource by group and plural name.
+pub fn find(group: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
+}
+
+/// Finds a resource by apiVersion and kind (for bodies).
+pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.api_version() == api_version && r.kind == kind)
+}
+
+/// A field-level validation failure, as `metav1.Status` details list them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Kubernetes' cause type: FieldValueRequired, FieldValueInvalid, FieldValueNotSupported,
+    /// FieldValueDuplicate, FieldValueForbidden, FieldValueTooLong, FieldValueTypeInvalid,
+    /// FieldValueUnknown (for unknown fields under fieldValidation=Strict).
+    pub reason: &'static str,
+    /// The field's path (`spec.containers[0].image`).
+    pub field: String,
+    /// What is wrong, as Kubernetes words it.
+    pub message: String,
+}
+
+/// The patch content types of PATCH requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    /// `application/json-patch+json` (RFC 6902).
+    Json,
+    /// `application/merge-patch+json` (RFC 7386).
+    Merge,
+    /// `application/strategic-merge-patch+json`.
+    StrategicMerge,
+    /// `application/apply-patch+yaml` (server-side apply).
+    Apply,
+}
+
+/// Errors of applying a patch.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    /// The patch body is not valid for its type.
+    #[error("invalid patch: {0}")]
+    Invalid(String),
+    /// A JSON patch `test` failed or a path does not exist.
+    #[error("the patch could not be applied: {0}")]
+    Failed(String),
+    /// Server-side apply found fields owned by another manager (409).
+    #[error("apply conflict: {0}")]
+    Conflict(String),
+}
+
+/// Kind-specific semantics, implemented in the submodules.
+pub mod semantics;
+
+/// Server-side apply: merge, managedFields ownership, conflicts.
+mod apply;
+/// Defaulting of new and updated objects per kind.
+mod defaults;
+/// Strategic merge patch with the served types' merge keys and directives.
+mod strategic;
+/// `meta.k8s.io/v1` Tables with kubectl's columns.
+mod table;
+/// Round trips through the k8s-openapi types (type checks, unknown fields).
+mod typed;
+/// Validation of objects, worded as the apiserver words it.
+mod validation;
