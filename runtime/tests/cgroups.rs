@@ -89,12 +89,22 @@ fn lifecycle(root: Option<&Path>, path: &Path) {
 #[test]
 fn unified_hierarchy_membership_freeze_and_removal() {
     require_root();
-    let root = unified_root().expect("no cgroup2 hierarchy mounted on this host");
-    let prefix = format!("skiff-test-{}", std::process::id());
-    let path = PathBuf::from(format!("/{prefix}/v2"));
-    lifecycle(Some(&root), &path);
-    assert!(!root.join(&prefix).join("v2").exists());
-    let _ = std::fs::remove_dir(root.join(&prefix));
+    let unified = unified_root().expect("no cgroup2 hierarchy mounted on this host");
+    // the test owns a prefix and hands it to the manager as its root, so that enabling
+    // controllers (cgroup.subtree_control) happens only inside the prefix, never at the
+    // host's root
+    let prefix = unified.join(format!("skiff-test-{}", std::process::id()));
+    std::fs::create_dir_all(&prefix).unwrap();
+    let before = std::fs::read_to_string(unified.join("cgroup.subtree_control")).unwrap();
+    let path = PathBuf::from("/v2");
+    lifecycle(Some(&prefix), &path);
+    assert!(!prefix.join("v2").exists());
+    std::fs::remove_dir(&prefix).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(unified.join("cgroup.subtree_control")).unwrap(),
+        before,
+        "the host's root cgroup was changed"
+    );
 }
 
 #[test]
