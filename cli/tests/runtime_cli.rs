@@ -413,8 +413,11 @@ fn user_namespace_maps_ids() -> Result<()> {
 #[test]
 fn memory_limit_is_enforced_by_the_oom_killer() -> Result<()> {
     let rt = runtime();
-    // busybox tail buffers a whole line: 64 MiB without a newline is held in memory.
-    let hog = "head -c 64m /dev/zero | tail > /dev/null";
+    // busybox tail buffers a whole line: 64 MiB without a newline is held in memory. The
+    // hog (a subshell) makes itself and its children the OOM killer's first choices: when
+    // the killed tail is still being reaped, the kernel may pick a second victim, and that
+    // must not be the container's init shell.
+    let hog = "(echo 1000 > /proc/self/oom_score_adj; head -c 64m /dev/zero | tail > /dev/null)";
     // memory+swap at the same 16 MiB, so that a host with swap cannot page the hog out.
     let limit = |b: &mut Bundle| {
         b.resources(|r| {
