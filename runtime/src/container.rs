@@ -711,6 +711,7 @@ fn spawn(
         };
         container_pid = Some(pid);
         let _ = waitpid(bootstrap, None);
+        parent.send(&Message::Continue)?;
         handshake(&parent, pid)?;
         Ok(pid)
     })();

@@ -132,6 +132,9 @@ enum Never {}
 
 fn container_process(launch: &Launch<'_>, chan: &Channel) -> Result<Never> {
     nix::sys::prctl::set_pdeathsig(None).map_err(|e| Error::sys("prctl(PR_SET_PDEATHSIG)", e))?;
+    // the bootstrap's InitPid and this process's messages share the channel: speak only
+    // once the runtime has our pid, so the order of messages is fixed
+    chan.expect(Message::Continue, "pid acknowledged")?;
     // not dumpable while the runtime's memory is mapped: other container processes must
     // not reach /proc/<pid>/exe or /proc/<pid>/mem of this one (reset by execve)
     nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("prctl(PR_SET_DUMPABLE)", e))?;
