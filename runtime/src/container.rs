@@ -5,7 +5,6 @@
 //! `create` and `exec` fork; call them from a single-threaded process (the CLI, or the
 //! per-pod shim the agent starts), as with runc.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -17,7 +16,7 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use oci_spec::runtime::{Hook, LinuxResources, Process};
+use oci_spec::runtime::{LinuxResources, Process};
 
 use crate::cgroups::{self, Cgroup};
 use crate::channel::{self, Message};
@@ -184,6 +183,12 @@ impl Runtime {
                 init_start_time: 0,
                 cgroup_path: cgroup_path.clone(),
                 own_pid_ns: plan.changes_pid_ns(),
+                poststart: bundle
+                    .spec
+                    .hooks()
+                    .as_ref()
+                    .and_then(|h| h.poststart().clone())
+                    .unwrap_or_default(),
                 poststop: bundle
                     .spec
                     .hooks()
@@ -446,18 +451,10 @@ impl Container {
         fs::remove_file(&fifo).map_err(|e| Error::io(format!("remove {}", fifo.display()), e))?;
         self.state.transition(Status::Running)?;
         self.save()?;
-        if let Ok(bundle) = Bundle::load(&self.state.bundle) {
-            if let Some(h) = bundle
-                .spec
-                .hooks()
-                .as_ref()
-                .and_then(|h| h.poststart().clone())
-            {
-                if let Err(e) = hooks::run(HookKind::Poststart, &h, &self.state.hook_state()) {
-                    tracing::warn!(id = %self.state.id, error = %e, "poststart hook failed");
-                    return Err(e.into());
-                }
-            }
+        let poststart = self.state.internal.poststart.clone();
+        if let Err(e) = hooks::run(HookKind::Poststart, &poststart, &self.state.hook_state()) {
+            tracing::warn!(id = %self.state.id, error = %e, "poststart hook failed");
+            return Err(e.into());
         }
         tracing::info!(id = %self.state.id, "container started");
         Ok(())
@@ -781,14 +778,6 @@ pub fn wait_exit_code(pid: Pid) -> Result<i32> {
             Err(e) => return Err(Error::sys(format!("wait for {pid}"), e)),
         }
     }
-}
-
-/// The hooks the state keeps for `delete` (the bundle may be gone by then).
-pub type PoststopHooks = Vec<Hook>;
-
-/// Annotations of a state, for display.
-pub fn annotations(state: &State) -> &HashMap<String, String> {
-    &state.annotations
 }
 
 #[cfg(test)]

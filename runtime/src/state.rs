@@ -138,6 +138,9 @@ pub struct Internal {
     /// Whether the container has its own pid namespace.
     #[serde(default)]
     pub own_pid_ns: bool,
+    /// Poststart hooks, kept so `start` need not read the bundle again.
+    #[serde(default)]
+    pub poststart: Vec<oci_spec::runtime::Hook>,
     /// Poststop hooks, kept because the bundle may be gone by `delete`.
     #[serde(default)]
     pub poststop: Vec<oci_spec::runtime::Hook>,
