@@ -69,18 +69,22 @@ fn is_alnum_lower(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit()
 }
 
+/// Lower-case letters, digits and '-', starting and ending with a letter or digit (the
+/// character rules of an RFC 1123 label; RFC 1035 also wants a letter first).
+fn label_chars_ok(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
+        && is_alnum_lower(b[0])
+        && is_alnum_lower(b[b.len() - 1])
+}
+
 /// RFC 1123 label problems (empty when valid).
 pub(crate) fn dns1123_label(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > 63 {
         errs.push("must be no more than 63 characters".to_string());
     }
-    let b = s.as_bytes();
-    let ok = !b.is_empty()
-        && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
-        && is_alnum_lower(b[0])
-        && is_alnum_lower(b[b.len() - 1]);
-    if !ok {
+    if !label_chars_ok(s.as_bytes()) {
         errs.push(DNS1123_LABEL_MSG.to_string());
     }
     errs
@@ -92,14 +96,7 @@ pub(crate) fn dns1123_subdomain(s: &str) -> Vec<String> {
     if s.len() > 253 {
         errs.push("must be no more than 253 characters".to_string());
     }
-    let ok = !s.is_empty()
-        && s.split('.').all(|p| {
-            let b = p.as_bytes();
-            !b.is_empty()
-                && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
-                && is_alnum_lower(b[0])
-                && is_alnum_lower(b[b.len() - 1])
-        });
+    let ok = !s.is_empty() && s.split('.').all(|p| label_chars_ok(p.as_bytes()));
     if !ok {
         errs.push(DNS1123_SUBDOMAIN_MSG.to_string());
     }
@@ -113,11 +110,7 @@ pub(crate) fn dns1035_label(s: &str) -> Vec<String> {
         errs.push("must be no more than 63 characters".to_string());
     }
     let b = s.as_bytes();
-    let ok = !b.is_empty()
-        && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
-        && b[0].is_ascii_lowercase()
-        && is_alnum_lower(b[b.len() - 1]);
-    if !ok {
+    if !(label_chars_ok(b) && b[0].is_ascii_lowercase()) {
         errs.push(DNS1035_LABEL_MSG.to_string());
     }
     errs
