@@ -1,4 +1,4 @@
-//! `skiff master`: the API server (and, later, scheduler and controllers).
+//! `skiff master`: the API server, the scheduler and the controllers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +22,21 @@ pub struct MasterArgs {
     /// NodePort range, inclusive (`LOW-HIGH`).
     #[arg(long, default_value = "30000-32767")]
     node_port_range: String,
+    /// Pod CIDR of the cluster; each node gets one block of it as its podCIDR.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's podCIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// Seconds without a Lease renewal before a node is marked Ready=Unknown.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Seconds pods tolerate an unreachable or not-ready node before they are evicted.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
+    /// Serve the API only: no scheduler or controllers.
+    #[arg(long)]
+    no_controllers: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16)> {
@@ -58,6 +73,27 @@ pub fn main(args: MasterArgs) -> Result<i32> {
         })
         .await
         .context("cannot start the API server")?;
+        let controllers = if args.no_controllers {
+            None
+        } else {
+            let settings = skiff_master::controllers::Settings {
+                cluster_cidr: args.cluster_cidr.clone(),
+                node_cidr_mask: args.node_cidr_mask_size,
+                node_monitor_grace_period: std::time::Duration::from_secs(
+                    args.node_monitor_grace_period,
+                ),
+                default_toleration_seconds: args.default_toleration_seconds,
+                ..Default::default()
+            };
+            let client = skiff_master::controllers::client_from_kubeconfig(&handle.kubeconfig)
+                .await
+                .context("cannot connect the controllers to the API server")?;
+            let ctx = skiff_master::controllers::Context {
+                client,
+                settings: Arc::new(settings),
+            };
+            Some(tokio::spawn(skiff_master::controllers::run(ctx)))
+        };
         eprintln!(
             "skiff master: serving https://{} (kubeconfig: {})",
             handle.addr,
@@ -68,6 +104,9 @@ pub fn main(args: MasterArgs) -> Result<i32> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+        }
+        if let Some(c) = controllers {
+            c.abort();
         }
         handle.shutdown().await;
         Ok(0)

@@ -1,5 +1,5 @@
 //! skiff-master: the API server (a faithful subset of the Kubernetes REST API), its
-//! durable store, and (later) the scheduler and controllers.
+//! durable store, the scheduler and the controllers.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -7,6 +7,8 @@
 pub mod api;
 /// Cluster CA, serving certificate, tokens and the admin kubeconfig.
 pub mod certs;
+/// Scheduler and controllers: reconcilers over watch-fed caches, run by the leader.
+pub mod controllers;
 /// Kinds served: group/version/resource table, defaulting, validation, patches, tables.
 pub mod resources;
 /// The `Store` trait and its backends (embedded redb, etcd).

@@ -207,16 +207,25 @@ fn dechunk(s: &str) -> String {
 /// Polls `f` until it returns Some, for up to `secs` seconds.
 pub async fn poll<T, F: FnMut() -> Fut, Fut: std::future::Future<Output = Option<T>>>(
     secs: u64,
-    mut f: F,
+    f: F,
 ) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    wait_for("condition", std::time::Duration::from_secs(secs), f).await
+}
+
+/// Polls `check` every 100 ms until it returns Some; panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(v) = f().await {
+        if let Some(v) = check().await {
             return v;
         }
         assert!(
-            std::time::Instant::now() < deadline,
-            "condition not met within {secs}s"
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

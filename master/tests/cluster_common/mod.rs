@@ -1,0 +1,231 @@
+//! A master with its controllers and simulated nodes, for controller tests that need no
+//! agent: each simulated node is a Node object with capacity, a Lease renewed every second,
+//! and a loop (a stand-in kubelet) that marks the pods bound to it Running and Ready.
+//! `SimCluster::stop_node` stops both, as if the machine died.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use skiff_master::controllers::{self, Context, Settings};
+
+use crate::api_common::{self, TestServer};
+
+pub struct SimCluster {
+    pub server: TestServer,
+    pub client: kube::Client,
+    controllers: tokio::task::JoinHandle<Result<(), controllers::ControllerError>>,
+    nodes: Vec<SimNode>,
+}
+
+struct SimNode {
+    name: String,
+    alive: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a simulated node offers.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub cpu: String,
+    pub memory: String,
+    pub pods: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeSpec {
+    pub fn new(name: &str) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            cpu: "4".into(),
+            memory: "8Gi".into(),
+            pods: 110,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl SimCluster {
+    /// A master (in-memory store) with controllers using `settings`, and no nodes yet.
+    pub async fn start(settings: Settings) -> SimCluster {
+        let server = api_common::start().await;
+        let client = controllers::client_from_kubeconfig(server.kubeconfig())
+            .await
+            .unwrap();
+        let ctx = Context {
+            client: client.clone(),
+            settings: Arc::new(settings),
+        };
+        let controllers = tokio::spawn(controllers::run(ctx));
+        SimCluster {
+            server,
+            client,
+            controllers,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Registers a Ready node and starts its lease renewal and stand-in kubelet.
+    pub async fn add_node(&mut self, spec: NodeSpec) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut labels = spec.labels.clone();
+        labels.insert("kubernetes.io/hostname".into(), spec.name.clone());
+        labels.insert("kubernetes.io/os".into(), "linux".into());
+        labels.insert("kubernetes.io/arch".into(), "amd64".into());
+        let idx = self.nodes.len() + 1;
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": spec.name, "labels": labels},
+            "spec": {},
+        }))
+        .unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        let status = json!({"status": {
+            "capacity": {"cpu": spec.cpu, "memory": spec.memory, "pods": spec.pods.to_string()},
+            "allocatable": {"cpu": spec.cpu, "memory": spec.memory, "pods": spec.pods.to_string()},
+            "addresses": [{"type": "InternalIP", "address": format!("192.168.77.{idx}")},
+                          {"type": "Hostname", "address": spec.name}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "simulated node is ready",
+                            "lastHeartbeatTime": chrono::Utc::now().to_rfc3339(),
+                            "lastTransitionTime": chrono::Utc::now().to_rfc3339()}],
+        }});
+        nodes
+            .patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+        let alive = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(sim_node(
+            self.client.clone(),
+            spec.name.clone(),
+            idx,
+            alive.clone(),
+        ));
+        self.nodes.push(SimNode {
+            name: spec.name,
+            alive,
+            task,
+        });
+    }
+
+    /// The node stops renewing its Lease and updating its pods, as if it died.
+    pub fn stop_node(&self, name: &str) {
+        for n in &self.nodes {
+            if n.name == name {
+                n.alive.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// kubectl (1.32 unless told) against this cluster; must succeed; returns stdout.
+    pub async fn kubectl(&self, args: &[&str]) -> String {
+        self.server.ok("1.32", args).await
+    }
+
+    /// Polls `check` every 100 ms until it returns Some; panics after `timeout` naming
+    /// `what`.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        api_common::wait_for(what, timeout, check).await
+    }
+}
+
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        self.controllers.abort();
+        for n in &self.nodes {
+            n.task.abort();
+        }
+    }
+}
+
+/// Renews the node's Lease every second and marks its bound pods Running and Ready, while
+/// `alive`.
+async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<AtomicBool>) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut next_ip = 2u32;
+    loop {
+        if alive.load(Ordering::SeqCst) {
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
+                         "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now())},
+            });
+            let _ = leases
+                .patch(
+                    &name,
+                    &PatchParams::apply("sim-kubelet").force(),
+                    &Patch::Apply(&lease),
+                )
+                .await;
+            let bound = pods
+                .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
+                .await;
+            if let Ok(bound) = bound {
+                for pod in bound.items {
+                    let running =
+                        pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        // The containers are "stopped": finish the graceful deletion.
+                        let _ = api
+                            .delete(
+                                &pod_name,
+                                &kube::api::DeleteParams::default().grace_period(0),
+                            )
+                            .await;
+                        continue;
+                    }
+                    if running {
+                        continue;
+                    }
+                    let now = chrono::Utc::now().to_rfc3339();
+                    let containers: Vec<_> = pod
+                        .spec
+                        .as_ref()
+                        .map(|s| {
+                            s.containers.iter().map(|c| json!({
+                            "name": c.name, "image": c.image, "imageID": "", "ready": true,
+                            "restartCount": 0, "started": true,
+                            "state": {"running": {"startedAt": now}},
+                        })).collect()
+                        })
+                        .unwrap_or_default();
+                    let status = json!({"status": {
+                        "phase": "Running",
+                        "hostIP": format!("192.168.77.{idx}"),
+                        "podIP": format!("10.244.{idx}.{next_ip}"),
+                        "podIPs": [{"ip": format!("10.244.{idx}.{next_ip}")}],
+                        "startTime": now,
+                        "conditions": [
+                            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                        ],
+                        "containerStatuses": containers,
+                    }});
+                    next_ip += 1;
+                    let _ = api
+                        .patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
