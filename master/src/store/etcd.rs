@@ -145,6 +145,54 @@ impl EtcdStore {
         }
     }
 
+    /// Compacts etcd's history every `interval`, to the revision seen one interval earlier,
+    /// as kube-apiserver's compactor does (`--etcd-compaction-interval`, 5 minutes): the
+    /// masters sharing an etcd take turns through a compare-and-swap on the version of the
+    /// unprefixed `compact_rev_key`, so one compaction happens per interval however many
+    /// masters run. Runs until the task is dropped.
+    pub async fn run_compactor(&self, interval: Duration) {
+        let mut version = 0i64;
+        let mut last_rev = 0i64;
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.compact_turn(version, last_rev).await {
+                Ok((v, rev)) => (version, last_rev) = (v, rev),
+                Err(e) => warn!(error = %e, "etcd compaction failed"),
+            }
+        }
+    }
+
+    /// One turn of the compactor: returns the key's version and the current revision.
+    async fn compact_turn(&self, version: i64, rev: i64) -> Result<(i64, i64), StoreError> {
+        const KEY: &str = "compact_rev_key";
+        let txn = Txn::new()
+            .when([Compare::version(KEY, CompareOp::Equal, version)])
+            .and_then([TxnOp::put(KEY, rev.to_string(), None)])
+            .or_else([TxnOp::get(KEY, None)]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(classify)?;
+        let current = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if !resp.succeeded() {
+            // another master compacted this interval; follow its clock
+            let theirs = resp
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(g) => g.kvs().first().map(etcd_client::KeyValue::version),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            return Ok((theirs, current));
+        }
+        if rev > 0 {
+            match self.client.kv_client().compact(rev, None).await {
+                Ok(_) => debug!(revision = rev, "etcd compacted"),
+                Err(e) if is_compacted(&e) => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok((version + 1, current))
+    }
+
     /// The revision etcd has compacted up to (called after etcd said a revision is
     /// compacted): a watch of one key from revision 1 is answered with the compaction
     /// revision.
