@@ -18,6 +18,8 @@ pkg-config --exists libseccomp 2>/dev/null || missing+=("libseccomp (libseccomp-
 for tool in docker-registry skopeo umoci htpasswd; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool (image tests)")
 done
+command -v protoc >/dev/null 2>&1 || missing+=("protoc (protobuf-compiler, builds etcd-client)")
+command -v etcd >/dev/null 2>&1 || missing+=("etcd (etcd-server, etcd store tests)")
 if [ ${#missing[@]} -gt 0 ]; then
     echo "$0: missing: ${missing[*]}; scripts/quickstart.sh installs them" >&2
     exit 1

@@ -5,14 +5,51 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{ArgAction, Args, ValueEnum};
+use skiff_master::store::Store;
+
+/// Where the master keeps the cluster's objects.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreKind {
+    /// A durable file in the data dir (redb); one master.
+    Embedded,
+    /// An etcd cluster (v3 API), which several masters can share.
+    Etcd,
+}
 
 /// `skiff master`.
 #[derive(Args, Debug)]
 pub struct MasterArgs {
-    /// Certificates, tokens, kubeconfig and the store live here.
+    /// Certificates, tokens, kubeconfig and the embedded store live here.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Store backend.
+    #[arg(long, value_enum, default_value = "embedded")]
+    store: StoreKind,
+    /// etcd client URLs (`http://10.0.0.1:2379,http://10.0.0.2:2379`), with `--store etcd`.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Prefix of every key in etcd, so several clusters can share one etcd.
+    #[arg(long, default_value = "/skiff")]
+    etcd_prefix: String,
+    /// How often etcd's history is compacted (like kube-apiserver's; `5m`, `30s`; 0 = never).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    etcd_compaction_interval: std::time::Duration,
+    /// Run the scheduler and controllers only while holding the leader Lease
+    /// (kube-system/skiff-controller-manager), so several masters can share one store.
+    /// Default: true with `--store etcd`; false with the embedded store, which only one
+    /// master can open (a restarted master would otherwise wait out its own old Lease).
+    #[arg(long, action = ArgAction::Set)]
+    leader_elect: Option<bool>,
+    /// How long a leader Lease nobody renews stays with its holder.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps trying to renew before it stops its controllers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// Between two tries to acquire or renew the leader Lease.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: std::time::Duration,
     /// Address to serve HTTPS on.
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
@@ -51,6 +88,64 @@ fn parse_range(s: &str) -> Result<(u16, u16)> {
     Ok((lo, hi))
 }
 
+/// A Kubernetes-style duration: `15s`, `500ms`, `5m`, `1h` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 15s"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
+}
+
+/// Opens the store the arguments name; for etcd also starts its compactor.
+async fn open_store(args: &MasterArgs) -> Result<Arc<dyn Store>> {
+    match args.store {
+        StoreKind::Embedded => {
+            if !args.etcd_endpoints.is_empty() {
+                bail!("--etcd-endpoints needs --store etcd");
+            }
+            let path = args.data_dir.join("store.redb");
+            Ok(Arc::new(
+                skiff_master::store::embedded::EmbeddedStore::open(&path)
+                    .with_context(|| format!("cannot open the store {}", path.display()))?,
+            ))
+        }
+        StoreKind::Etcd => {
+            if args.etcd_endpoints.is_empty() {
+                bail!("--store etcd needs --etcd-endpoints");
+            }
+            let store = Arc::new(
+                skiff_master::store::etcd::EtcdStore::connect(
+                    &args.etcd_endpoints,
+                    &args.etcd_prefix,
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot connect to etcd at {}",
+                        args.etcd_endpoints.join(",")
+                    )
+                })?,
+            );
+            if !args.etcd_compaction_interval.is_zero() {
+                let compactor = store.clone();
+                let interval = args.etcd_compaction_interval;
+                tokio::spawn(async move { compactor.run_compactor(interval).await });
+            }
+            Ok(store)
+        }
+    }
+}
+
 /// Runs the master until SIGINT/SIGTERM.
 pub fn main(args: MasterArgs) -> Result<i32> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -59,11 +154,7 @@ pub fn main(args: MasterArgs) -> Result<i32> {
     rt.block_on(async move {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-        let path = args.data_dir.join("store.redb");
-        let store: Arc<dyn skiff_master::store::Store> = Arc::new(
-            skiff_master::store::embedded::EmbeddedStore::open(&path)
-                .with_context(|| format!("cannot open the store {}", path.display()))?,
-        );
+        let store = open_store(&args).await?;
         let handle = skiff_master::api::serve(skiff_master::api::Config {
             data_dir: args.data_dir.clone(),
             listen: args.listen,
@@ -77,6 +168,7 @@ pub fn main(args: MasterArgs) -> Result<i32> {
             None
         } else {
             let settings = skiff_master::controllers::Settings {
+                lease_duration: args.leader_elect_lease_duration,
                 cluster_cidr: args.cluster_cidr.clone(),
                 node_cidr_mask: args.node_cidr_mask_size,
                 node_monitor_grace_period: std::time::Duration::from_secs(
@@ -92,7 +184,20 @@ pub fn main(args: MasterArgs) -> Result<i32> {
                 client,
                 settings: Arc::new(settings),
             };
-            Some(tokio::spawn(skiff_master::controllers::run(ctx)))
+            if args.leader_elect.unwrap_or(args.store == StoreKind::Etcd) {
+                let mut election =
+                    skiff_master::controllers::leader::ElectionConfig::from_settings(&ctx.settings);
+                election.renew_deadline = args.leader_elect_renew_deadline;
+                election.retry_period = args.leader_elect_retry_period;
+                election
+                    .validate()
+                    .context("invalid leader election flags")?;
+                Some(tokio::spawn(
+                    skiff_master::controllers::leader::run_elected(ctx, election),
+                ))
+            } else {
+                Some(tokio::spawn(skiff_master::controllers::run(ctx)))
+            }
         };
         eprintln!(
             "skiff master: serving https://{} (kubeconfig: {})",
@@ -111,4 +216,31 @@ pub fn main(args: MasterArgs) -> Result<i32> {
         handle.shutdown().await;
         Ok(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("15s", 15_000),
+            ("15", 15_000),
+            ("500ms", 500),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("0", 0),
+        ];
+        for (s, ms) in ok {
+            assert_eq!(
+                parse_duration(s),
+                Ok(std::time::Duration::from_millis(ms)),
+                "{s}"
+            );
+        }
+        for s in ["", "s", "15x", "1.5s", "-1s"] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
+    }
 }

@@ -1,6 +1,10 @@
-//! Tests of the embedded (redb) store against the `Store` contract: CRUD, compare-and-swap,
-//! lists, watches, compaction, reopen, and durability across `kill -9`.
+//! Tests of the store backends against the `Store` contract: CRUD, compare-and-swap, lists,
+//! watches, compaction, reopen. The contract tests run on both the embedded (redb) store and
+//! a real etcd (one member on loopback per test, Debian's etcd-server); the embedded store's
+//! own limits (history, watch buffer) and its durability across `kill -9` are tested alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod etcd_common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use skiff_master::store::embedded::EmbeddedStore;
+use skiff_master::store::etcd::EtcdStore;
 use skiff_master::store::{EventKind, Revision, Store, StoreError, WatchStream};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -18,6 +23,74 @@ const WAIT: Duration = Duration::from_secs(20);
 fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
     EmbeddedStore::open(&dir.path().join("store.redb")).unwrap()
 }
+
+/// Where a contract test's store lives; `open` may be called again after the last handle is
+/// dropped (reopen).
+enum Backend {
+    Embedded(tempfile::TempDir),
+    Etcd(etcd_common::EtcdCluster),
+}
+
+/// Keys of the etcd tests live under this prefix (the etcd store's cluster prefix).
+const ETCD_PREFIX: &str = "/skiff-test";
+
+impl Backend {
+    fn embedded() -> Backend {
+        Backend::Embedded(tempfile::tempdir().unwrap())
+    }
+
+    async fn etcd() -> Backend {
+        let cluster = tokio::task::spawn_blocking(|| etcd_common::EtcdCluster::start(1))
+            .await
+            .unwrap();
+        Backend::Etcd(cluster)
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Embedded(dir) => Arc::new(open(dir)),
+            Backend::Etcd(c) => Arc::new(
+                EtcdStore::connect(&c.endpoints(), ETCD_PREFIX)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
+/// Each listed `async fn name(b: &Backend)` becomes `embedded::name` and `etcd::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(&super::Backend::embedded()).await
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(&super::Backend::etcd().await).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    crud_cas_and_errors,
+    list_prefix_limit_continue,
+    list_at_old_and_future_revisions,
+    watch_from_zero_replays_history_then_streams_live,
+    watch_events_carry_values_and_prev,
+    watch_from_the_middle_and_prefix_isolation,
+    watch_under_concurrent_writers_has_no_gap_and_no_duplicate,
+    watch_ends_when_the_store_is_dropped,
+    reopen_keeps_the_revision_and_the_log,
+);
 
 /// Reads `n` events from `w` (each must arrive within the deadline) and returns
 /// (kind, key, revision) for each.
@@ -41,10 +114,8 @@ async fn assert_quiet(w: &mut WatchStream) {
     }
 }
 
-#[tokio::test]
-async fn crud_cas_and_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn crud_cas_and_errors(b: &Backend) {
+    let s = b.open().await;
     let r0 = s.revision().await.unwrap();
     assert_eq!(r0, 1, "an empty store is at revision 1, like etcd");
     assert_eq!(s.get("/a").await.unwrap(), None);
@@ -105,10 +176,8 @@ async fn crud_cas_and_errors() {
     assert_eq!(s.revision().await.unwrap(), last);
 }
 
-#[tokio::test]
-async fn list_prefix_limit_continue() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn list_prefix_limit_continue(b: &Backend) {
+    let s = b.open().await;
     // Inserted out of order; neighbours outside the prefix on both sides.
     for k in [
         "/r/pods/b",
@@ -169,6 +238,107 @@ async fn list_prefix_limit_continue() {
     assert_eq!(s.list("", None, 0, None).await.unwrap().items.len(), 8);
 }
 
+async fn list_at_old_and_future_revisions(b: &Backend) {
+    let s = b.open().await;
+    let a = s.create("/k/a", b"a1".to_vec()).await.unwrap();
+    let at = s.revision().await.unwrap();
+    let a2 = s
+        .update("/k/a", b"a2".to_vec(), a.mod_revision)
+        .await
+        .unwrap();
+    s.create("/k/b", b"b".to_vec()).await.unwrap();
+    let old = s.list("/k/", None, 0, Some(at)).await.unwrap();
+    assert_eq!(old.revision, at);
+    assert_eq!(old.items, vec![a]);
+    // A page at an old revision continues at that revision.
+    let now = s.revision().await.unwrap();
+    let page = s.list("/k/", None, 1, Some(now)).await.unwrap();
+    assert_eq!((page.items.len(), page.more), (1, true));
+    assert_eq!(page.items[0], a2);
+    match s.list("/k/", None, 0, Some(now + 1)).await {
+        Err(StoreError::FutureRevision { requested, current }) => {
+            assert_eq!((requested, current), (now + 1, now))
+        }
+        other => panic!("expected FutureRevision, got {other:?}"),
+    }
+}
+
+/// etcd compaction (what the master's compactor does): lists and watches before the
+/// compacted revision answer Compacted (410 upstream), from it on they work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_compacted_revisions_answer_compacted() {
+    let cluster = tokio::task::spawn_blocking(|| etcd_common::EtcdCluster::start(1))
+        .await
+        .unwrap();
+    let s = EtcdStore::connect(&cluster.endpoints(), ETCD_PREFIX)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        s.create(&format!("/h/{i}"), vec![]).await.unwrap();
+    }
+    assert!(s.watch("/h/", 0).await.is_ok());
+    s.compact(6).await.unwrap();
+    match s.watch("/h/", 5).await {
+        Err(StoreError::Compacted { requested, oldest }) => {
+            assert_eq!((requested, oldest), (5, 6))
+        }
+        Err(e) => panic!("expected Compacted, got {e:?}"),
+        Ok(_) => panic!("expected Compacted, got a stream"),
+    }
+    assert!(matches!(
+        s.watch("/h/", 0).await,
+        Err(StoreError::Compacted { oldest: 6, .. })
+    ));
+    let mut w = s.watch("/h/", 6).await.unwrap();
+    assert_eq!(take(&mut w, 5).await[0].2, 7);
+    match s.list("/h/", None, 0, Some(5)).await {
+        Err(StoreError::Compacted { requested, oldest }) => {
+            assert_eq!((requested, oldest), (5, 6))
+        }
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    assert_eq!(
+        s.list("/h/", None, 0, Some(6)).await.unwrap().items.len(),
+        5
+    );
+    assert!(matches!(
+        s.compact(1000).await,
+        Err(StoreError::FutureRevision { .. })
+    ));
+    s.compact(3).await.unwrap(); // already compacted further: no-op
+    // A watch that is open when its history is compacted keeps going: it is past it.
+    s.create("/h/live", vec![]).await.unwrap();
+    assert_eq!(take(&mut w, 1).await[0].1, "/h/live");
+}
+
+/// Two clusters with different prefixes share one etcd and see only their own keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_prefixes_separate_clusters() {
+    let cluster = tokio::task::spawn_blocking(|| etcd_common::EtcdCluster::start(1))
+        .await
+        .unwrap();
+    let one = EtcdStore::connect(&cluster.endpoints(), "/one")
+        .await
+        .unwrap();
+    let two = EtcdStore::connect(&cluster.endpoints(), "/two/")
+        .await
+        .unwrap();
+    let mut w = two.watch("/", two.revision().await.unwrap()).await.unwrap();
+    one.create("/registry/pods/a", b"1".to_vec()).await.unwrap();
+    let b = two.create("/registry/pods/a", b"2".to_vec()).await.unwrap();
+    assert_eq!(
+        one.get("/registry/pods/a").await.unwrap().unwrap().value,
+        b"1"
+    );
+    assert_eq!(two.get("/registry/pods/a").await.unwrap().unwrap(), b);
+    assert_eq!(one.list("", None, 0, None).await.unwrap().items.len(), 1);
+    assert_eq!(
+        take(&mut w, 1).await,
+        [(EventKind::Put, "/registry/pods/a".into(), b.mod_revision)]
+    );
+    assert_quiet(&mut w).await;
+}
+
 #[tokio::test]
 async fn list_at_old_future_and_compacted_revisions() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,10 +378,8 @@ async fn list_at_old_future_and_compacted_revisions() {
     assert_eq!(l.items.len(), 2);
 }
 
-#[tokio::test]
-async fn watch_from_zero_replays_history_then_streams_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn watch_from_zero_replays_history_then_streams_live(b: &Backend) {
+    let s = b.open().await;
     let a = s.create("/w/a", b"1".to_vec()).await.unwrap();
     s.update("/w/a", b"2".to_vec(), a.mod_revision)
         .await
@@ -241,10 +409,8 @@ async fn watch_from_zero_replays_history_then_streams_live() {
     );
 }
 
-#[tokio::test]
-async fn watch_events_carry_values_and_prev() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn watch_events_carry_values_and_prev(b: &Backend) {
+    let s = b.open().await;
     let mut w = s.watch("/v/", s.revision().await.unwrap()).await.unwrap();
     let a = s.create("/v/a", b"one".to_vec()).await.unwrap();
     let a2 = s
@@ -284,10 +450,8 @@ async fn watch_events_carry_values_and_prev() {
     }
 }
 
-#[tokio::test]
-async fn watch_from_the_middle_and_prefix_isolation() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn watch_from_the_middle_and_prefix_isolation(b: &Backend) {
+    let s = b.open().await;
     let mut mid = 0;
     for i in 0..10 {
         let kv = s.create(&format!("/x/{i}"), vec![]).await.unwrap();
@@ -313,10 +477,8 @@ async fn watch_from_the_middle_and_prefix_isolation() {
     assert_quiet(&mut wy).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn watch_under_concurrent_writers_has_no_gap_and_no_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(open(&dir));
+async fn watch_under_concurrent_writers_has_no_gap_and_no_duplicate(b: &Backend) {
+    let s = b.open().await;
     for i in 0..20 {
         s.create(&format!("/c/pre/{i}"), vec![]).await.unwrap();
     }
@@ -440,10 +602,8 @@ async fn slow_watcher_gets_an_error_and_its_stream_ends() {
     assert!(items.iter().all(Result::is_ok));
 }
 
-#[tokio::test]
-async fn watch_ends_when_the_store_is_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn watch_ends_when_the_store_is_dropped(b: &Backend) {
+    let s = b.open().await;
     let mut w = s.watch("/", 0).await.unwrap();
     drop(s);
     assert!(
@@ -454,11 +614,9 @@ async fn watch_ends_when_the_store_is_dropped() {
     );
 }
 
-#[tokio::test]
-async fn reopen_keeps_the_revision_and_the_log() {
-    let dir = tempfile::tempdir().unwrap();
+async fn reopen_keeps_the_revision_and_the_log(b: &Backend) {
     let (a, mid) = {
-        let s = open(&dir);
+        let s = b.open().await;
         let a = s.create("/o/a", b"a".to_vec()).await.unwrap();
         let mid = s.revision().await.unwrap();
         s.update("/o/a", b"a2".to_vec(), a.mod_revision)
@@ -468,7 +626,7 @@ async fn reopen_keeps_the_revision_and_the_log() {
         s.delete("/o/b", None).await.unwrap();
         (a, mid)
     };
-    let s = open(&dir);
+    let s = b.open().await;
     assert_eq!(s.revision().await.unwrap(), 5);
     assert_eq!(s.get("/o/a").await.unwrap().unwrap().value, b"a2");
     let mut w = s.watch("/o/", mid).await.unwrap();

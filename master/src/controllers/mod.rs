@@ -4,6 +4,9 @@
 //! its own process against its own API; with several masters on one etcd only the holder of
 //! the leader Lease runs them.
 
+/// Leader election through a coordination.k8s.io Lease; only the leader runs the controllers.
+pub mod leader;
+
 /// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
 pub mod events;
 

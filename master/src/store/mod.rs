@@ -133,6 +133,9 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
 }
 
+/// The etcd v3 backend, for several masters sharing one etcd cluster.
+pub mod etcd;
+
 /// The embedded, durable file store (redb) with an event log for watches.
 pub mod embedded;
 
