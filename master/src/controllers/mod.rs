@@ -9,6 +9,10 @@ pub mod leader;
 
 /// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
 pub mod events;
+/// The garbage collector: ownerReferences cascades (background, foreground, orphan).
+pub mod gc;
+/// The scheduler: binds pending pods to nodes through `pods/binding`.
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +123,8 @@ pub async fn client_from_kubeconfig(
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let mut set: tokio::task::JoinSet<Result<(), ControllerError>> = tokio::task::JoinSet::new();
     // Each controller module adds itself here: set.spawn(module::run(ctx.clone()));
+    set.spawn(scheduler::run(ctx.clone()));
+    set.spawn(gc::run(ctx.clone()));
     let _ = &ctx;
     while let Some(done) = set.join_next().await {
         match done {
