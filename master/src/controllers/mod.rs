@@ -6,6 +6,8 @@
 
 /// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
 pub mod events;
+/// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
+pub mod replicaset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +118,7 @@ pub async fn client_from_kubeconfig(
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let mut set: tokio::task::JoinSet<Result<(), ControllerError>> = tokio::task::JoinSet::new();
     // Each controller module adds itself here: set.spawn(module::run(ctx.clone()));
+    set.spawn(replicaset::run(ctx.clone()));
     let _ = &ctx;
     while let Some(done) = set.join_next().await {
         match done {
