@@ -108,17 +108,22 @@ fn error_policy(rs: Arc<ReplicaSet>, err: &ControllerError, _st: Arc<State>) -> 
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Patches `ownerReferences` of a pod to `refs`, guarded by its resourceVersion.
-async fn set_owner_refs(
-    api: &Api<Pod>,
-    pod: &Pod,
+/// Patches `ownerReferences` of an object (a pod, a ReplicaSet) to `refs`, guarded by its
+/// uid and resourceVersion; `None` when it is gone.
+async fn set_owner_refs<K>(
+    api: &Api<K>,
+    obj: &K,
     refs: Vec<OwnerReference>,
-) -> Result<Option<Pod>, kube::Error> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
+) -> Result<Option<K>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let meta = obj.meta();
+    let name = meta.name.clone().unwrap_or_default();
     let patch = json!({"metadata": {
         "ownerReferences": refs,
-        "resourceVersion": pod.metadata.resource_version,
-        "uid": pod.metadata.uid,
+        "resourceVersion": meta.resource_version,
+        "uid": meta.uid,
     }});
     match api
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -128,6 +133,42 @@ async fn set_owner_refs(
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Carries out a claim: adds the controller reference (`kind` `name` `uid`) to the orphans
+/// to adopt and drops it from the objects to release. Returns the adopted objects.
+pub(crate) async fn adopt_and_release<K>(
+    api: &Api<K>,
+    claims: &core::Claims<'_, K>,
+    kind: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Vec<K>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut adopted = Vec::new();
+    for obj in &claims.adopt {
+        let mut refs = obj.meta().owner_references.clone().unwrap_or_default();
+        refs.push(core::controller_ref(kind, name, uid));
+        if let Some(o) = set_owner_refs(api, *obj, refs).await? {
+            info!(owner = %format!("{kind}/{name}"), adopted = ?o.meta().name, "adopted");
+            adopted.push(o);
+        }
+    }
+    for obj in &claims.release {
+        let refs: Vec<_> = obj
+            .meta()
+            .owner_references
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.uid != uid)
+            .collect();
+        set_owner_refs(api, *obj, refs).await?;
+        info!(owner = %format!("{kind}/{name}"), released = ?obj.meta().name, "released");
+    }
+    Ok(adopted)
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, ControllerError> {
@@ -163,27 +204,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Contro
             .filter(|p| core::is_active(p)),
     );
     let api: Api<Pod> = Api::namespaced(st.ctx.client.clone(), &ns);
-    let mut adopted: Vec<Pod> = Vec::new();
-    for pod in &claims.adopt {
-        let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-        refs.push(core::controller_ref("ReplicaSet", &name, &uid));
-        if let Some(p) = set_owner_refs(&api, pod, refs).await? {
-            info!(replicaset = %key, pod = ?p.metadata.name, "adopted pod");
-            adopted.push(p);
-        }
-    }
-    for pod in &claims.release {
-        let refs: Vec<_> = pod
-            .metadata
-            .owner_references
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.uid != uid)
-            .collect();
-        set_owner_refs(&api, pod, refs).await?;
-        info!(replicaset = %key, pod = ?pod.metadata.name, "released pod");
-    }
+    let adopted = adopt_and_release(&api, &claims, "ReplicaSet", &name, &uid).await?;
     let mut owned: Vec<&Pod> = claims.owned.clone();
     owned.extend(adopted.iter());
 

@@ -106,44 +106,47 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
     until_available(pod, min_ready_seconds, now) == Some(Duration::ZERO)
 }
 
-/// What a ReplicaSet does with the active pods of its namespace.
-#[derive(Debug, Default, PartialEq)]
-pub struct Claims<'a> {
-    /// Pods it controls and that still match (after adoption these are its pods).
-    pub owned: Vec<&'a Pod>,
+/// What a controller does with the objects (pods, ReplicaSets) of its namespace.
+#[derive(Debug)]
+pub struct Claims<'a, K = Pod> {
+    /// Objects it controls and that still match (after adoption these are its own).
+    pub owned: Vec<&'a K>,
     /// Orphans matching its selector: take them (add the controller reference).
-    pub adopt: Vec<&'a Pod>,
-    /// Pods it controls that no longer match: let them go (drop the reference).
-    pub release: Vec<&'a Pod>,
+    pub adopt: Vec<&'a K>,
+    /// Objects it controls that no longer match: let them go (drop the reference).
+    pub release: Vec<&'a K>,
 }
 
-/// Upstream's `ClaimPods`: pods controlled by `uid` that match stay; those that do not
-/// match are released (unless the owner is being deleted); orphans that match are adopted
-/// (unless the owner or the pod is being deleted). Pods of other controllers are ignored.
-pub fn claim<'a>(
+/// Upstream's `ControllerRefManager` claim: objects controlled by `uid` that match stay;
+/// those that do not match are released (unless the owner is being deleted); orphans that
+/// match are adopted (unless the owner or the orphan is being deleted). Objects of other
+/// controllers are ignored.
+pub fn claim<'a, K: kube::Resource>(
     uid: &str,
     owner_deleting: bool,
     sel: &select::LabelSelector,
-    pods: impl IntoIterator<Item = &'a Pod>,
-) -> Claims<'a> {
-    let mut out = Claims::default();
-    for pod in pods {
-        let labels = pod.metadata.labels.as_ref();
-        match controller_of(pod.metadata.owner_references.as_ref()) {
+    items: impl IntoIterator<Item = &'a K>,
+) -> Claims<'a, K> {
+    let mut out = Claims {
+        owned: Vec::new(),
+        adopt: Vec::new(),
+        release: Vec::new(),
+    };
+    for item in items {
+        let meta = item.meta();
+        let labels = meta.labels.as_ref();
+        match controller_of(meta.owner_references.as_ref()) {
             Some(r) if r.uid == uid => {
                 if matches(sel, labels) {
-                    out.owned.push(pod);
+                    out.owned.push(item);
                 } else if !owner_deleting {
-                    out.release.push(pod);
+                    out.release.push(item);
                 }
             }
             Some(_) => {}
             None => {
-                if !owner_deleting
-                    && pod.metadata.deletion_timestamp.is_none()
-                    && matches(sel, labels)
-                {
-                    out.adopt.push(pod);
+                if !owner_deleting && meta.deletion_timestamp.is_none() && matches(sel, labels) {
+                    out.adopt.push(item);
                 }
             }
         }

@@ -62,10 +62,10 @@ impl Expectations {
         let mut m = self.map();
         if let Some(p) = m.get_mut(key) {
             p.creating = p.creating.saturating_sub(1);
-            if let Some(name) = name
-                && !p.early.remove(name)
-            {
-                p.created.insert(name.to_string());
+            if let Some(name) = name {
+                if !p.early.remove(name) {
+                    p.created.insert(name.to_string());
+                }
             }
             if p.creating == 0 {
                 p.early.clear();
