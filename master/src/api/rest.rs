@@ -901,7 +901,53 @@ async fn binding(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("binding target name is required"))?
         .to_string();
+    if let Some(n) = b
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty() && *n != ctx.name())
+    {
+        return Err(ApiError::bad_request(format!(
+            "name in URL does not match name in Binding object: {} != {n}",
+            ctx.name()
+        )));
+    }
+    if let Some(kind) = b
+        .pointer("/target/kind")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty() && *k != "Node")
+    {
+        return Err(ApiError::bad_request(format!(
+            "binding target kind must be Node, not {kind:?}"
+        )));
+    }
     let (kv, old) = load(ctx).await?;
+    let conflict = |why: String| {
+        ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on pods/binding \"{}\": {why}",
+                ctx.name()
+            ),
+        )
+    };
+    if let Some(uid) = b
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        && meta_str(&old, "uid") != Some(uid)
+    {
+        return Err(conflict(format!(
+            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+            meta_str(&old, "uid").unwrap_or_default()
+        )));
+    }
+    if old.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(conflict(format!(
+            "pod {} is being deleted, cannot be assigned to a host",
+            ctx.name()
+        )));
+    }
     if let Some(n) = old
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -919,6 +965,15 @@ async fn binding(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
     }
     let mut new = old.clone();
     new["spec"]["nodeName"] = json!(node);
+    if let Some(a) = b
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        for (k, v) in a {
+            new["metadata"]["annotations"][k] = v.clone();
+        }
+    }
+    set_pod_scheduled(&mut new);
     match ctx
         .server
         .store
@@ -933,6 +988,23 @@ async fn binding(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     ))
+}
+
+/// Sets the pod's `PodScheduled` condition to True, as a binding does.
+fn set_pod_scheduled(pod: &mut Value) {
+    let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                      "lastTransitionTime": now_ts()});
+    if !pod["status"].is_object() {
+        pod["status"] = json!({});
+    }
+    match pod["status"]["conditions"].as_array_mut() {
+        Some(conds) => match conds.iter_mut().find(|c| c["type"] == "PodScheduled") {
+            Some(c) if c["status"] == "True" => {}
+            Some(c) => *c = cond,
+            None => conds.push(cond),
+        },
+        None => pod["status"]["conditions"] = json!([cond]),
+    }
 }
 
 /// DeleteOptions from the body and query.

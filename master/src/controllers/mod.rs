@@ -10,6 +10,8 @@ pub mod deployment;
 pub mod events;
 /// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
 pub mod replicaset;
+/// The scheduler: binds pending pods to nodes through `pods/binding`.
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +124,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     // Each controller module adds itself here: set.spawn(module::run(ctx.clone()));
     set.spawn(replicaset::run(ctx.clone()));
     set.spawn(deployment::run(ctx.clone()));
+    set.spawn(scheduler::run(ctx.clone()));
     let _ = &ctx;
     while let Some(done) = set.join_next().await {
         match done {

@@ -213,6 +213,7 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
                         "podIPs": [{"ip": format!("10.244.{idx}.{next_ip}")}],
                         "startTime": now,
                         "conditions": [
+                            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
                             {"type": "Initialized", "status": "True", "lastTransitionTime": now},
                             {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
                             {"type": "Ready", "status": "True", "lastTransitionTime": now},
