@@ -35,15 +35,6 @@ spec:
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn apply(cluster: &SimCluster, version: &str, name: &str, manifest: &str) {
-    let path = cluster.server.dir.path().join(name);
-    std::fs::write(&path, manifest).unwrap();
-    cluster
-        .server
-        .ok(version, &["apply", "-f", path.to_str().unwrap()])
-        .await;
-}
-
 /// Active pods (not terminating) matching `selector` in `default`.
 async fn active(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
     pods.list(&ListParams::default().labels(selector))
@@ -114,7 +105,7 @@ async fn replicaset_adopts_releases_and_scales_with_kubectl() {
     .unwrap();
     pods.create(&PostParams::default(), &orphan).await.unwrap();
 
-    apply(&cluster, "1.33", "rs.yaml", RS).await;
+    cluster.apply("1.33", RS).await;
     let three = settled(&cluster, 3).await;
     let names: Vec<String> = three
         .iter()
@@ -226,7 +217,7 @@ async fn a_burst_to_fifty_creates_exactly_fifty_pods() {
             }
         })
     };
-    apply(&cluster, "1.33", "rs.yaml", RS).await;
+    cluster.apply("1.33", RS).await;
     settled(&cluster, 3).await;
     cluster
         .server
