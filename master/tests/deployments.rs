@@ -501,3 +501,79 @@ async fn a_stuck_rollout_exceeds_its_progress_deadline() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn min_ready_seconds_delays_availability() {
+    let cluster = cluster().await;
+    cluster.apply("1.33", &web("minReadySeconds: 2")).await;
+    let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let seen_at = cluster
+        .wait_for("three available", WAIT, || async {
+            let d = api.get("web").await.ok()?;
+            (d.status?.available_replicas == Some(3)).then(k8s_openapi::jiff::Timestamp::now)
+        })
+        .await;
+    let last_ready = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| {
+            let c = p.status.as_ref()?.conditions.as_ref()?;
+            let ready = c
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "True")?;
+            Some(ready.last_transition_time.clone()?.0)
+        })
+        .max()
+        .unwrap();
+    let waited = seen_at.duration_since(last_ready);
+    assert!(
+        waited >= k8s_openapi::jiff::SignedDuration::from_millis(1900),
+        "available {waited:?} after the last pod became ready"
+    );
+    rollout_status(&cluster, "1.27", "web").await;
+}
+
+#[tokio::test]
+async fn a_burst_to_fifty_never_overshoots() {
+    let cluster = cluster().await;
+    cluster
+        .apply("1.33", &web("revisionHistoryLimit: 10"))
+        .await;
+    rollout_status(&cluster, "1.33", "web").await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    cluster
+        .server
+        .ok("1.27", &["scale", "deployment/web", "--replicas=50"])
+        .await;
+    cluster
+        .wait_for("fifty available", WAIT, || {
+            let pods = pods.clone();
+            let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), "default");
+            let peak = peak.clone();
+            async move {
+                let n = pods
+                    .list(&ListParams::default().labels("app=web"))
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                peak.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                let d = api.get("web").await.ok()?;
+                (d.status?.available_replicas == Some(50) && n == 50).then_some(())
+            }
+        })
+        .await;
+    assert_eq!(
+        peak.load(std::sync::atomic::Ordering::SeqCst),
+        50,
+        "pods never exceed the replicas"
+    );
+    let deleted = event_messages(&cluster, "SuccessfulDelete").await;
+    assert!(deleted.is_empty(), "no pod made in excess: {deleted:?}");
+    settled(&cluster, "web", "app=web", 50).await;
+}
