@@ -10,6 +10,8 @@ pub mod deployment;
 pub mod events;
 /// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
 pub mod replicaset;
+/// The garbage collector: ownerReferences cascades (background, foreground, orphan).
+pub mod gc;
 /// The scheduler: binds pending pods to nodes through `pods/binding`.
 pub mod scheduler;
 
@@ -125,6 +127,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     set.spawn(replicaset::run(ctx.clone()));
     set.spawn(deployment::run(ctx.clone()));
     set.spawn(scheduler::run(ctx.clone()));
+    set.spawn(gc::run(ctx.clone()));
     let _ = &ctx;
     while let Some(done) = set.join_next().await {
         match done {
