@@ -7,8 +7,12 @@
 /// Leader election through a coordination.k8s.io Lease; only the leader runs the controllers.
 pub mod leader;
 
+/// The Deployment controller: ReplicaSets per template, rollouts, revisions, status.
+pub mod deployment;
 /// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
 pub mod events;
+/// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
+pub mod replicaset;
 /// The garbage collector: ownerReferences cascades (background, foreground, orphan).
 pub mod gc;
 /// The scheduler: binds pending pods to nodes through `pods/binding`.
@@ -123,6 +127,8 @@ pub async fn client_from_kubeconfig(
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let mut set: tokio::task::JoinSet<Result<(), ControllerError>> = tokio::task::JoinSet::new();
     // Each controller module adds itself here: set.spawn(module::run(ctx.clone()));
+    set.spawn(replicaset::run(ctx.clone()));
+    set.spawn(deployment::run(ctx.clone()));
     set.spawn(scheduler::run(ctx.clone()));
     set.spawn(gc::run(ctx.clone()));
     let _ = &ctx;
