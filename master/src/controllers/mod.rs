@@ -4,8 +4,16 @@
 //! its own process against its own API; with several masters on one etcd only the holder of
 //! the leader Lease runs them.
 
+/// Endpoints and EndpointSlices of Services with selectors (and the `kubernetes` Service's).
+pub mod endpoints;
+/// The pure core of the endpoints controllers (pods → subsets and slices).
+pub mod endpoints_core;
 /// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
 pub mod events;
+/// Node IPAM: a podCIDR per Node out of the cluster CIDR.
+pub mod nodeipam;
+/// Node lifecycle: Lease-based health, NoExecute taints, pod eviction.
+pub mod nodelifecycle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +39,9 @@ pub struct Settings {
     pub lease_duration: Duration,
     /// Field manager / Event source component name.
     pub component: String,
+    /// Where the `kubernetes` Service's Endpoints point (the API server's advertised
+    /// address); `None` leaves them alone.
+    pub apiserver_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -44,6 +55,7 @@ impl Default for Settings {
             identity: default_identity(),
             lease_duration: Duration::from_secs(15),
             component: "skiff-controller-manager".into(),
+            apiserver_address: None,
         }
     }
 }
@@ -116,7 +128,9 @@ pub async fn client_from_kubeconfig(
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let mut set: tokio::task::JoinSet<Result<(), ControllerError>> = tokio::task::JoinSet::new();
     // Each controller module adds itself here: set.spawn(module::run(ctx.clone()));
-    let _ = &ctx;
+    set.spawn(endpoints::run(ctx.clone()));
+    set.spawn(nodeipam::run(ctx.clone()));
+    set.spawn(nodelifecycle::run(ctx.clone()));
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}
