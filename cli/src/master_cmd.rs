@@ -71,6 +71,9 @@ pub struct MasterArgs {
     /// Seconds pods tolerate an unreachable or not-ready node before they are evicted.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
+    /// Pods evicted from unreachable or not-ready nodes per second at most.
+    #[arg(long, default_value_t = 0.1)]
+    node_eviction_rate: f64,
     /// Serve the API only: no scheduler or controllers.
     #[arg(long)]
     no_controllers: bool,
@@ -164,6 +167,7 @@ pub fn main(args: MasterArgs) -> Result<i32> {
         })
         .await
         .context("cannot start the API server")?;
+        handle.set_default_toleration_seconds(args.default_toleration_seconds);
         let controllers = if args.no_controllers {
             None
         } else {
@@ -175,6 +179,10 @@ pub fn main(args: MasterArgs) -> Result<i32> {
                     args.node_monitor_grace_period,
                 ),
                 default_toleration_seconds: args.default_toleration_seconds,
+                eviction_rate: args.node_eviction_rate,
+                apiserver_address: skiff_master::controllers::endpoints::advertise_address(
+                    handle.addr,
+                ),
                 ..Default::default()
             };
             let client = skiff_master::controllers::client_from_kubeconfig(&handle.kubeconfig)

@@ -117,6 +117,8 @@ pub(crate) struct Server {
     pub(crate) alloc_lock: tokio::sync::Mutex<()>,
     /// Becomes true when the server shuts down (long requests end).
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// tolerationSeconds of the default not-ready/unreachable tolerations of new pods.
+    pub(crate) default_toleration_seconds: std::sync::atomic::AtomicI64,
 }
 
 /// A running server.
@@ -152,6 +154,14 @@ impl ServerHandle {
         while Arc::strong_count(&self.server) > 1 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sets the tolerationSeconds the DefaultTolerationSeconds admission gives new pods for
+    /// the not-ready and unreachable NoExecute taints (300 unless set).
+    pub fn set_default_toleration_seconds(&self, seconds: i64) {
+        self.server
+            .default_toleration_seconds
+            .store(seconds, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits until the server stops (it runs until shut down).
@@ -192,6 +202,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         node_ports: config.node_port_range,
         alloc_lock: tokio::sync::Mutex::new(()),
         shutdown: rx.clone(),
+        default_toleration_seconds: std::sync::atomic::AtomicI64::new(300),
     });
     rest::bootstrap(&server, service_ip)
         .await

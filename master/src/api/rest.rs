@@ -349,6 +349,12 @@ pub(crate) async fn create_object(
     if let Some(ns) = ns.filter(|_| info.namespaced) {
         check_namespace(server, info, ns, true).await?;
     }
+    if info.kind == "Pod" {
+        let seconds = server
+            .default_toleration_seconds
+            .load(std::sync::atomic::Ordering::Relaxed);
+        crate::resources::defaults::default_tolerations(&mut obj, seconds);
+    }
     semantics::prepare_create(info, &mut obj).map_err(|e| invalid(info, &name, &e))?;
     if let Some(m) = manager {
         semantics::track_update(info, &json!({}), &mut obj, m);

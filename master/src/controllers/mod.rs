@@ -9,14 +9,22 @@ pub mod leader;
 
 /// The Deployment controller: ReplicaSets per template, rollouts, revisions, status.
 pub mod deployment;
-/// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
-pub mod events;
 /// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
 pub mod replicaset;
 /// The garbage collector: ownerReferences cascades (background, foreground, orphan).
 pub mod gc;
 /// The scheduler: binds pending pods to nodes through `pods/binding`.
 pub mod scheduler;
+/// Endpoints and EndpointSlices of Services with selectors (and the `kubernetes` Service's).
+pub mod endpoints;
+/// The pure core of the endpoints controllers (pods → subsets and slices).
+pub mod endpoints_core;
+/// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
+pub mod events;
+/// Node IPAM: a podCIDR per Node out of the cluster CIDR.
+pub mod nodeipam;
+/// Node lifecycle: Lease-based health, NoExecute taints, pod eviction.
+pub mod nodelifecycle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +50,9 @@ pub struct Settings {
     pub lease_duration: Duration,
     /// Field manager / Event source component name.
     pub component: String,
+    /// Where the `kubernetes` Service's Endpoints point (the API server's advertised
+    /// address); `None` leaves them alone.
+    pub apiserver_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -55,6 +66,7 @@ impl Default for Settings {
             identity: default_identity(),
             lease_duration: Duration::from_secs(15),
             component: "skiff-controller-manager".into(),
+            apiserver_address: None,
         }
     }
 }
@@ -131,7 +143,9 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     set.spawn(deployment::run(ctx.clone()));
     set.spawn(scheduler::run(ctx.clone()));
     set.spawn(gc::run(ctx.clone()));
-    let _ = &ctx;
+    set.spawn(endpoints::run(ctx.clone()));
+    set.spawn(nodeipam::run(ctx.clone()));
+    set.spawn(nodelifecycle::run(ctx.clone()));
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}

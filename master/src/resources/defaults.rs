@@ -126,6 +126,48 @@ pub(crate) fn apply(kind: &str, obj: &mut Value) {
     }
 }
 
+/// The DefaultTolerationSeconds admission plugin: a new pod that does not tolerate the
+/// `node.kubernetes.io/not-ready` and `unreachable` NoExecute taints gets tolerations of
+/// them for `seconds` (the apiserver's `--default-not-ready-toleration-seconds` and
+/// `--default-unreachable-toleration-seconds`, 300 by default).
+pub(crate) fn default_tolerations(obj: &mut Value, seconds: i64) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let existing: Vec<Value> = spec
+        .get("tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let tolerates = |key: &str| {
+        existing.iter().any(|t| {
+            let field = |f: &str| t.get(f).and_then(Value::as_str).unwrap_or("");
+            let effect_ok = matches!(field("effect"), "" | "NoExecute");
+            let key_ok =
+                field("key") == key || (field("key").is_empty() && field("operator") == "Exists");
+            effect_ok && key_ok
+        })
+    };
+    let mut added = Vec::new();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        if !tolerates(key) {
+            added.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                              "tolerationSeconds": seconds}),
+            );
+        }
+    }
+    if added.is_empty() {
+        return;
+    }
+    let mut all = existing;
+    all.extend(added);
+    spec.insert("tolerations".into(), Value::Array(all));
+}
+
 fn template(spec: &mut Map<String, Value>) {
     if let Some(tpl) = child(spec, "template") {
         if let Some(ps) = child(tpl, "spec") {
@@ -302,6 +344,52 @@ mod tests {
             c.insert("image".into(), json!(image));
             assert_eq!(pull_policy(&c), want, "{image}");
         }
+    }
+
+    #[test]
+    fn default_tolerations_are_added_unless_present() {
+        let cases = [
+            (json!({"spec": {}}), 2),
+            (
+                json!({"spec": {"tolerations": [{"operator": "Exists"}]}}),
+                1,
+            ),
+            (
+                json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable",
+                                                 "operator": "Exists", "effect": "NoExecute",
+                                                 "tolerationSeconds": 5}]}}),
+                2,
+            ),
+            (
+                json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/not-ready",
+                                                 "operator": "Exists", "effect": "NoSchedule"}]}}),
+                3,
+            ),
+        ];
+        for (mut pod, want) in cases {
+            let before = pod.clone();
+            default_tolerations(&mut pod, 42);
+            let tols = pod["spec"]["tolerations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(tols.len(), want, "{before}");
+            if want > 1 {
+                assert!(
+                    tols.iter().any(|t| t["tolerationSeconds"] == json!(42)),
+                    "{pod}"
+                );
+            }
+        }
+        let unreachable_only = json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                                      "effect": "NoExecute", "tolerationSeconds": 5});
+        let mut pod = json!({"spec": {"tolerations": [unreachable_only.clone()]}});
+        default_tolerations(&mut pod, 42);
+        assert_eq!(pod["spec"]["tolerations"][0], unreachable_only);
+        assert_eq!(
+            pod["spec"]["tolerations"][1]["key"],
+            json!("node.kubernetes.io/not-ready")
+        );
     }
 
     #[test]

@@ -253,7 +253,7 @@ pub mod semantics;
 /// Server-side apply: merge, managedFields ownership, conflicts.
 mod apply;
 /// Defaulting of new and updated objects per kind.
-mod defaults;
+pub(crate) mod defaults;
 /// Strategic merge patch with the served types' merge keys and directives.
 mod strategic;
 /// `meta.k8s.io/v1` Tables with kubectl's columns.

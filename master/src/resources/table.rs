@@ -423,10 +423,10 @@ fn node_cells(o: &Value, now: DateTime<Utc>) -> Vec<Value> {
     let mut status: Vec<String> = Vec::new();
     for c in arr(o, "/status/conditions") {
         if str_at(c, "/type") == "Ready" {
+            // kubectl's printNode: anything but True (False, Unknown) is NotReady.
             status.push(match str_at(c, "/status") {
                 "True" => "Ready".into(),
-                "False" => "NotReady".into(),
-                _ => "Unknown".into(),
+                _ => "NotReady".into(),
             });
         }
     }

@@ -22,6 +22,7 @@ pub struct SimCluster {
     pub server: TestServer,
     pub client: kube::Client,
     controllers: tokio::task::JoinHandle<Result<(), controllers::ControllerError>>,
+    settings: Arc<Settings>,
     nodes: Vec<SimNode>,
 }
 
@@ -55,22 +56,42 @@ impl NodeSpec {
 
 impl SimCluster {
     /// A master (in-memory store) with controllers using `settings`, and no nodes yet.
-    pub async fn start(settings: Settings) -> SimCluster {
+    /// The API server gets the settings' default toleration seconds, and the `kubernetes`
+    /// Service's endpoints point at it unless the settings say otherwise.
+    pub async fn start(mut settings: Settings) -> SimCluster {
         let server = api_common::start().await;
+        server
+            .handle
+            .set_default_toleration_seconds(settings.default_toleration_seconds);
+        settings.apiserver_address.get_or_insert(server.handle.addr);
         let client = controllers::client_from_kubeconfig(server.kubeconfig())
             .await
             .unwrap();
+        let settings = Arc::new(settings);
         let ctx = Context {
             client: client.clone(),
-            settings: Arc::new(settings),
+            settings: settings.clone(),
         };
         let controllers = tokio::spawn(controllers::run(ctx));
         SimCluster {
             server,
             client,
             controllers,
+            settings,
             nodes: Vec::new(),
         }
+    }
+
+    /// Stops the controllers and starts them afresh (empty caches, no memory of what they
+    /// did), as a controller-manager restart does.
+    pub async fn restart_controllers(&mut self) {
+        self.controllers.abort();
+        let _ = (&mut self.controllers).await;
+        let ctx = Context {
+            client: self.client.clone(),
+            settings: self.settings.clone(),
+        };
+        self.controllers = tokio::spawn(controllers::run(ctx));
     }
 
     /// Registers a Ready node and starts its lease renewal and stand-in kubelet.
@@ -98,10 +119,18 @@ impl SimCluster {
                             "lastHeartbeatTime": chrono::Utc::now().to_rfc3339(),
                             "lastTransitionTime": chrono::Utc::now().to_rfc3339()}],
         }});
-        nodes
-            .patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-            .unwrap();
+        // The API server answers 409 when a controller (node IPAM) writes the Node between
+        // its read and write of a patch; retry as a client does.
+        for attempt in 0.. {
+            match nodes
+                .patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+            {
+                Ok(_) => break,
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 10 => {}
+                Err(e) => panic!("cannot post the status of node {}: {e}", spec.name),
+            }
+        }
         let alive = Arc::new(AtomicBool::new(true));
         let task = tokio::spawn(sim_node(
             self.client.clone(),
@@ -146,6 +175,16 @@ impl SimCluster {
             .await
     }
 
+    /// A stopped node comes back: it renews its Lease, posts Ready=True again and reports
+    /// its pods, as a restarted kubelet does.
+    pub fn start_node(&self, name: &str) {
+        for n in &self.nodes {
+            if n.name == name {
+                n.alive.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
     /// kubectl (1.32 unless told) against this cluster; must succeed; returns stdout.
     pub async fn kubectl(&self, args: &[&str]) -> String {
         self.server.ok("1.32", args).await
@@ -171,8 +210,8 @@ impl Drop for SimCluster {
     }
 }
 
-/// Renews the node's Lease every second and marks its bound pods Running and Ready, while
-/// `alive`.
+/// Renews the node's Lease every second, posts Ready=True when the node's Ready condition
+/// says otherwise, and marks its bound pods Running and Ready, while `alive`.
 async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<AtomicBool>) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let pods: Api<Pod> = Api::all(client.clone());
@@ -192,6 +231,7 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
                     &Patch::Apply(&lease),
                 )
                 .await;
+            post_ready(&client, &name).await;
             let bound = pods
                 .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
                 .await;
@@ -212,9 +252,25 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
                             .await;
                         continue;
                     }
-                    if running {
+                    let ready = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    if running && ready {
                         continue;
                     }
+                    // A pod that has an IP keeps it.
+                    let ip = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.pod_ip.clone())
+                        .unwrap_or_else(|| {
+                            next_ip += 1;
+                            format!("10.244.{idx}.{}", next_ip - 1)
+                        });
                     let now = chrono::Utc::now().to_rfc3339();
                     let containers: Vec<_> = pod
                         .spec
@@ -230,8 +286,8 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
                     let status = json!({"status": {
                         "phase": "Running",
                         "hostIP": format!("192.168.77.{idx}"),
-                        "podIP": format!("10.244.{idx}.{next_ip}"),
-                        "podIPs": [{"ip": format!("10.244.{idx}.{next_ip}")}],
+                        "podIP": ip,
+                        "podIPs": [{"ip": ip}],
                         "startTime": now,
                         "conditions": [
                             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
@@ -241,7 +297,6 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
                         ],
                         "containerStatuses": containers,
                     }});
-                    next_ip += 1;
                     let _ = api
                         .patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&status))
                         .await;
@@ -250,4 +305,41 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Posts the node's Ready=True condition when the stored one is anything else (a kubelet
+/// reports its own view when it differs from the API's).
+async fn post_ready(client: &kube::Client, name: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let Ok(node) = nodes.get(name).await else {
+        return;
+    };
+    let conditions = node.status.and_then(|s| s.conditions).unwrap_or_default();
+    if conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+    {
+        return;
+    }
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut conditions: Vec<serde_json::Value> = conditions
+        .into_iter()
+        .filter(|c| c.type_ != "Ready")
+        .map(|c| {
+            json!({"type": c.type_, "status": "False", "reason": "KubeletHasSufficientResources",
+                   "lastHeartbeatTime": now, "lastTransitionTime": now})
+        })
+        .collect();
+    conditions.push(
+        json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
+                           "message": "simulated node is ready",
+                           "lastHeartbeatTime": now, "lastTransitionTime": now}),
+    );
+    let _ = nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"conditions": conditions}})),
+        )
+        .await;
 }
