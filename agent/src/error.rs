@@ -13,7 +13,7 @@ pub enum Error {
         what: String,
         /// The cause.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A file-system operation failed.
     #[error("cannot {what} {path}")]
@@ -42,7 +42,7 @@ pub enum Error {
         id: String,
         /// The cause.
         #[source]
-        source: skiff_runtime::Error,
+        source: Box<skiff_runtime::Error>,
     },
     /// The image store or snapshots failed.
     #[error("image {image}: {message}")]
@@ -108,7 +108,15 @@ impl Error {
     pub fn api(what: impl Into<String>, source: kube::Error) -> Error {
         Error::Api {
             what: what.into(),
-            source,
+            source: Box::new(source),
+        }
+    }
+
+    /// A runtime error naming the container.
+    pub fn runtime(id: impl Into<String>, source: skiff_runtime::Error) -> Error {
+        Error::Runtime {
+            id: id.into(),
+            source: Box::new(source),
         }
     }
 }

@@ -76,8 +76,8 @@ impl Machine {
         };
         let (disk_bytes, disk_available_bytes) = nix::sys::statvfs::statvfs(root_dir)
             .map(|s| {
-                let f = s.fragment_size() as u64;
-                (s.blocks() as u64 * f, s.blocks_available() as u64 * f)
+                let f = s.fragment_size();
+                (s.blocks() * f, s.blocks_available() * f)
             })
             .unwrap_or((0, 0));
         let read = |p: &str| {
@@ -498,7 +498,8 @@ mod tests {
 
     #[test]
     fn pressure_table() {
-        let cases: [(fn(&mut Machine), Pressure); 4] = [
+        type Tweak = fn(&mut Machine);
+        let cases: [(Tweak, Pressure); 4] = [
             (|_| {}, Pressure::default()),
             (
                 |m| m.memory_available_kib = 50 * 1024,

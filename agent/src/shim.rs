@@ -271,15 +271,10 @@ fn start(rt: &Runtime, pod_dir: &Path, s: &StartRequest) -> Result<i32> {
     let created = with_stdio(&out_w, &err_w, || -> Result<i32> {
         let mut c = rt
             .create(&s.id, &s.bundle, &CreateOptions::default())
-            .map_err(|source| Error::Runtime {
-                id: s.id.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::runtime(s.id.clone(), source))?;
         let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
-        c.start().map_err(|source| Error::Runtime {
-            id: s.id.clone(),
-            source,
-        })?;
+        c.start()
+            .map_err(|source| Error::runtime(s.id.clone(), source))?;
         Ok(pid)
     })?;
     drop(out_w);

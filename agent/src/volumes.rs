@@ -90,10 +90,8 @@ pub fn prepare(pod: &Pod, volume_dir: &Path, src: &EnvSources) -> Result<HashMap
                 "DirectoryOrCreate" => {
                     std::fs::create_dir_all(&p).map_err(|e| Error::io("create", &p, e))?
                 }
-                "FileOrCreate" => {
-                    if !p.exists() {
-                        std::fs::write(&p, b"").map_err(|e| Error::io("create", &p, e))?;
-                    }
+                "FileOrCreate" if !p.exists() => {
+                    std::fs::write(&p, b"").map_err(|e| Error::io("create", &p, e))?
                 }
                 "Directory" if !p.is_dir() => {
                     return Err(config_err(

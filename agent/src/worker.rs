@@ -772,10 +772,8 @@ pub fn cleanup(
     for n in names {
         let id = container_id(uid, n);
         if let Ok(c) = rt.load(&id) {
-            c.delete(true).map_err(|source| Error::Runtime {
-                id: id.clone(),
-                source,
-            })?;
+            c.delete(true)
+                .map_err(|source| Error::runtime(id.clone(), source))?;
         }
         shared.images.snaps.unmount(&id).map_err(|e| Error::Image {
             image: id.clone(),
