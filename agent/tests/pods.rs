@@ -381,7 +381,7 @@ async fn pod_runs_with_logs_env_and_deletion_removes_everything() {
         "web",
         "n-run",
         &c.image,
-        "echo hello from $(POD_NAME); echo host=$(hostname); echo db=$DB_SERVICE_HOST:$DB_SERVICE_PORT_PG; echo greeting=$GREETING; cat /data/greeting; echo err >&2; exec sleep 1000",
+        "echo hello from $(POD_NAME); echo host=$(hostname); echo db=$DB_SERVICE_HOST:$DB_SERVICE_PORT_PG; echo greeting=$GREETING; cat /data/greeting; echo; echo err >&2; exec sleep 1000",
         json!({"volumes": [{"name": "cfgvol", "configMap": {"name": "cfg"}}]}),
     );
     let ctr = &mut p.spec.as_mut().unwrap().containers[0];

@@ -134,6 +134,17 @@ pub struct ShimArgs {
 pub fn shim(a: ShimArgs) -> Result<i32> {
     // processes that enter containers must not run the host binary (CVE-2019-5736)
     skiff_runtime::sys::ensure_sealed_exe().context("cannot run from a sealed copy of skiff")?;
+    // fds 1 and 2 are lent to each container while it is created: log to a private copy
+    let fd = nix::fcntl::fcntl(2, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .context("cannot duplicate stderr")?;
+    let log = std::fs::File::from(skiff_runtime::sys::owned_fd(fd));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libcgroups=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log))
+        .init();
     skiff_agent::shim::serve(&skiff_agent::shim::ShimArgs {
         dir: a.dir,
         runtime_root: a.runtime_root,

@@ -64,7 +64,8 @@ fn main() {
         runtime_cmd::main(runtime_cmd::RuntimeCli::parse())
     } else {
         let cli = Cli::parse();
-        if !matches!(cli.command, Command::Runtime(_)) {
+        // the shim logs to its own copy of stderr (it lends fds 1 and 2 to containers)
+        if !matches!(cli.command, Command::Runtime(_) | Command::Shim(_)) {
             init_logging();
         }
         let result = match cli.command {
