@@ -1,5 +1,63 @@
-//! The node agent, skiff's kubelet (issue 6).
+//! skiff-agent: the node agent, skiff's kubelet (issue 6).
 //!
-//! Not built yet: this crate holds its place in the workspace so that the
-//! layout matches docs/architecture.md. Its issue fills it in.
+//! It joins the cluster with the node token, registers and heartbeats its Node, watches the
+//! pods bound to it and makes them real with skiff-rootfs (images, overlay snapshots) and
+//! skiff-runtime (containers), each pod's containers under a small per-pod shim process so
+//! that pods outlive the agent. See docs/agent.md.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+/// The agent's settings: server, credentials, node name and every path.
+pub mod config;
+/// Turning a pod's container into a runtime spec: command, env, mounts, resources.
+pub mod container;
+/// The crate-wide error type.
+pub mod error;
+/// Images for pods: pull policies over the node's store, snapshot chains.
+pub mod images;
+/// CRI-format container log lines.
+pub mod logs;
+/// Node registration, status (capacity, conditions) and the Lease heartbeat.
+pub mod node;
+/// The watch on this node's pods and one worker per pod.
+pub mod pods;
+/// QoS classes and the pod cgroup layout under the agent's cgroup prefix.
+pub mod qos;
+/// The pod sandbox: network, IPC and UTS namespaces kept by bind mounts, /etc/hosts, resolv.conf.
+pub mod sandbox;
+/// The per-pod shim process (the skiff binary re-executed) and the agent's client for it.
+pub mod shim;
+/// Pod status as Kubernetes reports it, computed from the containers' records.
+pub mod status;
+/// Pod volumes (emptyDir, hostPath, configMap, secret) and volumeMounts.
+pub mod volumes;
+/// The per-pod worker: an explicit state machine driving one pod.
+pub mod worker;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+/// Runs the agent until `shutdown` resolves: registers the node, heartbeats, runs pods.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let client = config.client().await?;
+    let cfg = std::sync::Arc::new(config);
+    node::register(&client, &cfg).await?;
+    tracing::info!(node = %cfg.node_name, "node registered");
+    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
+    let pods = tokio::spawn(pods::run(client.clone(), cfg.clone()));
+    tokio::select! {
+        _ = shutdown => {}
+        r = pods => {
+            heartbeat.abort();
+            return match r {
+                Ok(r) => r,
+                Err(e) => Err(Error::Task(e.to_string())),
+            };
+        }
+    }
+    heartbeat.abort();
+    Ok(())
+}

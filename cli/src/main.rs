@@ -1,6 +1,7 @@
 //! `skiff`: the one binary. It only parses arguments, sets up logging and calls into the
 //! library crates. Started as `skiff-runc` (a symlink) it is exactly `skiff runtime`.
 
+mod agent_cmd;
 mod image_cmd;
 mod master_cmd;
 mod run_cmd;
@@ -33,6 +34,11 @@ enum Command {
     Rm(run_cmd::RmArgs),
     /// The API server: Kubernetes REST API over HTTPS.
     Master(master_cmd::MasterArgs),
+    /// The node agent: registers this node and runs the pods bound to it.
+    Agent(agent_cmd::AgentArgs),
+    /// Internal: the per-pod shim the agent starts.
+    #[command(name = "__shim", hide = true)]
+    Shim(agent_cmd::ShimArgs),
     /// Internal: wait for a detached `run --rm` container and clean it up.
     #[command(name = "__reap", hide = true)]
     Reap(run_cmd::ReapArgs),
@@ -58,7 +64,8 @@ fn main() {
         runtime_cmd::main(runtime_cmd::RuntimeCli::parse())
     } else {
         let cli = Cli::parse();
-        if !matches!(cli.command, Command::Runtime(_)) {
+        // the shim logs to its own copy of stderr (it lends fds 1 and 2 to containers)
+        if !matches!(cli.command, Command::Runtime(_) | Command::Shim(_)) {
             init_logging();
         }
         let result = match cli.command {
@@ -69,6 +76,8 @@ fn main() {
             Command::Rm(a) => run_cmd::rm(a),
             Command::Reap(a) => run_cmd::reap(a),
             Command::Master(a) => master_cmd::main(a),
+            Command::Agent(a) => agent_cmd::main(a),
+            Command::Shim(a) => agent_cmd::shim(a),
         };
         match result {
             Ok(code) => code,

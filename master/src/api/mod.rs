@@ -449,10 +449,15 @@ fn node_allowed(t: &Target, verb: &str) -> bool {
     match (t.info.group, t.info.plural, t.sub.as_deref()) {
         ("", "nodes", _) => true,
         ("coordination.k8s.io", "leases", _) => t.namespace.as_deref() == Some("kube-node-lease"),
-        ("", "pods", None) => read,
+        // the kubelet finishes a graceful deletion with a grace-0 delete
+        ("", "pods", None) => read || verb == "delete",
         ("", "pods", Some("status")) => matches!(verb, "get" | "update" | "patch"),
         ("", "pods", Some("binding")) => read,
         ("", "events", None) => matches!(verb, "create" | "patch" | "update"),
+        // env vars and volumes of its pods (Kubernetes' Node authorizer limits these to the
+        // objects its pods reference; skiff's node token is not per node, so: get only)
+        ("", "configmaps" | "secrets", None) => verb == "get",
+        ("", "services" | "endpoints", None) => read,
         _ => false,
     }
 }

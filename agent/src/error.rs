@@ -1,0 +1,125 @@
+//! The crate-wide error: one variant per module's failures, with context in fields.
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API client could not be built.
+    #[error("cannot build the API client: {0}")]
+    Client(String),
+    /// An API call failed.
+    #[error("API call {what} failed")]
+    Api {
+        /// Which call.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// A file-system operation failed.
+    #[error("cannot {what} {path}")]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// On which path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A system call failed.
+    #[error("{what} failed")]
+    Sys {
+        /// Which call, with context.
+        what: String,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// The container runtime failed.
+    #[error("container {id}")]
+    Runtime {
+        /// The container id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: Box<skiff_runtime::Error>,
+    },
+    /// The image store or snapshots failed.
+    #[error("image {image}: {message}")]
+    Image {
+        /// The image reference.
+        image: String,
+        /// What went wrong (the store's error chain).
+        message: String,
+    },
+    /// The pod's spec cannot be run as asked.
+    #[error("pod {pod}: {message}")]
+    Spec {
+        /// namespace/name.
+        pod: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The shim did not answer or refused.
+    #[error("shim of pod {uid}: {message}")]
+    Shim {
+        /// The pod uid.
+        uid: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A worker's state machine was asked for an illegal step.
+    #[error("pod worker cannot go from {from:?} to {to:?}")]
+    Transition {
+        /// Current state.
+        from: crate::worker::WorkerState,
+        /// Asked-for state.
+        to: crate::worker::WorkerState,
+    },
+    /// A JSON record could not be read or written.
+    #[error("invalid record {path}")]
+    Json {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A background task ended abnormally.
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    /// An I/O error with its path.
+    pub fn io(
+        what: &'static str,
+        path: impl Into<std::path::PathBuf>,
+        source: std::io::Error,
+    ) -> Error {
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An API error naming the call.
+    pub fn api(what: impl Into<String>, source: kube::Error) -> Error {
+        Error::Api {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// A runtime error naming the container.
+    pub fn runtime(id: impl Into<String>, source: skiff_runtime::Error) -> Error {
+        Error::Runtime {
+            id: id.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

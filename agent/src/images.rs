@@ -1,0 +1,175 @@
+//! Images for pods through skiff-rootfs: imagePullPolicy Always/IfNotPresent/Never over the
+//! node's content store, and the overlay snapshot chain of an image.
+
+use oci_spec::image::ImageConfiguration;
+use skiff_rootfs::pull::{PullOptions, pull, unpack_image};
+use skiff_rootfs::reference::Reference;
+use skiff_rootfs::registry::{Registry, RegistryOptions};
+use skiff_rootfs::snapshot::Snapshots;
+use skiff_rootfs::store::{ImageRecord, Store};
+
+/// Why an image is not there (the container waits with this reason and message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageError {
+    /// `ErrImagePull`, `ErrImageNeverPull`, `InvalidImageName`.
+    pub reason: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+/// A pulled image ready for containers.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The store record.
+    pub record: ImageRecord,
+    /// Its config.
+    pub config: ImageConfiguration,
+    /// The snapshot chain (layer chain ids).
+    pub chain: Vec<skiff_rootfs::digest::Digest>,
+    /// `repo@sha256:…`, the container status imageID.
+    pub image_id: String,
+}
+
+/// The node's image store, snapshots and registry client.
+#[derive(Debug)]
+pub struct Images {
+    /// Content store.
+    pub store: Store,
+    /// Overlay snapshots.
+    pub snaps: Snapshots,
+    registry: Registry,
+}
+
+/// Kubernetes' default pull policy: Always for `:latest` or no tag, else IfNotPresent.
+pub fn default_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') {
+        "IfNotPresent"
+    } else {
+        match last.split_once(':') {
+            Some((_, "latest")) | None => "Always",
+            Some(_) => "IfNotPresent",
+        }
+    }
+}
+
+impl Images {
+    /// Opens the store and snapshots under `root`.
+    pub fn open(root: &std::path::Path, insecure: Vec<String>) -> crate::Result<Images> {
+        let err = |e: &dyn std::error::Error| crate::Error::Image {
+            image: root.display().to_string(),
+            message: crate::shim::error_chain(e),
+        };
+        Ok(Images {
+            store: Store::open(root).map_err(|e| err(&e))?,
+            snaps: Snapshots::open(root).map_err(|e| err(&e))?,
+            registry: Registry::new(RegistryOptions {
+                insecure_registries: insecure,
+                platform: format!("linux/{}", crate::node::go_arch()),
+                ..RegistryOptions::default()
+            }),
+        })
+    }
+
+    /// Makes `image` present as `policy` says and unpacks it, on a blocking thread (the
+    /// pull future is not `Send`; it runs there on the agent's runtime handle).
+    pub async fn ensure(
+        images: std::sync::Arc<Images>,
+        image: String,
+        policy: String,
+    ) -> Result<Ready, ImageError> {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || images.ensure_blocking(&handle, &image, &policy))
+            .await
+            .map_err(|e| ImageError {
+                reason: "ErrImagePull",
+                message: e.to_string(),
+            })?
+    }
+
+    fn ensure_blocking(
+        &self,
+        handle: &tokio::runtime::Handle,
+        image: &str,
+        policy: &str,
+    ) -> Result<Ready, ImageError> {
+        let reference: Reference =
+            image
+                .parse()
+                .map_err(|e: skiff_rootfs::reference::ReferenceError| ImageError {
+                    reason: "InvalidImageName",
+                    message: format!("Failed to apply default image tag \"{image}\": {e}"),
+                })?;
+        let existing = self.store.get_image(&reference.to_string()).ok().flatten();
+        let record = match (policy, existing) {
+            ("Never", None) => {
+                return Err(ImageError {
+                    reason: "ErrImageNeverPull",
+                    message: format!(
+                        "Container image \"{image}\" is not present with pull policy of Never"
+                    ),
+                });
+            }
+            ("IfNotPresent" | "Never", Some(r)) => r,
+            _ => handle
+                .block_on(pull(
+                    &self.store,
+                    &self.snaps,
+                    &self.registry,
+                    &reference,
+                    &PullOptions {
+                        progress: false,
+                        ..PullOptions::default()
+                    },
+                ))
+                .map_err(|e| ImageError {
+                    reason: "ErrImagePull",
+                    message: format!(
+                        "failed to pull image \"{image}\": {}",
+                        crate::shim::error_chain(&e)
+                    ),
+                })?,
+        };
+        let fail = |e: &dyn std::error::Error| ImageError {
+            reason: "ErrImagePull",
+            message: format!(
+                "cannot unpack image \"{image}\": {}",
+                crate::shim::error_chain(e)
+            ),
+        };
+        let chain = unpack_image(&self.store, &self.snaps, &record).map_err(|e| fail(&e))?;
+        let blob = self.store.read_blob(&record.config).map_err(|e| fail(&e))?;
+        let config: ImageConfiguration = serde_json::from_slice(&blob).map_err(|e| fail(&e))?;
+        let repo = record
+            .name
+            .rsplit_once(':')
+            .map(|(r, _)| r)
+            .unwrap_or(&record.name);
+        let repo = repo.split('@').next().unwrap_or(repo).to_string();
+        Ok(Ready {
+            image_id: format!("{repo}@{}", record.manifest),
+            record,
+            config,
+            chain,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pull_policy() {
+        for (image, want) in [
+            ("busybox", "Always"),
+            ("busybox:latest", "Always"),
+            ("busybox:1.36", "IfNotPresent"),
+            ("127.0.0.1:5000/app", "Always"),
+            ("127.0.0.1:5000/app:v1", "IfNotPresent"),
+            ("busybox@sha256:abcd", "IfNotPresent"),
+        ] {
+            assert_eq!(default_policy(image), want, "{image}");
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The per-pod shim: the skiff binary re-executed as `skiff __shim --dir <pod run dir>`, in
+//! its own process group, outliving the agent. It creates and starts the pod's containers
+//! through skiff-runtime when the agent asks (so every container process is the shim's
+//! child), owns their stdout/stderr and writes them as CRI logs, and records each run's pid,
+//! start, finish and exit code in `<dir>/containers/<name>/<restart>.json`. The agent reads
+//! those records, so a restarted agent adopts running pods without touching them.
+//!
+//! Protocol: one JSON [`Request`] line per connection on `<dir>/shim.sock`, one JSON
+//! [`Response`] line back.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+use serde::{Deserialize, Serialize};
+use skiff_runtime::{CreateOptions, Runtime};
+
+use crate::error::{Error, Result};
+use crate::logs::{self, Stream};
+
+/// The socket file in the pod's run dir.
+pub const SOCKET: &str = "shim.sock";
+
+/// What the agent asks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum Request {
+    /// Create and start a container from a prepared bundle.
+    Start(StartRequest),
+    /// Exit (the pod is gone).
+    Shutdown,
+}
+
+/// One container run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StartRequest {
+    /// Runtime container id.
+    pub id: String,
+    /// Container name in the pod.
+    pub name: String,
+    /// Restart number (0 for the first run).
+    pub restart: u32,
+    /// The OCI bundle.
+    pub bundle: PathBuf,
+    /// The CRI log file of this run.
+    pub log: PathBuf,
+    /// Image as the pod names it.
+    pub image: String,
+    /// Image id (`repo@sha256:…`).
+    pub image_id: String,
+}
+
+/// The shim's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum Response {
+    /// Started, with the container's host pid.
+    Started {
+        /// pid.
+        pid: i32,
+    },
+    /// Done.
+    Ok,
+    /// Failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// The record of one container run, written by the shim.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// Runtime container id.
+    pub id: String,
+    /// Restart number.
+    pub restart: u32,
+    /// Container process pid on the host.
+    pub pid: i32,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// Exit code (128 + signal for a killed process).
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Image as the pod names it.
+    pub image: String,
+    /// Image id.
+    pub image_id: String,
+    /// Start failure, when the container could not be started at all.
+    pub error: Option<String>,
+}
+
+/// Where a container's run records live.
+pub fn records_dir(pod_dir: &Path, name: &str) -> PathBuf {
+    pod_dir.join("containers").join(name)
+}
+
+fn record_path(pod_dir: &Path, name: &str, restart: u32) -> PathBuf {
+    records_dir(pod_dir, name).join(format!("{restart}.json"))
+}
+
+/// Saves a record atomically (temp file, fsync, rename).
+pub fn save_record(pod_dir: &Path, name: &str, rec: &RunRecord) -> Result<()> {
+    let path = record_path(pod_dir, name, rec.restart);
+    let dir = records_dir(pod_dir, name);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    let tmp = path.with_extension("tmp");
+    let data = serde_json::to_vec(rec).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_all(&data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))
+}
+
+/// The latest run record of a container, if it ever ran.
+pub fn latest_record(pod_dir: &Path, name: &str) -> Result<Option<RunRecord>> {
+    let dir = records_dir(pod_dir, name);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &dir, e)),
+    };
+    let latest = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            n.strip_suffix(".json")?.parse::<u32>().ok()
+        })
+        .max();
+    let Some(n) = latest else { return Ok(None) };
+    read_record(&record_path(pod_dir, name, n)).map(Some)
+}
+
+/// A specific run's record.
+pub fn record(pod_dir: &Path, name: &str, restart: u32) -> Result<Option<RunRecord>> {
+    let p = record_path(pod_dir, name, restart);
+    if !p.exists() {
+        return Ok(None);
+    }
+    read_record(&p).map(Some)
+}
+
+fn read_record(path: &Path) -> Result<RunRecord> {
+    let data = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    serde_json::from_slice(&data).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// The shim's command line arguments.
+#[derive(Debug, Clone)]
+pub struct ShimArgs {
+    /// The pod's run dir.
+    pub dir: PathBuf,
+    /// The runtime state root.
+    pub runtime_root: PathBuf,
+}
+
+fn sys(what: &str) -> impl FnOnce(nix::Error) -> Error + '_ {
+    move |source| Error::Sys {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// Runs the shim until it is told to shut down. Call from a single-threaded process
+/// (the runtime forks) right after `ensure_sealed_exe`.
+pub fn serve(args: &ShimArgs) -> Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys("set child subreaper"))?;
+    let sock = args.dir.join(SOCKET);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|e| Error::io("listen on", &sock, e))?;
+    let pid_file = args.dir.join("shim.pid");
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .map_err(|e| Error::io("write", &pid_file, e))?;
+    let rt = Runtime::new(&args.runtime_root);
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let mut line = String::new();
+        if BufReader::new(&conn).read_line(&mut line).is_err() {
+            continue;
+        }
+        let (resp, stop) = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Start(s)) => match start(&rt, &args.dir, &s) {
+                Ok(pid) => (Response::Started { pid }, false),
+                Err(e) => {
+                    let message = error_chain(&e);
+                    tracing::warn!(container = %s.id, error = %message, "cannot start container");
+                    (Response::Error { message }, false)
+                }
+            },
+            Ok(Request::Shutdown) => (Response::Ok, true),
+            Err(e) => (
+                Response::Error {
+                    message: format!("invalid request: {e}"),
+                },
+                false,
+            ),
+        };
+        if let Ok(mut out) = serde_json::to_vec(&resp) {
+            out.push(b'\n');
+            let _ = conn.write_all(&out);
+        }
+        if stop {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&pid_file);
+    Ok(())
+}
+
+/// The whole chain of an error, `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Redirects fds 1 and 2 to the given pipes while `f` runs (the runtime's children inherit
+/// them), then restores them.
+fn with_stdio<T>(out: &OwnedFd, err: &OwnedFd, f: impl FnOnce() -> T) -> Result<T> {
+    let keep1 = nix::fcntl::fcntl(1, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map_err(sys("dup stdout"))?;
+    let keep2 = nix::fcntl::fcntl(2, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map_err(sys("dup stderr"))?;
+    nix::unistd::dup2(out.as_raw_fd(), 1).map_err(sys("dup2 stdout"))?;
+    nix::unistd::dup2(err.as_raw_fd(), 2).map_err(sys("dup2 stderr"))?;
+    let r = f();
+    nix::unistd::dup2(keep1, 1).map_err(sys("restore stdout"))?;
+    nix::unistd::dup2(keep2, 2).map_err(sys("restore stderr"))?;
+    let _ = nix::unistd::close(keep1);
+    let _ = nix::unistd::close(keep2);
+    Ok(r)
+}
+
+fn start(rt: &Runtime, pod_dir: &Path, s: &StartRequest) -> Result<i32> {
+    if let Some(parent) = s.log.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&s.log)
+        .map_err(|e| Error::io("open", &s.log, e))?;
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let created = with_stdio(&out_w, &err_w, || -> Result<i32> {
+        let mut c = rt
+            .create(&s.id, &s.bundle, &CreateOptions::default())
+            .map_err(|source| Error::runtime(s.id.clone(), source))?;
+        let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
+        c.start()
+            .map_err(|source| Error::runtime(s.id.clone(), source))?;
+        Ok(pid)
+    })?;
+    drop(out_w);
+    drop(err_w);
+    let started_at = now();
+    let pid = match created {
+        Ok(pid) => pid,
+        Err(e) => {
+            let rec = RunRecord {
+                id: s.id.clone(),
+                restart: s.restart,
+                started_at: started_at.clone(),
+                finished_at: Some(started_at),
+                exit_code: Some(128),
+                image: s.image.clone(),
+                image_id: s.image_id.clone(),
+                error: Some(error_chain(&e)),
+                ..Default::default()
+            };
+            save_record(pod_dir, &s.name, &rec)?;
+            return Err(e);
+        }
+    };
+    let pidfd = skiff_runtime::sys::pidfd_open(nix::unistd::Pid::from_raw(pid))
+        .map_err(sys("pidfd_open"))?;
+    let mut rec = RunRecord {
+        id: s.id.clone(),
+        restart: s.restart,
+        pid,
+        started_at,
+        image: s.image.clone(),
+        image_id: s.image_id.clone(),
+        ..Default::default()
+    };
+    save_record(pod_dir, &s.name, &rec)?;
+    let log = Arc::new(Mutex::new(log));
+    let copiers: Vec<_> = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)]
+        .into_iter()
+        .map(|(fd, stream)| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let _ = logs::copy(std::fs::File::from(fd), stream, &log);
+            })
+        })
+        .collect();
+    let pod_dir = pod_dir.to_path_buf();
+    let name = s.name.clone();
+    std::thread::spawn(move || {
+        let (code, signal) = wait_exit(&pidfd);
+        for c in copiers {
+            let _ = c.join();
+        }
+        rec.finished_at = Some(now());
+        rec.exit_code = Some(code);
+        rec.signal = signal;
+        if let Err(e) = save_record(&pod_dir, &name, &rec) {
+            tracing::warn!(container = %rec.id, error = %e, "cannot record the exit");
+        }
+    });
+    Ok(pid)
+}
+
+/// Waits for the child behind `pidfd` and returns (exit code, killing signal).
+fn wait_exit(pidfd: &OwnedFd) -> (i32, Option<i32>) {
+    loop {
+        match nix::sys::wait::waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED) {
+            Ok(WaitStatus::Exited(_, code)) => return (code, None),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return (128 + sig as i32, Some(sig as i32)),
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(_) => return (255, None),
+        }
+    }
+}
+
+/// Sends one request to a pod's shim and returns its answer.
+pub fn call(pod_dir: &Path, req: &Request, timeout: Duration) -> Result<Response> {
+    let uid = pod_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let err = |message: String| Error::Shim {
+        uid: uid.clone(),
+        message,
+    };
+    let sock = pod_dir.join(SOCKET);
+    let mut conn = UnixStream::connect(&sock).map_err(|e| err(format!("connect: {e}")))?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| err(e.to_string()))?;
+    let mut data = serde_json::to_vec(req).map_err(|e| err(e.to_string()))?;
+    data.push(b'\n');
+    conn.write_all(&data)
+        .map_err(|e| err(format!("send: {e}")))?;
+    let mut line = String::new();
+    BufReader::new(&conn)
+        .read_line(&mut line)
+        .map_err(|e| err(format!("receive: {e}")))?;
+    serde_json::from_str(&line).map_err(|e| err(format!("invalid answer {line:?}: {e}")))
+}
+
+/// Whether the pod's shim is alive (its socket answers a connect).
+pub fn alive(pod_dir: &Path) -> bool {
+    UnixStream::connect(pod_dir.join(SOCKET)).is_ok()
+}
+
+/// Starts the pod's shim (`<exe> __shim`) in its own process group with stdio on
+/// `<dir>/shim.log`, and waits until its socket answers. The child is reaped by a tokio task.
+pub async fn spawn(exe: &Path, pod_dir: &Path, runtime_root: &Path) -> Result<()> {
+    std::fs::create_dir_all(pod_dir).map_err(|e| Error::io("create", pod_dir, e))?;
+    let log_path = pod_dir.join("shim.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io("open", &log_path, e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io("dup", &log_path, e))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("__shim")
+        .arg("--dir")
+        .arg(pod_dir)
+        .arg("--runtime-root")
+        .arg(runtime_root)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("start the shim", exe, e))?;
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !alive(pod_dir) {
+        if Instant::now() > deadline {
+            return Err(Error::Shim {
+                uid: pod_dir.display().to_string(),
+                message: format!(
+                    "did not come up; its log: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_roundtrip_and_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(latest_record(dir.path(), "c").unwrap(), None);
+        for restart in [0, 1, 2, 10] {
+            let rec = RunRecord {
+                id: "x".into(),
+                restart,
+                pid: 100 + restart as i32,
+                ..Default::default()
+            };
+            save_record(dir.path(), "c", &rec).unwrap();
+        }
+        let latest = latest_record(dir.path(), "c").unwrap().unwrap();
+        assert_eq!((latest.restart, latest.pid), (10, 110));
+        assert_eq!(record(dir.path(), "c", 1).unwrap().unwrap().pid, 101);
+        assert_eq!(record(dir.path(), "c", 3).unwrap(), None);
+    }
+
+    #[test]
+    fn protocol_is_json_lines() {
+        let r = Request::Start(StartRequest {
+            id: "u-c".into(),
+            name: "c".into(),
+            restart: 2,
+            bundle: "/b".into(),
+            log: "/l/2.log".into(),
+            image: "busybox".into(),
+            image_id: "busybox@sha256:00".into(),
+        });
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(!s.contains('\n'));
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+    }
+}

@@ -1,0 +1,848 @@
+//! One worker per pod: a task driving the pod through an explicit state machine
+//! ([`WorkerState`], legal steps in [`WorkerState::can_transition`]) from the latest Pod the
+//! watch delivered. Each sync makes the sandbox, (re)starts containers as the restart policy
+//! and back-off allow, and sends the status when it changed; deletion runs SIGTERM, the grace
+//! period, SIGKILL, removes everything the pod held and finishes the API deletion.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodStatus, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use nix::sys::signal::Signal;
+use skiff_runtime::Runtime;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::container::{self, EnvSources, SpecInputs};
+use crate::error::{Error, Result};
+use crate::images::{self, Images};
+use crate::qos::{self, QosClass};
+use crate::sandbox::{self, PodNetwork, SandboxPaths};
+use crate::shim::{self, Request, Response, RunRecord, StartRequest};
+use crate::status::{self, Backoff, ContainerView, View};
+
+/// Everything the workers share.
+pub struct Shared {
+    /// Settings.
+    pub cfg: Arc<Config>,
+    /// API client.
+    pub client: kube::Client,
+    /// Images.
+    pub images: Arc<Images>,
+    /// Pod network.
+    pub network: Box<dyn PodNetwork>,
+}
+
+/// Where a pod's worker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WorkerState {
+    /// Taken on, nothing made yet.
+    New,
+    /// Sandbox and shim exist; containers are being started.
+    SandboxReady,
+    /// Containers have been started (they may have exited since).
+    Running,
+    /// Deletion asked: containers are being stopped.
+    Terminating,
+    /// Containers stopped; the pod's resources are being removed.
+    Terminated,
+    /// Everything removed; the worker ends.
+    Removed,
+}
+
+impl WorkerState {
+    /// The legal steps.
+    pub fn can_transition(self, to: WorkerState) -> bool {
+        use WorkerState::*;
+        matches!(
+            (self, to),
+            (New, SandboxReady)
+                | (New, Running) // adopted after an agent restart
+                | (New, Terminating)
+                | (SandboxReady, Running)
+                | (SandboxReady, Terminating)
+                | (Running, Terminating)
+                | (Terminating, Terminated)
+                | (Terminated, Removed)
+        )
+    }
+}
+
+/// Runtime container id of a pod's container.
+pub fn container_id(uid: &str, name: &str) -> String {
+    format!("{uid}-{name}")
+}
+
+/// One pod's worker.
+pub struct Worker {
+    shared: Arc<Shared>,
+    pod: Pod,
+    uid: String,
+    key: String,
+    state: WorkerState,
+    dir: PathBuf,
+    sandbox: SandboxPaths,
+    ips: Vec<IpAddr>,
+    backoff: HashMap<String, Backoff>,
+    waiting: HashMap<String, (String, String)>,
+    retry_at: HashMap<String, Instant>,
+    sent: Option<PodStatus>,
+    start_time: Time,
+}
+
+fn pod_key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl Worker {
+    /// A worker for `pod`.
+    pub fn new(shared: Arc<Shared>, pod: Pod) -> Worker {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = shared.cfg.pod_run_dir(&uid);
+        let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        let sandbox = SandboxPaths::new(&shared.cfg.run_dir, &dir, &uid, host_network);
+        Worker {
+            key: pod_key(&pod),
+            uid,
+            dir,
+            sandbox,
+            shared,
+            pod,
+            state: WorkerState::New,
+            ips: Vec::new(),
+            backoff: HashMap::new(),
+            waiting: HashMap::new(),
+            retry_at: HashMap::new(),
+            sent: None,
+            start_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        }
+    }
+
+    fn transition(&mut self, to: WorkerState) -> Result<()> {
+        if !self.state.can_transition(to) {
+            return Err(Error::Transition {
+                from: self.state,
+                to,
+            });
+        }
+        tracing::debug!(pod = %self.key, from = ?self.state, to = ?to, "pod worker step");
+        self.state = to;
+        Ok(())
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime::new(self.cfg().runtime_root()).with_cgroup_root(self.cfg().cgroup_root.clone())
+    }
+
+    /// Runs until the pod is gone: `rx` carries the latest Pod, `None` once it left the API.
+    pub async fn run(self, rx: watch::Receiver<Option<Pod>>) {
+        let span = tracing::info_span!("pod", pod = %self.key, uid = %self.uid);
+        tracing::Instrument::instrument(self.run_inner(rx), span).await
+    }
+
+    async fn run_inner(mut self, mut rx: watch::Receiver<Option<Pod>>) {
+        loop {
+            let latest = rx.borrow_and_update().clone();
+            match latest {
+                None => {
+                    // deleted outright (grace 0 by someone else): just clean up
+                    self.stop_all(Duration::ZERO).await;
+                    if let Err(e) = self.remove().await {
+                        tracing::warn!(error = %e, "cannot remove the pod's resources");
+                    }
+                    return;
+                }
+                Some(p) => self.pod = p,
+            }
+            if self.pod.metadata.deletion_timestamp.is_some() {
+                match self.terminate().await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "pod termination failed, retrying"),
+                }
+            } else if let Err(e) = self.sync().await {
+                tracing::warn!(error = %e, "pod sync failed");
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    fn qos(&self) -> QosClass {
+        qos::qos_class(&self.pod)
+    }
+
+    fn containers(&self) -> Vec<Container> {
+        self.pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default()
+    }
+
+    /// One pass: sandbox, containers, status.
+    async fn sync(&mut self) -> Result<()> {
+        if self.state == WorkerState::New {
+            if sandbox::exists(&self.sandbox) && shim::alive(&self.dir) {
+                tracing::info!("adopting a running pod");
+                self.ips = self.read_ips();
+                self.transition(WorkerState::Running)?;
+            } else {
+                self.make_sandbox().await?;
+                self.transition(WorkerState::SandboxReady)?;
+            }
+        }
+        let policy = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let mut views = Vec::new();
+        for c in self.containers() {
+            let latest = shim::latest_record(&self.dir, &c.name)?;
+            let view = match latest {
+                None => self.try_start(&c, 0, None).await,
+                Some(r) if r.exit_code.is_none() => ContainerView {
+                    name: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                    restart_count: r.restart as i32,
+                    last: self.previous(&c.name, r.restart),
+                    view: View::Running(r),
+                },
+                Some(r) => {
+                    if status::should_restart(&policy, r.exit_code.unwrap_or(0)) {
+                        let ran = run_time(&r);
+                        let since = since_exit(&r);
+                        let b = self.backoff.entry(c.name.clone()).or_default();
+                        match b.check(ran, since) {
+                            None => self.try_start(&c, r.restart + 1, Some(r)).await,
+                            Some(_) => ContainerView {
+                                name: c.name.clone(),
+                                image: c.image.clone().unwrap_or_default(),
+                                restart_count: r.restart as i32,
+                                view: View::Waiting(
+                                    "CrashLoopBackOff".into(),
+                                    format!(
+                                        "back-off {}s restarting failed container={} pod={}_{}({})",
+                                        b.delay.map(|d| d.as_secs()).unwrap_or(0),
+                                        c.name,
+                                        self.pod.metadata.name.as_deref().unwrap_or_default(),
+                                        self.pod.metadata.namespace.as_deref().unwrap_or_default(),
+                                        self.uid
+                                    ),
+                                ),
+                                last: Some(r),
+                            },
+                        }
+                    } else {
+                        ContainerView {
+                            name: c.name.clone(),
+                            image: c.image.clone().unwrap_or_default(),
+                            restart_count: r.restart as i32,
+                            last: self.previous(&c.name, r.restart),
+                            view: View::Terminated(r),
+                        }
+                    }
+                }
+            };
+            views.push(view);
+        }
+        if self.state == WorkerState::SandboxReady
+            && views
+                .iter()
+                .any(|v| !matches!(v.view, View::Waiting(..)) || v.last.is_some())
+        {
+            self.transition(WorkerState::Running)?;
+        }
+        self.send_status(&views).await
+    }
+
+    fn previous(&self, name: &str, restart: u32) -> Option<RunRecord> {
+        restart
+            .checked_sub(1)
+            .and_then(|n| shim::record(&self.dir, name, n).ok().flatten())
+    }
+
+    fn read_ips(&self) -> Vec<IpAddr> {
+        std::fs::read_to_string(self.dir.join("ips"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+
+    async fn make_sandbox(&mut self) -> Result<()> {
+        let cfg = self.shared.cfg.clone();
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network == Some(true);
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv = sandbox::resolv_conf(
+            spec.dns_policy.as_deref().unwrap_or("ClusterFirst"),
+            host_network,
+            cfg.cluster_dns,
+            &cfg.cluster_domain,
+            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+            &host_resolv,
+        );
+        let hostname = spec
+            .hostname
+            .clone()
+            .or_else(|| self.pod.metadata.name.clone())
+            .unwrap_or_default();
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("create", &self.dir, e))?;
+        // a sandbox half made by an earlier agent is removed first
+        let shared = self.shared.clone();
+        let paths = self.sandbox.clone();
+        let uid = self.uid.clone();
+        let host_ips = vec![cfg.node_ip];
+        let ips = Self::blocking(move || {
+            sandbox::remove(&paths, shared.network.as_ref(), &uid)?;
+            sandbox::create(
+                &paths,
+                &hostname,
+                shared.network.as_ref(),
+                &uid,
+                &resolv,
+                &host_ips,
+            )
+        })
+        .await?;
+        let ip_text: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+        let ips_file = self.dir.join("ips");
+        std::fs::write(&ips_file, ip_text.join(" "))
+            .map_err(|e| Error::io("write", &ips_file, e))?;
+        self.ips = ips;
+        if !shim::alive(&self.dir) {
+            shim::spawn(&cfg.shim_exe, &self.dir, &cfg.runtime_root()).await?;
+        }
+        tracing::info!(ips = ?self.ips, "pod sandbox ready");
+        Ok(())
+    }
+
+    async fn env_sources(&self) -> Result<EnvSources> {
+        let ns = self
+            .pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let client = self.shared.client.clone();
+        let mut src = EnvSources::default();
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let mut cms = Vec::new();
+        let mut secrets = Vec::new();
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            for f in c.env_from.iter().flatten() {
+                cms.extend(f.config_map_ref.as_ref().map(|r| r.name.clone()));
+                secrets.extend(f.secret_ref.as_ref().map(|r| r.name.clone()));
+            }
+            for e in c.env.iter().flatten() {
+                if let Some(v) = &e.value_from {
+                    cms.extend(v.config_map_key_ref.as_ref().map(|r| r.name.clone()));
+                    secrets.extend(v.secret_key_ref.as_ref().map(|r| r.name.clone()));
+                }
+            }
+        }
+        for v in spec.volumes.iter().flatten() {
+            cms.extend(v.config_map.as_ref().map(|c| c.name.clone()));
+            secrets.extend(v.secret.as_ref().and_then(|s| s.secret_name.clone()));
+        }
+        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        for name in cms {
+            if let Some(cm) = cm_api
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::api("get configmap", e))?
+            {
+                let mut data = cm.data.unwrap_or_default();
+                for (k, v) in cm.binary_data.unwrap_or_default() {
+                    data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+                }
+                src.config_maps.insert(name, data);
+            }
+        }
+        let s_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        for name in secrets {
+            if let Some(s) = s_api
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::api("get secret", e))?
+            {
+                let mut data: BTreeMap<String, String> = s.string_data.unwrap_or_default();
+                for (k, v) in s.data.unwrap_or_default() {
+                    data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+                }
+                src.secrets.insert(name, data);
+            }
+        }
+        if spec.enable_service_links != Some(false) {
+            let svc: Api<Service> = Api::namespaced(client, &ns);
+            src.services = svc
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| Error::api("list services", e))?
+                .items;
+        }
+        Ok(src)
+    }
+
+    /// Starts run `restart` of container `c` unless an earlier failure asks to wait; returns
+    /// the container's view.
+    async fn try_start(
+        &mut self,
+        c: &Container,
+        restart: u32,
+        last: Option<RunRecord>,
+    ) -> ContainerView {
+        let mut view = ContainerView {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            restart_count: last.as_ref().map(|r| r.restart as i32).unwrap_or(0),
+            view: View::Waiting("ContainerCreating".into(), String::new()),
+            last: last.clone(),
+        };
+        if let Some(at) = self.retry_at.get(&c.name)
+            && Instant::now() < *at
+        {
+            if let Some((reason, msg)) = self.waiting.get(&c.name) {
+                let reason = if reason == "ErrImagePull" {
+                    "ImagePullBackOff".to_string()
+                } else {
+                    reason.clone()
+                };
+                view.view = View::Waiting(reason, msg.clone());
+            }
+            return view;
+        }
+        match self.start(c, restart).await {
+            Ok(rec) => {
+                self.waiting.remove(&c.name);
+                self.retry_at.remove(&c.name);
+                view.restart_count = restart as i32;
+                view.view = View::Running(rec);
+            }
+            Err((reason, message)) => {
+                tracing::warn!(container = %c.name, %reason, %message, "cannot start container");
+                if reason == "StartError" {
+                    // the shim recorded the failed run; the restart policy takes it from here
+                    if let Ok(Some(r)) = shim::record(&self.dir, &c.name, restart) {
+                        view.restart_count = restart as i32;
+                        view.last = self.previous(&c.name, restart);
+                        view.view = View::Terminated(r);
+                        return view;
+                    }
+                }
+                self.waiting
+                    .insert(c.name.clone(), (reason.clone(), message.clone()));
+                self.retry_at
+                    .insert(c.name.clone(), Instant::now() + status::BACKOFF_INITIAL);
+                view.view = View::Waiting(reason, message);
+            }
+        }
+        view
+    }
+
+    async fn start(
+        &mut self,
+        c: &Container,
+        restart: u32,
+    ) -> std::result::Result<RunRecord, (String, String)> {
+        let image = c.image.clone().unwrap_or_default();
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| images::default_policy(&image).to_string());
+        let ready = Images::ensure(self.shared.images.clone(), image.clone(), policy)
+            .await
+            .map_err(|e| (e.reason.to_string(), e.message))?;
+        let cfg_err = |e: &dyn std::error::Error| {
+            (
+                "CreateContainerConfigError".to_string(),
+                shim::error_chain(e),
+            )
+        };
+        let src = self.env_sources().await.map_err(|e| cfg_err(&e))?;
+        let facts = container::PodFacts {
+            pod_ips: self.ips.clone(),
+            host_ip: Some(self.cfg().node_ip),
+        };
+        let env = container::container_env(&self.pod, c, &src, &facts).map_err(|e| cfg_err(&e))?;
+        let vol_dir = self.cfg().pod_volume_dir(&self.uid);
+        let vols = crate::volumes::prepare(&self.pod, &vol_dir, &src).map_err(|e| cfg_err(&e))?;
+        let mounts = crate::volumes::mounts(&self.pod, c, &vols).map_err(|e| cfg_err(&e))?;
+        let id = container_id(&self.uid, &c.name);
+        let cgroup = qos::pod_cgroup(&self.cfg().cgroup_prefix, self.qos(), &self.uid).join(&id);
+        // the previous run's container and writable layer go; a restart starts fresh
+        let rt = self.runtime();
+        if let Ok(old) = rt.load(&id) {
+            old.delete(true).map_err(|e| cfg_err(&e))?;
+        }
+        let snaps = &self.shared.images.snaps;
+        let _ = snaps.unmount(&id);
+        let rootfs = snaps
+            .mount(&id, &ready.chain)
+            .map_err(|e| ("CreateContainerError".to_string(), shim::error_chain(&e)))?;
+        let inputs = SpecInputs {
+            sandbox: &self.sandbox,
+            env,
+            cgroup,
+            mounts,
+        };
+        let spec = container::spec(&self.pod, c, &ready.config, &rootfs, &inputs)
+            .map_err(|e| cfg_err(&e))?;
+        let bundle = self.dir.join("bundles").join(&c.name);
+        std::fs::create_dir_all(&bundle).map_err(|e| cfg_err(&e))?;
+        spec.save(bundle.join("config.json"))
+            .map_err(|e| cfg_err(&e))?;
+        let log = self
+            .cfg()
+            .pod_log_dir(
+                self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+                self.pod.metadata.name.as_deref().unwrap_or_default(),
+                &self.uid,
+            )
+            .join(&c.name)
+            .join(format!("{restart}.log"));
+        let req = Request::Start(StartRequest {
+            id,
+            name: c.name.clone(),
+            restart,
+            bundle,
+            log,
+            image: image.clone(),
+            image_id: ready.image_id.clone(),
+        });
+        let dir = self.dir.clone();
+        let resp =
+            tokio::task::spawn_blocking(move || shim::call(&dir, &req, Duration::from_secs(60)))
+                .await
+                .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?
+                .map_err(|e| ("RunContainerError".to_string(), shim::error_chain(&e)))?;
+        match resp {
+            Response::Started { .. } => {
+                let rec = shim::record(&self.dir, &c.name, restart)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        (
+                            "RunContainerError".to_string(),
+                            "the shim kept no record".to_string(),
+                        )
+                    })?;
+                tracing::info!(container = %c.name, restart, pid = rec.pid, "container started");
+                Ok(rec)
+            }
+            Response::Error { message } => Err(("StartError".into(), message)),
+            Response::Ok => Err(("RunContainerError".into(), "unexpected shim answer".into())),
+        }
+    }
+
+    async fn send_status(&mut self, views: &[ContainerView]) -> Result<()> {
+        let facts = status::PodFacts {
+            sandbox_ready: sandbox::exists(&self.sandbox),
+            pod_ips: self.ips.iter().map(|i| i.to_string()).collect(),
+            host_ip: self.cfg().node_ip.to_string(),
+            start_time: Some(self.start_time.clone()),
+            qos_class: self.qos().as_str().into(),
+        };
+        let st = status::pod_status(
+            &self.pod,
+            views,
+            &facts,
+            &Time(k8s_openapi::jiff::Timestamp::now()),
+        );
+        let current = self.pod.status.clone().unwrap_or_default();
+        if !status::differs(&st, &current) {
+            self.sent = Some(st);
+            return Ok(());
+        }
+        if self.sent.as_ref().is_some_and(|s| !status::differs(s, &st)) {
+            return Ok(()); // sent already; the watch has not caught up yet
+        }
+        let api: Api<Pod> = Api::namespaced(
+            self.shared.client.clone(),
+            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let name = self.pod.metadata.name.clone().unwrap_or_default();
+        let patch = serde_json::json!({"status": st});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::api("patch pod status", e))?;
+        tracing::debug!(phase = ?st.phase, "pod status sent");
+        self.sent = Some(st);
+        Ok(())
+    }
+
+    fn running_ids(&self) -> Vec<(String, String)> {
+        let mut names: Vec<String> = self.containers().into_iter().map(|c| c.name).collect();
+        // containers of the records (a pod gone from the API has no spec to go by)
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("containers")) {
+            for e in entries.flatten() {
+                if let Ok(n) = e.file_name().into_string()
+                    && !names.contains(&n)
+                {
+                    names.push(n);
+                }
+            }
+        }
+        names
+            .into_iter()
+            .filter(|n| {
+                shim::latest_record(&self.dir, n)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.exit_code.is_none())
+            })
+            .map(|n| (container_id(&self.uid, &n), n))
+            .collect()
+    }
+
+    /// SIGTERM every running container, wait up to `grace`, then SIGKILL and wait.
+    async fn stop_all(&self, grace: Duration) {
+        let rt = self.runtime();
+        let running = self.running_ids();
+        if running.is_empty() {
+            return;
+        }
+        let signal = |sig: Signal| {
+            for (id, _) in &running {
+                if let Ok(mut c) = rt.load(id) {
+                    if let Err(e) = c.kill(sig, true) {
+                        tracing::debug!(container = %id, error = %e, "cannot signal container");
+                    }
+                }
+            }
+        };
+        let all_exited = |names: &[(String, String)]| {
+            names.iter().all(|(_, n)| {
+                shim::latest_record(&self.dir, n)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|r| r.exit_code.is_some())
+            })
+        };
+        if !grace.is_zero() {
+            signal(Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline && !all_exited(&running) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if !all_exited(&running) {
+            signal(Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !all_exited(&running) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Graceful deletion: stop containers within the grace period, remove everything, then
+    /// finish the API deletion with grace 0 (uid precondition).
+    async fn terminate(&mut self) -> Result<()> {
+        if self.state != WorkerState::Terminating {
+            self.transition(WorkerState::Terminating)?;
+        }
+        let grace = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30)
+            .max(0) as u64;
+        tracing::info!(grace, "stopping pod");
+        self.stop_all(Duration::from_secs(grace)).await;
+        self.transition(WorkerState::Terminated)?;
+        self.remove().await?;
+        let api: Api<Pod> = Api::namespaced(
+            self.shared.client.clone(),
+            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api
+            .delete(self.pod.metadata.name.as_deref().unwrap_or_default(), &dp)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(Error::api("delete pod", e)),
+        }
+        self.transition(WorkerState::Removed)?;
+        tracing::info!("pod removed");
+        Ok(())
+    }
+
+    /// Removes containers, writable layers, the shim, the sandbox, cgroups, volumes, logs
+    /// and the pod's run dir.
+    async fn remove(&self) -> Result<()> {
+        let shared = self.shared.clone();
+        let uid = self.uid.clone();
+        let sandbox = self.sandbox.clone();
+        let dir = self.dir.clone();
+        let mut names: Vec<String> = self.containers().into_iter().map(|c| c.name).collect();
+        if let Ok(entries) = std::fs::read_dir(dir.join("containers")) {
+            names.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
+        }
+        names.sort();
+        names.dedup();
+        let rt = self.runtime();
+        Self::blocking(move || cleanup(&shared, &rt, &uid, &names, Some(&sandbox))).await
+    }
+}
+
+fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.to_utc())
+}
+
+fn run_time(r: &RunRecord) -> Duration {
+    match (
+        parse_time(&r.started_at),
+        r.finished_at.as_deref().and_then(parse_time),
+    ) {
+        (Some(a), Some(b)) => (b - a).to_std().unwrap_or_default(),
+        _ => Duration::ZERO,
+    }
+}
+
+fn since_exit(r: &RunRecord) -> Duration {
+    r.finished_at
+        .as_deref()
+        .and_then(parse_time)
+        .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
+        .unwrap_or_default()
+}
+
+/// Removes everything a pod held on this node. Used for deleted pods and for leftovers of
+/// pods the API no longer knows (`sandbox` is then derived from the paths).
+pub fn cleanup(
+    shared: &Shared,
+    rt: &Runtime,
+    uid: &str,
+    names: &[String],
+    sandbox: Option<&SandboxPaths>,
+) -> Result<()> {
+    let cfg = &shared.cfg;
+    let dir = cfg.pod_run_dir(uid);
+    for n in names {
+        let id = container_id(uid, n);
+        if let Ok(c) = rt.load(&id) {
+            c.delete(true)
+                .map_err(|source| Error::runtime(id.clone(), source))?;
+        }
+        shared.images.snaps.unmount(&id).map_err(|e| Error::Image {
+            image: id.clone(),
+            message: shim::error_chain(&e),
+        })?;
+    }
+    if shim::alive(&dir) {
+        let _ = shim::call(&dir, &Request::Shutdown, Duration::from_secs(5));
+    }
+    let host_network = !cfg.run_dir.join("netns").join(uid).exists();
+    let fallback = SandboxPaths::new(&cfg.run_dir, &dir, uid, host_network);
+    sandbox::remove(sandbox.unwrap_or(&fallback), shared.network.as_ref(), uid)?;
+    for q in [
+        QosClass::Guaranteed,
+        QosClass::Burstable,
+        QosClass::BestEffort,
+    ] {
+        let path = qos::pod_cgroup(&cfg.cgroup_prefix, q, uid);
+        qos::remove_cgroup(&cfg.cgroup_root, &path)
+            .map_err(|e| Error::io("remove cgroup", &path, e))?;
+    }
+    let vol = cfg.root_dir.join("pods").join(uid);
+    remove_dir(&vol)?;
+    if let Ok(entries) = std::fs::read_dir(&cfg.log_dir) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("_{uid}"))
+            {
+                remove_dir(&e.path())?;
+            }
+        }
+    }
+    remove_dir(&dir)
+}
+
+fn remove_dir(p: &std::path::Path) -> Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", p, e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legal_steps() {
+        use WorkerState::*;
+        let all = [New, SandboxReady, Running, Terminating, Terminated, Removed];
+        let legal = [
+            (New, SandboxReady),
+            (New, Running),
+            (New, Terminating),
+            (SandboxReady, Running),
+            (SandboxReady, Terminating),
+            (Running, Terminating),
+            (Terminating, Terminated),
+            (Terminated, Removed),
+        ];
+        for a in all {
+            for b in all {
+                assert_eq!(
+                    a.can_transition(b),
+                    legal.contains(&(a, b)),
+                    "{a:?} -> {b:?}"
+                );
+            }
+        }
+    }
+}

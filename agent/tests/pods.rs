@@ -1,0 +1,642 @@
+//! The agent for real: an in-process API server, a `docker-registry` on loopback serving a
+//! busybox-static image, and `skiff agent` (the built binary) with private root/run/log
+//! dirs and its own cgroup prefix. Pods are created with `spec.nodeName` set.
+//!
+//! Needs root, `docker-registry`, `umoci`, `skopeo`, `/bin/busybox` (busybox-static) and the
+//! skiff binary built (`cargo build -p skiff`). Everything the agent made (containers,
+//! shims, mounts, cgroups) is removed when a test ends, also when it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../master/tests/api_common/mod.rs"]
+mod api_common;
+#[path = "../../rootfs-tools/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::json;
+
+/// The skiff binary next to this test's target dir.
+fn skiff_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("skiff");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build -p skiff`",
+        bin.display()
+    );
+    bin
+}
+
+async fn admin_client(server: &api_common::TestServer) -> kube::Client {
+    let kc = Kubeconfig::read_from(server.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// Mount points under `dir`, from /proc/self/mountinfo.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(dir))
+        .collect()
+}
+
+/// One node: an agent process and its private directories.
+struct TestNode {
+    dir: tempfile::TempDir,
+    prefix: String,
+    name: String,
+    args: Vec<String>,
+    agent: Option<Child>,
+}
+
+impl TestNode {
+    fn new(server: &api_common::TestServer, name: &str) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("skiff-test-{}-{name}", std::process::id());
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let args = vec![
+            "agent".into(),
+            "--server".into(),
+            format!("https://{}", server.handle.addr),
+            "--token".into(),
+            server.handle.node_token.clone(),
+            "--ca-file".into(),
+            server.dir.path().join("ca.crt").display().to_string(),
+            "--node-name".into(),
+            name.into(),
+            "--root-dir".into(),
+            p("root"),
+            "--run-dir".into(),
+            p("run"),
+            "--log-dir".into(),
+            p("log"),
+            "--node-ip".into(),
+            "127.0.0.1".into(),
+            "--cgroup-prefix".into(),
+            prefix.clone(),
+        ];
+        let mut n = TestNode {
+            dir,
+            prefix,
+            name: name.into(),
+            args,
+            agent: None,
+        };
+        n.start_agent();
+        n
+    }
+
+    fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new(skiff_bin())
+            .args(&self.args)
+            .env("SKIFF_LOG", "info,libcgroups=error")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The shim's record of a container run.
+    fn record(&self, uid: &str, container: &str, restart: u32) -> Option<serde_json::Value> {
+        let p = self.path(&format!(
+            "run/pods/{uid}/containers/{container}/{restart}.json"
+        ));
+        std::fs::read(p)
+            .ok()
+            .map(|d| serde_json::from_slice(&d).unwrap())
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill_agent();
+        // containers, shims, mounts and cgroups the agent left (a failed test)
+        let rt = skiff_runtime::Runtime::new(self.path("run/runtime"));
+        for c in rt.list().unwrap_or_default() {
+            let _ = c.delete(true);
+        }
+        if let Ok(pods) = std::fs::read_dir(self.path("run/pods")) {
+            for p in pods.flatten() {
+                if let Some(pid) = std::fs::read_to_string(p.path().join("shim.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let mut mounts = mounts_under(self.dir.path());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = skiff_agent::qos::remove_cgroup(
+            Path::new("/sys/fs/cgroup"),
+            Path::new(&format!("/{}", self.prefix)),
+        );
+    }
+}
+
+struct Cluster {
+    server: api_common::TestServer,
+    client: kube::Client,
+    image: String,
+    _registry: common::TestRegistry,
+    _images: tempfile::TempDir,
+}
+
+async fn cluster() -> Cluster {
+    skiff_testsupport::require_root();
+    skiff_bin();
+    common::init_tls();
+    let images = tempfile::tempdir().unwrap();
+    let registry = common::TestRegistry::start();
+    let layout = common::busybox_layout(images.path());
+    registry.push(&layout.dir, "latest", "busybox:1", &[]);
+    let server = api_common::start().await;
+    let client = admin_client(&server).await;
+    Cluster {
+        image: registry.reference("busybox:1"),
+        server,
+        client,
+        _registry: registry,
+        _images: images,
+    }
+}
+
+async fn wait_node_ready(client: &kube::Client, node: &TestNode) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    api_common::wait_for("node Ready", Duration::from_secs(30), || async {
+        let n = nodes.get_opt(&node.name).await.ok().flatten()?;
+        let ready = n
+            .status?
+            .conditions?
+            .into_iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(())
+    })
+    .await;
+}
+
+fn pod(name: &str, node: &str, image: &str, script: &str, extra: serde_json::Value) -> Pod {
+    let mut p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "c", "image": image,
+                "command": ["/bin/sh", "-c", script],
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+            }]
+        }
+    });
+    json_patch_merge(&mut p["spec"], &extra);
+    serde_json::from_value(p).unwrap()
+}
+
+fn json_patch_merge(a: &mut serde_json::Value, b: &serde_json::Value) {
+    if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
+        for (k, v) in b {
+            a.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+async fn wait_pod<T>(
+    api: &Api<Pod>,
+    name: &str,
+    what: &str,
+    secs: u64,
+    node: &TestNode,
+    mut f: impl FnMut(&Pod) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(p) = api.get(name).await
+            && let Some(v) = f(&p)
+        {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let p = api.get(name).await.ok();
+            panic!(
+                "timed out waiting for {what}; pod status: {}\nagent log:\n{}",
+                serde_json::to_string_pretty(&p.map(|p| p.status)).unwrap(),
+                node.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn running_ready(p: &Pod) -> Option<()> {
+    let st = p.status.as_ref()?;
+    let cs = st.container_statuses.as_ref()?.first()?;
+    (st.phase.as_deref() == Some("Running") && cs.ready).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_registers_with_lease_and_status() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-reg");
+    wait_node_ready(&c.client, &node).await;
+    let n: Node = Api::all(c.client.clone()).get("n-reg").await.unwrap();
+    let labels = n.metadata.labels.unwrap();
+    assert_eq!(labels["kubernetes.io/hostname"], "n-reg");
+    assert_eq!(labels["kubernetes.io/os"], "linux");
+    let st = n.status.unwrap();
+    for r in ["cpu", "memory", "pods", "ephemeral-storage"] {
+        assert!(
+            st.capacity.as_ref().unwrap().contains_key(r),
+            "capacity {r}"
+        );
+        assert!(
+            st.allocatable.as_ref().unwrap().contains_key(r),
+            "allocatable {r}"
+        );
+    }
+    let addrs = st.addresses.unwrap();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1")
+    );
+    let conds = st.conditions.unwrap();
+    // the pressures depend on this machine; each reason must match its status
+    for (t, if_false, if_true) in [
+        (
+            "MemoryPressure",
+            "KubeletHasSufficientMemory",
+            "KubeletHasInsufficientMemory",
+        ),
+        (
+            "DiskPressure",
+            "KubeletHasNoDiskPressure",
+            "KubeletHasDiskPressure",
+        ),
+        (
+            "PIDPressure",
+            "KubeletHasSufficientPID",
+            "KubeletHasInsufficientPID",
+        ),
+        ("Ready", "", "KubeletReady"),
+    ] {
+        let c = conds
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("{t}: {conds:?}"));
+        let want = if c.status == "True" {
+            if_true
+        } else {
+            if_false
+        };
+        assert_eq!(c.reason.as_deref(), Some(want), "{t}: {c:?}");
+        assert!(c.last_heartbeat_time.is_some() && c.last_transition_time.is_some());
+    }
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+    assert_eq!(st.node_info.unwrap().operating_system, "linux");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client.clone(), "kube-node-lease");
+    let l = api_common::wait_for("node lease", Duration::from_secs(20), || async {
+        leases.get_opt("n-reg").await.ok().flatten()
+    })
+    .await;
+    let spec = l.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("n-reg"));
+    assert!(spec.renew_time.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_runs_with_logs_env_and_deletion_removes_everything() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-run");
+    wait_node_ready(&c.client, &node).await;
+    // a Service and a ConfigMap the pod's env refers to
+    let svcs: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(c.client.clone(), "default");
+    let svc = svcs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "db"},
+                "spec": {"ports": [{"port": 5432, "name": "pg"}]}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let db_ip = svc.spec.unwrap().cluster_ip.unwrap();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(c.client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"greeting": "ahoy"}}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let mut p = pod(
+        "web",
+        "n-run",
+        &c.image,
+        "echo hello from $(POD_NAME); echo host=$(hostname); echo db=$DB_SERVICE_HOST:$DB_SERVICE_PORT_PG; echo greeting=$GREETING; cat /data/greeting; echo; echo err >&2; exec sleep 1000",
+        json!({"volumes": [{"name": "cfgvol", "configMap": {"name": "cfg"}}]}),
+    );
+    let ctr = &mut p.spec.as_mut().unwrap().containers[0];
+    ctr.env.as_mut().unwrap().push(
+        serde_json::from_value(json!({"name": "GREETING",
+            "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}}))
+        .unwrap(),
+    );
+    ctr.volume_mounts = Some(vec![
+        serde_json::from_value(json!({"name": "cfgvol", "mountPath": "/data", "readOnly": true}))
+            .unwrap(),
+    ]);
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    wait_pod(
+        &pods,
+        "web",
+        "pod Running and Ready",
+        60,
+        &node,
+        running_ready,
+    )
+    .await;
+    let p = pods.get("web").await.unwrap();
+    let st = p.status.clone().unwrap();
+    assert_eq!(st.host_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(st.qos_class.as_deref(), Some("BestEffort"));
+    assert!(st.start_time.is_some());
+    let cs = &st.container_statuses.as_ref().unwrap()[0];
+    assert_eq!(cs.restart_count, 0);
+    assert!(cs.image_id.contains("@sha256:"), "{}", cs.image_id);
+    assert!(cs.state.as_ref().unwrap().running.is_some());
+    let conds = st.conditions.unwrap();
+    for t in [
+        "PodScheduled",
+        "PodReadyToStartContainers",
+        "Initialized",
+        "ContainersReady",
+        "Ready",
+    ] {
+        assert!(
+            conds.iter().any(|c| c.type_ == t && c.status == "True"),
+            "{t}: {conds:?}"
+        );
+    }
+    // the CRI log
+    let log_file = node.path(&format!("log/default_web_{uid}/c/0.log"));
+    let log = api_common::wait_for("log lines", Duration::from_secs(20), || {
+        let f = log_file.clone();
+        async move {
+            let s = std::fs::read_to_string(&f).ok()?;
+            (s.lines().count() >= 6).then_some(s)
+        }
+    })
+    .await;
+    let lines: Vec<&str> = log.lines().collect();
+    let texts: Vec<(String, String, String)> = lines
+        .iter()
+        .map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let ts = it.next().unwrap();
+            assert!(ts.ends_with('Z') && ts.len() == 30, "timestamp {ts}");
+            (
+                it.next().unwrap().to_string(),
+                it.next().unwrap().to_string(),
+                it.next().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let has = |stream: &str, text: &str| {
+        texts
+            .iter()
+            .any(|(s, tag, t)| s == stream && tag == "F" && t == text)
+    };
+    assert!(has("stdout", "hello from web"), "{log}");
+    assert!(has("stdout", "host=web"), "{log}");
+    assert!(has("stdout", &format!("db={db_ip}:5432")), "{log}");
+    assert!(has("stdout", "greeting=ahoy"), "{log}");
+    assert!(has("stdout", "ahoy"), "{log}");
+    assert!(has("stderr", "err"), "{log}");
+
+    // what the pod holds on the node
+    let netns = node.path(&format!("run/netns/{uid}"));
+    assert!(netns.exists());
+    let pod_cgroup = format!("/{}/besteffort/pod{uid}", node.prefix);
+    let cg_dirs =
+        skiff_agent::qos::cgroup_dirs(Path::new("/sys/fs/cgroup"), Path::new(&pod_cgroup));
+    assert!(
+        cg_dirs.iter().any(|d| d.exists()),
+        "pod cgroup {pod_cgroup}"
+    );
+    assert!(!mounts_under(node.dir.path()).is_empty());
+
+    // graceful deletion: the agent stops the container and finishes the deletion
+    pods.delete("web", &DeleteParams::default()).await.unwrap();
+    api_common::wait_for("pod gone from the API", Duration::from_secs(30), || async {
+        matches!(pods.get_opt("web").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        mounts_under(node.dir.path()),
+        Vec::<PathBuf>::new(),
+        "mounts left"
+    );
+    assert!(!netns.exists(), "netns left");
+    assert!(cg_dirs.iter().all(|d| !d.exists()), "cgroups left");
+    assert!(
+        !node.path(&format!("log/default_web_{uid}")).exists(),
+        "logs left"
+    );
+    assert!(
+        !node.path(&format!("run/pods/{uid}")).exists(),
+        "run dir left"
+    );
+    let rt = skiff_runtime::Runtime::new(node.path("run/runtime"));
+    assert!(rt.list().unwrap().is_empty(), "containers left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_container_crash_loops_with_backoff() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-crash");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "crash",
+            "n-crash",
+            &c.image,
+            "echo crashing; exit 1",
+            json!({"restartPolicy": "Always"}),
+        ),
+    )
+    .await
+    .unwrap();
+    // the first restart is immediate, the next waits 10 s: CrashLoopBackOff in between
+    let backoff = wait_pod(&pods, "crash", "CrashLoopBackOff", 60, &node, |p| {
+        let cs = p
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .first()?
+            .clone();
+        let w = cs.state.as_ref()?.waiting.as_ref()?;
+        (w.reason.as_deref() == Some("CrashLoopBackOff")).then_some(cs)
+    })
+    .await;
+    assert!(backoff.restart_count >= 1);
+    let last = backoff.last_state.unwrap().terminated.unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
+    assert_eq!(
+        pods.get("crash")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .as_deref(),
+        Some("Running")
+    );
+    let first = backoff.restart_count;
+    let started = std::time::Instant::now();
+    wait_pod(
+        &pods,
+        "crash",
+        "another restart after the back-off",
+        60,
+        &node,
+        |p| {
+            let cs = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
+            (cs.restart_count > first).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "restarted after {:?}, inside the back-off",
+        started.elapsed()
+    );
+    pods.delete("crash", &DeleteParams::default())
+        .await
+        .unwrap();
+    api_common::wait_for("pod gone", Duration::from_secs(30), || async {
+        matches!(pods.get_opt("crash").await, Ok(None)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_restarts_and_adopts_running_pods() {
+    let c = cluster().await;
+    let mut node = TestNode::new(&c.server, "n-adopt");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &pod("keep", "n-adopt", &c.image, "exec sleep 1000", json!({})),
+        )
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.unwrap();
+    wait_pod(&pods, "keep", "pod Running", 60, &node, running_ready).await;
+    let before = pods.get("keep").await.unwrap().status.unwrap();
+    let pid = node.record(&uid, "c", 0).unwrap()["pid"].as_i64().unwrap() as i32;
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    assert!(alive(pid));
+
+    // kill -9 the agent: the container lives on under its shim
+    node.kill_agent();
+    assert!(alive(pid), "the container died with the agent");
+    node.start_agent();
+    // a second pod running proves the new agent is up and syncing
+    pods.create(
+        &PostParams::default(),
+        &pod("probe", "n-adopt", &c.image, "exec sleep 1000", json!({})),
+    )
+    .await
+    .unwrap();
+    wait_pod(
+        &pods,
+        "probe",
+        "second pod Running",
+        60,
+        &node,
+        running_ready,
+    )
+    .await;
+    let after = pods.get("keep").await.unwrap().status.unwrap();
+    assert!(alive(pid), "the container was restarted");
+    assert_eq!(
+        node.record(&uid, "c", 0).unwrap()["pid"].as_i64().unwrap() as i32,
+        pid
+    );
+    assert!(
+        node.record(&uid, "c", 1).is_none(),
+        "a second run was started"
+    );
+    let cs = |s: &k8s_openapi::api::core::v1::PodStatus| {
+        s.container_statuses.clone().unwrap()[0].clone()
+    };
+    assert_eq!(cs(&after).restart_count, 0);
+    assert_eq!(cs(&after).container_id, cs(&before).container_id);
+    assert_eq!(cs(&after).state, cs(&before).state);
+    assert_eq!(after.phase, before.phase);
+    assert_eq!(after.start_time, before.start_time);
+    for name in ["keep", "probe"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        let l = pods.list(&Default::default()).await.ok()?;
+        l.items.is_empty().then_some(())
+    })
+    .await;
+    assert!(!alive(pid));
+}

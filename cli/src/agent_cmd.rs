@@ -1,0 +1,153 @@
+//! `skiff agent`: the node agent (skiff's kubelet), and `skiff __shim`, the per-pod shim
+//! the agent re-executes the binary as.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+/// `skiff agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// API server URL (https://HOST:PORT).
+    #[arg(long)]
+    server: String,
+    /// Node token (the master's DATA_DIR/node-token).
+    #[arg(long, env = "SKIFF_NODE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Cluster CA certificate (the master's DATA_DIR/ca.crt).
+    #[arg(long, default_value = "/etc/skiff/ca.crt")]
+    ca_file: PathBuf,
+    /// Node name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Images, snapshots and pod volumes.
+    #[arg(long, default_value = "/var/lib/skiff")]
+    root_dir: PathBuf,
+    /// Runtime state, network namespaces, shim sockets.
+    #[arg(long, default_value = "/run/skiff")]
+    run_dir: PathBuf,
+    /// Container logs.
+    #[arg(long, default_value = "/var/log/pods")]
+    log_dir: PathBuf,
+    /// The node's InternalIP (default: the local address of the route to the server).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// cgroup path under which pod cgroups are made.
+    #[arg(long, default_value = "skiff")]
+    cgroup_prefix: String,
+    /// Where the cgroup hierarchies are mounted.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Registry allowed over plain HTTP (loopback registries always are); repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Cluster DNS server for ClusterFirst pods (default: pods use the host's resolv.conf).
+    #[arg(long)]
+    cluster_dns: Option<IpAddr>,
+    /// Cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+/// The local address the kernel would use to reach the server (no packet is sent).
+fn route_source(server: &str) -> Result<IpAddr> {
+    let rest = server.split_once("://").map(|(_, r)| r).unwrap_or(server);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+        .or_else(|_| std::net::ToSocketAddrs::to_socket_addrs(&format!("{hostport}:443")))
+        .with_context(|| format!("cannot resolve {hostport}"))?
+        .next()
+        .with_context(|| format!("{hostport} has no address"))?;
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = std::net::UdpSocket::bind(bind)?;
+    sock.connect(addr)?;
+    Ok(sock.local_addr()?.ip())
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub fn main(a: AgentArgs) -> Result<i32> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let node_name = match a.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("cannot read the hostname")?
+            .to_string_lossy()
+            .to_ascii_lowercase(),
+    };
+    let node_ip = match a.node_ip {
+        Some(ip) => ip,
+        None => route_source(&a.server)?,
+    };
+    for d in [&a.root_dir, &a.run_dir, &a.log_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let config = skiff_agent::Config {
+        server: a.server,
+        token: a.token,
+        ca_file: a.ca_file,
+        node_name,
+        root_dir: a.root_dir,
+        run_dir: a.run_dir,
+        log_dir: a.log_dir,
+        node_ip,
+        cgroup_prefix: a.cgroup_prefix,
+        cgroup_root: a.cgroup_root,
+        shim_exe: std::env::current_exe().context("cannot find the skiff binary")?,
+        insecure_registries: a.insecure_registries,
+        cluster_dns: a.cluster_dns,
+        cluster_domain: a.cluster_domain,
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        skiff_agent::run(config, shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(0)
+}
+
+/// `skiff __shim`.
+#[derive(Args, Debug)]
+pub struct ShimArgs {
+    /// The pod's run dir.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The runtime state root.
+    #[arg(long)]
+    runtime_root: PathBuf,
+}
+
+/// Runs the per-pod shim.
+pub fn shim(a: ShimArgs) -> Result<i32> {
+    // processes that enter containers must not run the host binary (CVE-2019-5736)
+    skiff_runtime::sys::ensure_sealed_exe().context("cannot run from a sealed copy of skiff")?;
+    // fds 1 and 2 are lent to each container while it is created: log to a private copy
+    let fd = nix::fcntl::fcntl(2, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .context("cannot duplicate stderr")?;
+    let log = std::fs::File::from(skiff_runtime::sys::owned_fd(fd));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libcgroups=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log))
+        .init();
+    skiff_agent::shim::serve(&skiff_agent::shim::ShimArgs {
+        dir: a.dir,
+        runtime_root: a.runtime_root,
+    })?;
+    Ok(0)
+}
