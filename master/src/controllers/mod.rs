@@ -8,10 +8,10 @@
 pub mod deployment;
 /// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
 pub mod events;
-/// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
-pub mod replicaset;
 /// The garbage collector: ownerReferences cascades (background, foreground, orphan).
 pub mod gc;
+/// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
+pub mod replicaset;
 /// The scheduler: binds pending pods to nodes through `pods/binding`.
 pub mod scheduler;
 
