@@ -4,11 +4,18 @@
 //! its own process against its own API; with several masters on one etcd only the holder of
 //! the leader Lease runs them.
 
-/// Leader election through a coordination.k8s.io Lease; only the leader runs the controllers.
-pub mod leader;
-
+/// The Deployment controller: ReplicaSets per template, rollouts, revisions, status.
+pub mod deployment;
 /// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
 pub mod events;
+/// The garbage collector: ownerReferences cascades (background, foreground, orphan).
+pub mod gc;
+/// Leader election through a coordination.k8s.io Lease; only the leader runs the controllers.
+pub mod leader;
+/// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
+pub mod replicaset;
+/// The scheduler: binds pending pods to nodes through `pods/binding`.
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +126,10 @@ pub async fn client_from_kubeconfig(
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let mut set: tokio::task::JoinSet<Result<(), ControllerError>> = tokio::task::JoinSet::new();
     // Each controller module adds itself here: set.spawn(module::run(ctx.clone()));
+    set.spawn(replicaset::run(ctx.clone()));
+    set.spawn(deployment::run(ctx.clone()));
+    set.spawn(scheduler::run(ctx.clone()));
+    set.spawn(gc::run(ctx.clone()));
     let _ = &ctx;
     while let Some(done) = set.join_next().await {
         match done {
