@@ -273,6 +273,18 @@ fn renew_time(dir: &Path) -> Option<String> {
     lease_field(dir, "{.spec.renewTime}")
 }
 
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ha, labels: {app: ha}}
+spec:
+  replicas: 5
+  selector: {matchLabels: {app: ha}}
+  template:
+    metadata: {labels: {app: ha}}
+    spec:
+      containers: [{name: c, image: "nginx:1.7.9"}]
+"#;
+
 #[test]
 fn two_masters_on_three_etcd_members_one_leader_and_a_takeover_after_kill_9() {
     let etcd = etcd_common::EtcdCluster::start(3);
@@ -300,6 +312,21 @@ fn two_masters_on_three_etcd_members_one_leader_and_a_takeover_after_kill_9() {
         .unwrap_or_else(|| panic!("the Lease holder {holder} is neither master {ids:?}"));
     let standby = 1 - leader;
     assert_eq!(leader_lease(dirs[1].path()).unwrap().0, holder);
+    // the leader's controllers: a Deployment of 5 gets one ReplicaSet and exactly 5 pods
+    let (ok, out) = kubectl(
+        dirs[standby].path(),
+        &["apply", "-f", "-"],
+        Some(DEPLOYMENT),
+    );
+    assert!(ok, "{out}");
+    let pods = |dir: &Path| -> Option<usize> {
+        let (ok, out) = kubectl(dir, &["get", "pods", "-l", "app=ha", "-o", "name"], None);
+        ok.then(|| out.lines().filter(|l| l.starts_with("pod/")).count())
+    };
+    poll(Duration::from_secs(30), || {
+        (pods(dirs[standby].path()) == Some(5)).then_some(())
+    })
+    .expect("5 pods of the Deployment");
     // it stays with the leader while the leader renews (several renew periods)
     let renewed_before =
         poll(Duration::from_secs(10), || renew_time(dirs[standby].path())).unwrap();
@@ -321,6 +348,27 @@ fn two_masters_on_three_etcd_members_one_leader_and_a_takeover_after_kill_9() {
     .expect("the standby takes over the Lease");
     let took = killed.elapsed();
     eprintln!("takeover {took:?} after kill -9 of the leader");
+    // no pod was added or lost across the takeover; the new leader's controllers work: a
+    // scale to 6 adds exactly one pod, in the same ReplicaSet
+    assert_eq!(pods(dirs[standby].path()), Some(5));
+    let (ok, out) = kubectl(
+        dirs[standby].path(),
+        &["scale", "deployment", "ha", "--replicas=6"],
+        None,
+    );
+    assert!(ok, "{out}");
+    poll(Duration::from_secs(30), || {
+        let n = pods(dirs[standby].path())?;
+        assert!(n <= 6, "{n} pods for 6 replicas");
+        (n == 6).then_some(())
+    })
+    .expect("6 pods after the scale");
+    let (ok, out) = kubectl(
+        dirs[standby].path(),
+        &["get", "replicasets", "-l", "app=ha", "-o", "name"],
+        None,
+    );
+    assert!(ok && out.lines().count() == 1, "one ReplicaSet: {out}");
     assert_eq!(new_holder, ids[standby]);
     assert_eq!(new_transitions, transitions + 1);
     assert!(
