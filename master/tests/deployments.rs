@@ -320,13 +320,16 @@ fn web(strategy: &str) -> String {
     WEB.replace("STRATEGY", strategy)
 }
 
+/// Applies the `web` Deployment with `spec_line` and follows its rollout to completion.
+async fn start_web(cluster: &SimCluster, version: &str, spec_line: &str) {
+    cluster.apply(version, &web(spec_line)).await;
+    rollout_status(cluster, version, "web").await;
+}
+
 #[tokio::test]
 async fn pause_holds_the_rollout_and_resume_continues_it() {
     let cluster = cluster().await;
-    cluster
-        .apply("1.33", &web("revisionHistoryLimit: 10"))
-        .await;
-    rollout_status(&cluster, "1.33", "web").await;
+    start_web(&cluster, "1.33", "revisionHistoryLimit: 10").await;
     cluster
         .server
         .ok("1.27", &["rollout", "pause", "deployment/web"])
@@ -379,10 +382,7 @@ async fn pause_holds_the_rollout_and_resume_continues_it() {
 #[tokio::test]
 async fn recreate_stops_old_pods_before_starting_new_ones() {
     let cluster = cluster().await;
-    cluster
-        .apply("1.27", &web("strategy: {type: Recreate}"))
-        .await;
-    rollout_status(&cluster, "1.27", "web").await;
+    start_web(&cluster, "1.27", "strategy: {type: Recreate}").await;
     let old = replica_sets(&cluster, "app=web").await[0]
         .metadata
         .name
@@ -426,8 +426,7 @@ async fn recreate_stops_old_pods_before_starting_new_ones() {
 #[tokio::test]
 async fn revision_history_limit_cleans_up_old_replica_sets() {
     let cluster = cluster().await;
-    cluster.apply("1.33", &web("revisionHistoryLimit: 1")).await;
-    rollout_status(&cluster, "1.33", "web").await;
+    start_web(&cluster, "1.33", "revisionHistoryLimit: 1").await;
     for tag in ["1.15", "1.16", "1.17"] {
         cluster
             .server
@@ -540,10 +539,7 @@ async fn min_ready_seconds_delays_availability() {
 #[tokio::test]
 async fn a_burst_to_fifty_never_overshoots() {
     let cluster = cluster().await;
-    cluster
-        .apply("1.33", &web("revisionHistoryLimit: 10"))
-        .await;
-    rollout_status(&cluster, "1.33", "web").await;
+    start_web(&cluster, "1.33", "revisionHistoryLimit: 10").await;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     cluster
@@ -576,4 +572,60 @@ async fn a_burst_to_fifty_never_overshoots() {
     let deleted = event_messages(&cluster, "SuccessfulDelete").await;
     assert!(deleted.is_empty(), "no pod made in excess: {deleted:?}");
     settled(&cluster, "web", "app=web", 50).await;
+}
+
+/// ReplicaSets and pods of `app=web`.
+async fn web_objects(cluster: &SimCluster) -> (Vec<ReplicaSet>, Vec<Pod>) {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let sets = replica_sets(cluster, "app=web").await;
+    let pods = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items;
+    (sets, pods)
+}
+
+#[tokio::test]
+async fn deleting_a_deployment_cascades_unless_orphaned() {
+    let cluster = cluster().await;
+    for cascade in ["--cascade=background", "--cascade=foreground"] {
+        start_web(&cluster, "1.33", "revisionHistoryLimit: 10").await;
+        cluster
+            .server
+            .ok("1.33", &["delete", "deployment", "web", cascade])
+            .await;
+        cluster
+            .wait_for(&format!("nothing left after {cascade}"), WAIT, || async {
+                let (sets, pods) = web_objects(&cluster).await;
+                (sets.is_empty() && pods.is_empty()).then_some(())
+            })
+            .await;
+    }
+
+    start_web(&cluster, "1.27", "revisionHistoryLimit: 10").await;
+    cluster
+        .server
+        .ok("1.27", &["delete", "deployment", "web", "--cascade=orphan"])
+        .await;
+    let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), "default");
+    cluster
+        .wait_for("the deployment gone", WAIT, || async {
+            api.get_opt("web").await.ok()?.is_none().then_some(())
+        })
+        .await;
+    let (sets, pods) = cluster
+        .wait_for("orphaned replica set", WAIT, || async {
+            let (sets, pods) = web_objects(&cluster).await;
+            let orphaned = sets.len() == 1 && sets[0].metadata.owner_references.is_none();
+            orphaned.then_some((sets, pods))
+        })
+        .await;
+    assert_eq!(sets[0].spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(pods.len(), 3, "pods stay with their ReplicaSet");
+    let owner = sets[0].metadata.uid.clone();
+    for p in &pods {
+        let r = p.metadata.owner_references.as_ref().unwrap();
+        assert_eq!(Some(r[0].uid.clone()), owner);
+    }
 }

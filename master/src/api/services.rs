@@ -1,15 +1,136 @@
 //! Service ClusterIP and NodePort allocation. Allocations are derived from the stored
 //! Services (so they survive restarts and are released on delete); callers hold
-//! `Server::alloc_lock` across allocate + store.
+//! `Server::alloc_lock` across allocate + store. Several masters sharing one etcd do not share
+//! that lock: each allocation is also reserved, by compare-and-swap, in one store key
+//! (`/registry/ranges/servicereservations`) that every allocation reads first, so two
+//! masters allocating at once never hand out the same address or port. A reservation lives
+//! long enough for its Service to be stored (then the Service itself holds the address).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
 
 use serde_json::{Value, json};
 
 use super::Server;
 use super::status::ApiError;
 use crate::resources::{FieldError, find};
+use crate::store::StoreError;
+
+/// The store key of the reservations.
+const RESERVATIONS_KEY: &str = "/registry/ranges/servicereservations";
+/// Seconds a reservation outlives its allocation (the Service is stored well before).
+const RESERVATION_SECONDS: i64 = 120;
+
+/// Addresses and ports recently handed out, by whom and when.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reservations {
+    entries: Vec<Reservation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Reservation {
+    /// A ClusterIP (`10.96.0.10`) or a NodePort (`30080`).
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    port: Option<u64>,
+    /// The Service's store key.
+    owner: String,
+    /// Unix seconds.
+    at: i64,
+}
+
+/// The ClusterIP and NodePorts `svc` holds.
+fn held(svc: &Value) -> (Option<String>, Vec<u64>) {
+    let ip = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .map(str::to_string);
+    let ports = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+        .collect();
+    (ip, ports)
+}
+
+/// Fills in `spec.clusterIP(s)` and `nodePort`s of `svc` (stored at `key`; `old` is the
+/// current object on update), rejecting conflicts with other Services and with what other
+/// masters reserved, and reserves what it newly hands out.
+pub(crate) async fn allocate(
+    server: &Server,
+    key: &str,
+    svc: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    loop {
+        let stored = server.store.get(RESERVATIONS_KEY).await?;
+        let mut reservations: Reservations = stored
+            .as_ref()
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+            .unwrap_or_default();
+        let now = chrono::Utc::now().timestamp();
+        reservations
+            .entries
+            .retain(|r| now - r.at < RESERVATION_SECONDS);
+        let mut candidate = svc.clone();
+        assign(server, key, &mut candidate, old, &reservations).await?;
+        let (ip, ports) = held(&candidate);
+        let (old_ip, old_ports) = old.map(held).unwrap_or_default();
+        let mut new: Vec<Reservation> = ports
+            .into_iter()
+            .filter(|p| !old_ports.contains(p))
+            .map(|p| Reservation {
+                ip: None,
+                port: Some(p),
+                owner: key.to_string(),
+                at: now,
+            })
+            .collect();
+        if let Some(ip) = ip.filter(|ip| old_ip.as_ref() != Some(ip)) {
+            new.push(Reservation {
+                ip: Some(ip),
+                port: None,
+                owner: key.to_string(),
+                at: now,
+            });
+        }
+        if new.is_empty() {
+            *svc = candidate;
+            return Ok(());
+        }
+        reservations.entries.extend(new);
+        let value = serde_json::to_vec(&reservations)
+            .map_err(|e| ApiError::internal(format!("cannot encode reservations: {e}")))?;
+        let written = match stored {
+            None => server.store.create(RESERVATIONS_KEY, value).await,
+            Some(kv) => {
+                server
+                    .store
+                    .update(RESERVATIONS_KEY, value, kv.mod_revision)
+                    .await
+            }
+        };
+        match written {
+            Ok(_) => {
+                *svc = candidate;
+                return Ok(());
+            }
+            // another master reserved in between: allocate again with its reservation
+            Err(
+                StoreError::Conflict { .. }
+                | StoreError::AlreadyExists(_)
+                | StoreError::NotFound(_),
+            ) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 
 fn invalid(name: &str, field: &str, message: String) -> ApiError {
     ApiError::invalid(
@@ -24,13 +145,14 @@ fn invalid(name: &str, field: &str, message: String) -> ApiError {
     )
 }
 
-/// Fills in `spec.clusterIP(s)` and `nodePort`s of `svc` (stored at `key`; `old` is the
-/// current object on update), rejecting conflicts with other Services.
-pub(crate) async fn allocate(
+/// Chooses the allocations of `svc` among those neither another stored Service nor another
+/// Service's reservation holds.
+async fn assign(
     server: &Server,
     key: &str,
     svc: &mut Value,
     old: Option<&Value>,
+    reserved: &Reservations,
 ) -> Result<(), ApiError> {
     let Some(info) = find("", "services") else {
         return Ok(());
@@ -60,6 +182,10 @@ pub(crate) async fn allocate(
                 ports.insert(n);
             }
         }
+    }
+    for r in reserved.entries.iter().filter(|r| r.owner != key) {
+        ips.extend(r.ip.clone());
+        ports.extend(r.port);
     }
     if svc.get("spec").is_none_or(|s| !s.is_object()) {
         svc["spec"] = json!({});

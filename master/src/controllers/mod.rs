@@ -4,27 +4,26 @@
 //! its own process against its own API; with several masters on one etcd only the holder of
 //! the leader Lease runs them.
 
-/// Leader election through a coordination.k8s.io Lease; only the leader runs the controllers.
-pub mod leader;
-
 /// The Deployment controller: ReplicaSets per template, rollouts, revisions, status.
 pub mod deployment;
-/// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
-pub mod replicaset;
-/// The garbage collector: ownerReferences cascades (background, foreground, orphan).
-pub mod gc;
-/// The scheduler: binds pending pods to nodes through `pods/binding`.
-pub mod scheduler;
 /// Endpoints and EndpointSlices of Services with selectors (and the `kubernetes` Service's).
 pub mod endpoints;
 /// The pure core of the endpoints controllers (pods → subsets and slices).
 pub mod endpoints_core;
 /// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
 pub mod events;
+/// The garbage collector: ownerReferences cascades (background, foreground, orphan).
+pub mod gc;
+/// Leader election through a coordination.k8s.io Lease; only the leader runs the controllers.
+pub mod leader;
 /// Node IPAM: a podCIDR per Node out of the cluster CIDR.
 pub mod nodeipam;
 /// Node lifecycle: Lease-based health, NoExecute taints, pod eviction.
 pub mod nodelifecycle;
+/// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
+pub mod replicaset;
+/// The scheduler: binds pending pods to nodes through `pods/binding`.
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;

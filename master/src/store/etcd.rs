@@ -19,6 +19,12 @@ use super::{Event, EventKind, KeyValue, ListResult, Revision, Store, StoreError,
 
 /// Events buffered per watch between etcd and the consumer (then etcd's stream waits).
 const WATCH_BUFFER: usize = 1024;
+/// Tries of a request that etcd did not apply (a member down, no leader), and the pause
+/// after the first (growing linearly).
+const SEND_ATTEMPTS: u32 = 10;
+const RESEND_AFTER: Duration = Duration::from_millis(20);
+/// gRPC status code UNAVAILABLE.
+const GRPC_UNAVAILABLE: i32 = 14;
 /// How long a broken watch stream is retried (another endpoint, from the last revision
 /// delivered) before the watch ends with an error.
 const WATCH_RETRY_FOR: Duration = Duration::from_secs(30);
@@ -42,6 +48,22 @@ impl std::fmt::Debug for EtcdStore {
 /// An etcd client error as a store error.
 fn classify(e: etcd_client::Error) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
+}
+
+/// Whether etcd certainly did not apply a request that failed so (no connection to the
+/// member, or the member has no leader): then it can be sent again. The client balances over
+/// every endpoint, so a member that is down costs one failed attempt, not the request.
+fn not_applied(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let m = s.message();
+            (i32::from(s.code()) == GRPC_UNAVAILABLE && m.contains("connect"))
+                || m.contains("etcdserver: no leader")
+                || m.contains("etcdserver: leader changed")
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
 }
 
 fn is_compacted(e: &etcd_client::Error) -> bool {
@@ -122,6 +144,46 @@ impl EtcdStore {
         convert_kv(&self.prefix, kv)
     }
 
+    /// A txn, sent again (to another member) while etcd could not have applied it: the
+    /// connection to a member was refused, or the member had no leader.
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        let mut attempt = 0;
+        loop {
+            match self.client.kv_client().txn(txn.clone()).await {
+                Err(e) if not_applied(&e) && attempt < SEND_ATTEMPTS => {
+                    attempt += 1;
+                    debug!(error = %e, attempt, "etcd txn not sent, again");
+                    tokio::time::sleep(RESEND_AFTER * attempt).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// A range read, sent again like [`Self::txn`].
+    async fn range(
+        &self,
+        key: Vec<u8>,
+        options: GetOptions,
+    ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .client
+                .kv_client()
+                .get(key.clone(), Some(options.clone()))
+                .await
+            {
+                Err(e) if not_applied(&e) && attempt < SEND_ATTEMPTS => {
+                    attempt += 1;
+                    debug!(error = %e, attempt, "etcd range not sent, again");
+                    tokio::time::sleep(RESEND_AFTER * attempt).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Compacts etcd's history up to `revision` (what kube-apiserver does every five minutes):
     /// older revisions answer Compacted from then on. Compaction is cluster wide.
     pub async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
@@ -169,7 +231,7 @@ impl EtcdStore {
             .when([Compare::version(KEY, CompareOp::Equal, version)])
             .and_then([TxnOp::put(KEY, rev.to_string(), None)])
             .or_else([TxnOp::get(KEY, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(classify)?;
+        let resp = self.txn(txn).await.map_err(classify)?;
         let current = resp.header().map(|h| h.revision()).unwrap_or(0);
         if !resp.succeeded() {
             // another master compacted this interval; follow its clock
@@ -246,7 +308,7 @@ impl EtcdStore {
         key: &str,
         expected: Revision,
     ) -> Result<etcd_client::TxnResponse, StoreError> {
-        let resp = self.client.kv_client().txn(txn).await.map_err(classify)?;
+        let resp = self.txn(txn).await.map_err(classify)?;
         if resp.succeeded() {
             return Ok(resp);
         }
@@ -273,11 +335,9 @@ impl EtcdStore {
 impl Store for EtcdStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
         let resp = self
-            .client
-            .kv_client()
-            .get(
+            .range(
                 self.full("/"),
-                Some(GetOptions::new().with_count_only().with_limit(1)),
+                GetOptions::new().with_count_only().with_limit(1),
             )
             .await
             .map_err(classify)?;
@@ -286,9 +346,7 @@ impl Store for EtcdStore {
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let resp = self
-            .client
-            .kv_client()
-            .get(self.full(key), None)
+            .range(self.full(key), GetOptions::new())
             .await
             .map_err(classify)?;
         resp.kvs().first().map(|kv| self.convert(kv)).transpose()
@@ -322,7 +380,7 @@ impl Store for EtcdStore {
         if let Some(rev) = revision {
             options = options.with_revision(to_etcd(rev));
         }
-        let resp = match self.client.kv_client().get(from, Some(options)).await {
+        let resp = match self.range(from, options).await {
             Ok(r) => r,
             Err(e) => {
                 return Err(self.revision_error(e, revision.unwrap_or_default()).await?);
@@ -345,7 +403,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(k, value.clone(), None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(classify)?;
+        let resp = self.txn(txn).await.map_err(classify)?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists(key.to_string()));
         }
@@ -440,12 +498,7 @@ impl Store for EtcdStore {
                 .with_count_only()
                 .with_limit(1)
                 .with_revision(to_etcd(probe_at));
-            if let Err(e) = self
-                .client
-                .kv_client()
-                .get(self.full("/"), Some(probe))
-                .await
-            {
+            if let Err(e) = self.range(self.full("/"), probe).await {
                 return Err(self.revision_error(e, after).await?);
             }
         }

@@ -79,6 +79,12 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        // one token for the whole cluster, unique to this test
+        let token = format!(
+            "skiff-test-{}-{}",
+            std::process::id(),
+            members[0].client_port
+        );
         let mut cluster = EtcdCluster { members, dir };
         for i in 0..n {
             let m = &cluster.members[i];
@@ -98,10 +104,7 @@ impl EtcdCluster {
                 .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &initial])
                 .args(["--initial-cluster-state", "new"])
-                .args([
-                    "--initial-cluster-token",
-                    &format!("skiff-test-{}-{}", std::process::id(), m.client_port),
-                ])
+                .args(["--initial-cluster-token", &token])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
