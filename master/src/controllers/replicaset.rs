@@ -35,19 +35,27 @@ struct State {
     ctx: Context,
     pods: Store<Pod>,
     sets: Store<ReplicaSet>,
-    expectations: Expectations,
+    expectations: Arc<Expectations>,
 }
 
 /// Runs the ReplicaSet controller until its watches end.
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let (sets, sets_writer) = reflector::store();
     let (pods, pods_writer) = reflector::store();
+    let expectations = Arc::new(Expectations::default());
+    let forget = expectations.clone();
     let set_events = watcher(
         Api::<ReplicaSet>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(sets_writer)
+    .inspect(move |ev| {
+        // A deleted ReplicaSet's expectations would otherwise wait for their timeout.
+        if let Ok(watcher::Event::Delete(rs)) = ev {
+            forget.forget(&events::key(rs));
+        }
+    })
     .touched_objects();
     let pod_events = watcher(
         Api::<Pod>::all(ctx.client.clone()),
@@ -60,7 +68,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
         ctx,
         pods,
         sets: sets.clone(),
-        expectations: Expectations::default(),
+        expectations,
     });
     let mapper_state = state.clone();
     Controller::for_stream(set_events, sets)
