@@ -185,8 +185,12 @@ async fn replicaset_adopts_releases_and_scales_with_kubectl() {
         Some(i32::try_from(labeled).unwrap())
     );
 
-    let created = events(&cluster, "SuccessfulCreate").await;
-    assert!(created >= 2, "SuccessfulCreate events: {created}");
+    // Events are recorded asynchronously: wait for them.
+    cluster
+        .wait_for("SuccessfulCreate events", WAIT, || async {
+            (events(&cluster, "SuccessfulCreate").await >= 2).then_some(())
+        })
+        .await;
     let describe = cluster.server.ok("1.33", &["describe", "rs", "web"]).await;
     assert!(describe.contains("Created pod: web-"), "{describe}");
 
