@@ -15,7 +15,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use skiff_master::controllers::Settings;
 
-const WAIT: Duration = Duration::from_secs(20);
+/// Generous: the test machine is shared and debug builds are slow under load.
+const WAIT: Duration = Duration::from_secs(60);
 
 struct Owner {
     name: String,

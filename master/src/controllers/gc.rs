@@ -387,7 +387,15 @@ fn key(item: &Item) -> String {
 
 /// Runs the garbage collector until its task is dropped.
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
-    let discovery = Discovery::new(ctx.client.clone()).run().await?;
+    let discovery = loop {
+        match Discovery::new(ctx.client.clone()).run().await {
+            Ok(d) => break d,
+            Err(e) => {
+                warn!(error = %e, "discovery failed, retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
     let mut resources = Vec::new();
     let mut by_kind = HashMap::new();
     for group in discovery.groups() {

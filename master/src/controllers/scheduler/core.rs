@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{
-    Container, Node, NodeSelector, NodeSelectorRequirement, Pod, Taint, Toleration,
+    Container, Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint,
+    Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -19,6 +20,7 @@ const WEIGHT_LEAST_ALLOCATED: i64 = 1;
 const WEIGHT_BALANCED: i64 = 1;
 const WEIGHT_TAINTS: i64 = 3;
 const WEIGHT_SPREAD: i64 = 2;
+const WEIGHT_NODE_AFFINITY: i64 = 2;
 const MAX_SCORE: i64 = 100;
 
 /// The value of a resource quantity in milli-units, rounded up (`Quantity.MilliValue()`);
@@ -253,6 +255,8 @@ pub struct PodInfo {
     pub node_selector: BTreeMap<String, String>,
     /// Required node affinity.
     pub required_affinity: Option<NodeSelector>,
+    /// Preferred node affinity: (weight, term).
+    pub preferred_affinity: Vec<(i32, NodeSelectorTerm)>,
     /// spec.priority (0 when unset).
     pub priority: i32,
 }
@@ -286,6 +290,9 @@ impl PodInfo {
                 }
             }
         }
+        let node_affinity = spec
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.node_affinity.as_ref());
         let owner = pod
             .metadata
             .owner_references
@@ -309,13 +316,19 @@ impl PodInfo {
             node_selector: spec
                 .and_then(|s| s.node_selector.clone())
                 .unwrap_or_default(),
-            required_affinity: spec
-                .and_then(|s| s.affinity.as_ref())
-                .and_then(|a| a.node_affinity.as_ref())
+            required_affinity: node_affinity.and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .clone()
+            }),
+            preferred_affinity: node_affinity
                 .and_then(|n| {
-                    n.required_during_scheduling_ignored_during_execution
-                        .clone()
-                }),
+                    n.preferred_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .into_iter()
+                .flatten()
+                .map(|p| (p.weight, p.preference.clone()))
+                .collect(),
             priority: spec.and_then(|s| s.priority).unwrap_or(0),
         }
     }
@@ -513,21 +526,26 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
 /// Whether the node matches a required node selector: any term, each term all its
 /// expressions (labels) and fields (`metadata.name`); an empty term matches nothing.
 pub fn node_selector_matches(sel: &NodeSelector, node: &NodeInfo) -> bool {
-    sel.node_selector_terms.iter().any(|term| {
-        let exprs = term.match_expressions.as_deref().unwrap_or_default();
-        let fields = term.match_fields.as_deref().unwrap_or_default();
-        if exprs.is_empty() && fields.is_empty() {
-            return false;
-        }
-        exprs
-            .iter()
-            .all(|r| requirement_matches(r, node.labels.get(&r.key).map(String::as_str)))
-            && fields.iter().all(|r| {
-                r.key == "metadata.name"
-                    && matches!(r.operator.as_str(), "In" | "NotIn")
-                    && requirement_matches(r, Some(&node.name))
-            })
-    })
+    sel.node_selector_terms
+        .iter()
+        .any(|term| term_matches(term, node))
+}
+
+/// Whether one node selector term matches (an empty term matches nothing).
+pub fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    exprs
+        .iter()
+        .all(|r| requirement_matches(r, node.labels.get(&r.key).map(String::as_str)))
+        && fields.iter().all(|r| {
+            r.key == "metadata.name"
+                && matches!(r.operator.as_str(), "In" | "NotIn")
+                && requirement_matches(r, Some(&node.name))
+        })
 }
 
 /// Reasons a node does not fit, in kube-scheduler's words.
@@ -716,6 +734,7 @@ struct Feasible {
     resources: i64,
     prefer_no_schedule: i64,
     same_owner: i64,
+    preferred: i64,
 }
 
 /// Chooses a node for `pod` among `nodes` (index into `nodes`), or says why none fits.
@@ -734,6 +753,12 @@ pub fn schedule(pod: &PodInfo, nodes: &[NodeInfo]) -> Result<usize, FitError> {
                     .as_ref()
                     .and_then(|o| node.owners.get(o))
                     .map_or(0, |n| i64::from(*n)),
+                preferred: pod
+                    .preferred_affinity
+                    .iter()
+                    .filter(|(_, t)| term_matches(t, node))
+                    .map(|(w, _)| i64::from(*w))
+                    .sum(),
             });
         } else {
             for r in why {
@@ -749,6 +774,7 @@ pub fn schedule(pod: &PodInfo, nodes: &[NodeInfo]) -> Result<usize, FitError> {
     }
     let max_taints = feasible.iter().map(|f| f.prefer_no_schedule).max();
     let max_owner = feasible.iter().map(|f| f.same_owner).max();
+    let max_preferred = feasible.iter().map(|f| f.preferred).max().unwrap_or(0);
     // lower is better when normalising (TaintToleration, spreading): 100 × (1 − v/max)
     let reverse = |v: i64, max: Option<i64>| match max {
         Some(m) if m > 0 => MAX_SCORE - v * MAX_SCORE / m,
@@ -759,7 +785,12 @@ pub fn schedule(pod: &PodInfo, nodes: &[NodeInfo]) -> Result<usize, FitError> {
         .map(|f| {
             let score = f.resources
                 + reverse(f.prefer_no_schedule, max_taints) * WEIGHT_TAINTS
-                + reverse(f.same_owner, max_owner) * WEIGHT_SPREAD;
+                + reverse(f.same_owner, max_owner) * WEIGHT_SPREAD
+                + if max_preferred > 0 {
+                    f.preferred * MAX_SCORE / max_preferred * WEIGHT_NODE_AFFINITY
+                } else {
+                    0
+                };
             (
                 score,
                 std::cmp::Reverse(tie_break(pod, &nodes[f.index])),
@@ -1329,6 +1360,24 @@ mod tests {
                 pod: cpu_pod("p", "1"),
                 nodes: vec![node("a", json!({})), node("b", json!({}))],
                 bound: vec![bound(cpu_pod("q", "2"), "a")],
+                want: Ok("b"),
+            },
+            Case {
+                what: "preferred node affinity outweighs a little load",
+                pod: pod(
+                    "p",
+                    json!({"spec": {"affinity": {"nodeAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {"weight": 10, "preference": {"matchExpressions": [
+                            {"key": "zone", "operator": "In", "values": ["z1"]}]}},
+                        {"weight": 1, "preference": {"matchExpressions": [
+                            {"key": "zone", "operator": "In", "values": ["z2"]}]}}]}}}}),
+                ),
+                nodes: vec![
+                    node("a", json!({"metadata": {"labels": {"zone": "z2"}}})),
+                    node("b", json!({"metadata": {"labels": {"zone": "z1"}}})),
+                ],
+                bound: vec![bound(cpu_pod("q", "1"), "b")],
                 want: Ok("b"),
             },
             Case {
