@@ -377,6 +377,20 @@ async fn pause_holds_the_rollout_and_resume_continues_it() {
     let sets = replica_sets(&cluster, "app=web").await;
     assert_eq!(sets.len(), 2);
     assert_eq!(image(&sets[1]), "nginx:1.16.1");
+
+    // `rollout restart` changes a template annotation: a third ReplicaSet, revision 3.
+    cluster
+        .server
+        .ok("1.27", &["rollout", "restart", "deployment/web"])
+        .await;
+    rollout_status(&cluster, "1.27", "web").await;
+    settled(&cluster, "web", "app=web", 4).await;
+    let sets = replica_sets(&cluster, "app=web").await;
+    assert_eq!(sets.len(), 3);
+    assert_eq!(
+        annotation(&sets[2], "deployment.kubernetes.io/revision").as_deref(),
+        Some("3")
+    );
 }
 
 #[tokio::test]

@@ -185,8 +185,12 @@ async fn replicaset_adopts_releases_and_scales_with_kubectl() {
         Some(i32::try_from(labeled).unwrap())
     );
 
-    let created = events(&cluster, "SuccessfulCreate").await;
-    assert!(created >= 2, "SuccessfulCreate events: {created}");
+    // Events are recorded asynchronously: wait for them.
+    cluster
+        .wait_for("SuccessfulCreate events", WAIT, || async {
+            (events(&cluster, "SuccessfulCreate").await >= 2).then_some(())
+        })
+        .await;
     let describe = cluster.server.ok("1.33", &["describe", "rs", "web"]).await;
     assert!(describe.contains("Created pod: web-"), "{describe}");
 
@@ -239,4 +243,51 @@ async fn a_burst_to_fifty_creates_exactly_fifty_pods() {
     let deleted = events(&cluster, "SuccessfulDelete").await;
     assert_eq!(deleted, 0, "no pod created in excess and deleted again");
     watch.abort();
+}
+
+#[tokio::test]
+async fn scale_down_deletes_a_not_ready_pod_first() {
+    let cluster =
+        SimCluster::with_nodes(Settings::default(), &["node-1", "node-2", "node-3"]).await;
+    let sets: Api<ReplicaSet> = Api::namespaced(cluster.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    cluster.apply("1.27", RS).await;
+    cluster
+        .wait_for("three ready", WAIT, || async {
+            let st = sets.get("web").await.ok()?.status?;
+            (st.ready_replicas == Some(3) && st.available_replicas == Some(3)).then_some(())
+        })
+        .await;
+    // Make the oldest pod not ready: without readiness ranking, newer pods would go first.
+    let mut three = settled(&cluster, 3).await;
+    three.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+    let sick = three[0].metadata.name.clone().unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    let status = json!({"status": {"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+        {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": now},
+    ]}});
+    pods.patch_status(
+        &sick,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+    cluster
+        .wait_for("two ready", WAIT, || async {
+            let st = sets.get("web").await.ok()?.status?;
+            (st.ready_replicas == Some(2)).then_some(())
+        })
+        .await;
+    cluster
+        .server
+        .ok("1.33", &["scale", "rs", "web", "--replicas=2"])
+        .await;
+    let two = settled(&cluster, 2).await;
+    assert!(
+        two.iter()
+            .all(|p| p.metadata.name.as_deref() != Some(sick.as_str())),
+        "the not-ready pod {sick} goes first"
+    );
 }

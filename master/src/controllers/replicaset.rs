@@ -35,19 +35,27 @@ struct State {
     ctx: Context,
     pods: Store<Pod>,
     sets: Store<ReplicaSet>,
-    expectations: Expectations,
+    expectations: Arc<Expectations>,
 }
 
 /// Runs the ReplicaSet controller until its watches end.
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let (sets, sets_writer) = reflector::store();
     let (pods, pods_writer) = reflector::store();
+    let expectations = Arc::new(Expectations::default());
+    let forget = expectations.clone();
     let set_events = watcher(
         Api::<ReplicaSet>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(sets_writer)
+    .inspect(move |ev| {
+        // A deleted ReplicaSet's expectations would otherwise wait for their timeout.
+        if let Ok(watcher::Event::Delete(rs)) = ev {
+            forget.forget(&events::key(rs));
+        }
+    })
     .touched_objects();
     let pod_events = watcher(
         Api::<Pod>::all(ctx.client.clone()),
@@ -60,7 +68,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
         ctx,
         pods,
         sets: sets.clone(),
-        expectations: Expectations::default(),
+        expectations,
     });
     let mapper_state = state.clone();
     Controller::for_stream(set_events, sets)
@@ -292,10 +300,40 @@ async fn manage(
     owned: &[&Pod],
 ) -> Option<(&'static str, String)> {
     let key = events::key(rs);
+    // Events are recorded off the sync path, as upstream's broadcaster does, so a burst of
+    // creates is not slowed by two API calls per pod.
+    let mut notes: Vec<(EventType, &'static str, String)> = Vec::new();
+    let failure = change_replicas(st, rs, api, owned, &key, &mut notes).await;
+    if !notes.is_empty() {
+        let client = st.ctx.client.clone();
+        let reference = events::reference(rs);
+        tokio::spawn(async move {
+            for (kind, reason, message) in notes {
+                events::record(
+                    &client,
+                    COMPONENT,
+                    reference.clone(),
+                    kind,
+                    reason,
+                    &message,
+                )
+                .await;
+            }
+        });
+    }
+    failure
+}
+
+async fn change_replicas(
+    st: &State,
+    rs: &ReplicaSet,
+    api: &Api<Pod>,
+    owned: &[&Pod],
+    key: &str,
+    notes: &mut Vec<(EventType, &'static str, String)>,
+) -> Option<(&'static str, String)> {
     let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let diff = core::replica_diff(replicas, owned.len());
-    let client = &st.ctx.client;
-    let reference = events::reference(rs);
     if diff > 0 {
         let pod = match pod_from_template(rs) {
             Ok(p) => p,
@@ -303,7 +341,7 @@ async fn manage(
         };
         let mut remaining = usize::try_from(diff).unwrap_or(0);
         info!(replicaset = %key, want = replicas, have = owned.len(), creating = remaining, "too few replicas");
-        st.expectations.creating(&key, remaining);
+        st.expectations.creating(key, remaining);
         // Slow start, as upstream: batches of 1, 2, 4, … so a failing template costs
         // few calls.
         let mut batch = 1usize;
@@ -317,36 +355,24 @@ async fn manage(
                 match r {
                     Ok(p) => {
                         let pname = p.metadata.name.unwrap_or_default();
-                        st.expectations.created(&key, Some(&pname));
-                        events::record(
-                            client,
-                            COMPONENT,
-                            reference.clone(),
+                        st.expectations.created(key, Some(&pname));
+                        notes.push((
                             EventType::Normal,
                             "SuccessfulCreate",
-                            &format!("Created pod: {pname}"),
-                        )
-                        .await;
+                            format!("Created pod: {pname}"),
+                        ));
                     }
                     Err(e) => {
-                        st.expectations.created(&key, None);
+                        st.expectations.created(key, None);
                         let msg = format!("Error creating: {}", api_message(&e));
-                        events::record(
-                            client,
-                            COMPONENT,
-                            reference.clone(),
-                            EventType::Warning,
-                            "FailedCreate",
-                            &msg,
-                        )
-                        .await;
+                        notes.push((EventType::Warning, "FailedCreate", msg.clone()));
                         failed = Some(("FailedCreate", msg));
                     }
                 }
             }
             if failed.is_some() {
                 for _ in 0..remaining {
-                    st.expectations.created(&key, None);
+                    st.expectations.created(key, None);
                 }
                 return failed;
             }
@@ -360,7 +386,7 @@ async fn manage(
         info!(replicaset = %key, want = replicas, have = owned.len(), deleting = n, "too many replicas");
         for p in &victims {
             st.expectations.deleting(
-                &key,
+                key,
                 p.metadata.name.as_deref().unwrap_or_default(),
                 p.metadata.uid.as_deref().unwrap_or_default(),
             );
@@ -377,29 +403,17 @@ async fn manage(
         for (pname, r) in results {
             match r {
                 Ok(_) => {
-                    events::record(
-                        client,
-                        COMPONENT,
-                        reference.clone(),
+                    notes.push((
                         EventType::Normal,
                         "SuccessfulDelete",
-                        &format!("Deleted pod: {pname}"),
-                    )
-                    .await;
+                        format!("Deleted pod: {pname}"),
+                    ));
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => {
-                    st.expectations.delete_failed(&key, &pname);
+                    st.expectations.delete_failed(key, &pname);
                     let msg = format!("Error deleting: {}", api_message(&e));
-                    events::record(
-                        client,
-                        COMPONENT,
-                        reference.clone(),
-                        EventType::Warning,
-                        "FailedDelete",
-                        &msg,
-                    )
-                    .await;
+                    notes.push((EventType::Warning, "FailedDelete", msg.clone()));
                     failed = Some(("FailedDelete", msg));
                 }
             }
