@@ -4,7 +4,8 @@
 
 mod discovery;
 mod rest;
-mod select;
+/// Label selectors and field selectors (also used by the controllers).
+pub mod select;
 mod services;
 mod status;
 mod watch;

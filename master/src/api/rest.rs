@@ -678,7 +678,8 @@ async fn write_update(
         Err(e) => return Err(e.into()),
     };
     set_rv(&mut new, stored.mod_revision);
-    if deleting && no_finalizers && info.kind != "Namespace" && info.kind != "Pod" {
+    let zero_grace = new.pointer("/metadata/deletionGracePeriodSeconds") == Some(&json!(0));
+    if deleting && no_finalizers && info.kind != "Namespace" && (info.kind != "Pod" || zero_grace) {
         let _ = ctx
             .server
             .store
@@ -907,7 +908,53 @@ async fn binding(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("binding target name is required"))?
         .to_string();
+    if let Some(n) = b
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty() && *n != ctx.name())
+    {
+        return Err(ApiError::bad_request(format!(
+            "name in URL does not match name in Binding object: {} != {n}",
+            ctx.name()
+        )));
+    }
+    if let Some(kind) = b
+        .pointer("/target/kind")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty() && *k != "Node")
+    {
+        return Err(ApiError::bad_request(format!(
+            "binding target kind must be Node, not {kind:?}"
+        )));
+    }
     let (kv, old) = load(ctx).await?;
+    let conflict = |why: String| {
+        ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on pods/binding \"{}\": {why}",
+                ctx.name()
+            ),
+        )
+    };
+    if let Some(uid) = b
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        && meta_str(&old, "uid") != Some(uid)
+    {
+        return Err(conflict(format!(
+            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+            meta_str(&old, "uid").unwrap_or_default()
+        )));
+    }
+    if old.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(conflict(format!(
+            "pod {} is being deleted, cannot be assigned to a host",
+            ctx.name()
+        )));
+    }
     if let Some(n) = old
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -925,6 +972,15 @@ async fn binding(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
     }
     let mut new = old.clone();
     new["spec"]["nodeName"] = json!(node);
+    if let Some(a) = b
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        for (k, v) in a {
+            new["metadata"]["annotations"][k] = v.clone();
+        }
+    }
+    set_pod_scheduled(&mut new);
     match ctx
         .server
         .store
@@ -939,6 +995,23 @@ async fn binding(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     ))
+}
+
+/// Sets the pod's `PodScheduled` condition to True, as a binding does.
+fn set_pod_scheduled(pod: &mut Value) {
+    let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                      "lastTransitionTime": now_ts()});
+    if !pod["status"].is_object() {
+        pod["status"] = json!({});
+    }
+    match pod["status"]["conditions"].as_array_mut() {
+        Some(conds) => match conds.iter_mut().find(|c| c["type"] == "PodScheduled") {
+            Some(c) if c["status"] == "True" => {}
+            Some(c) => *c = cond,
+            None => conds.push(cond),
+        },
+        None => pod["status"]["conditions"] = json!([cond]),
+    }
 }
 
 /// DeleteOptions from the body and query.
@@ -973,6 +1046,25 @@ fn delete_options(ctx: &Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError>
             "invalid propagationPolicy {p:?}"
         )));
     }
+    // the deprecated orphanDependents: true is Orphan, false is Background
+    let orphan = b
+        .get("orphanDependents")
+        .and_then(Value::as_bool)
+        .or_else(|| ctx.q("orphanDependents").and_then(|o| o.parse().ok()));
+    let propagation = match (orphan, propagation) {
+        (Some(_), Some(p)) => {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Invalid value: \"{p}\": orphanDependents and deletionPropagation cannot be both set"
+                ),
+            ));
+        }
+        (Some(true), None) => Some("Orphan".to_string()),
+        (Some(false), None) => Some("Background".to_string()),
+        (None, p) => p,
+    };
     let dry_run = ctx.dry_run()
         || b.get("dryRun")
             .and_then(Value::as_array)
@@ -1026,18 +1118,39 @@ async fn delete_one(
             ),
         ));
     }
-    let finalizers = obj
+    let existing: Vec<String> = obj
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
+        .map(|f| {
+            f.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let finalizers = if info.kind == "Namespace" {
+        existing.clone()
+    } else {
+        gc_finalizers(&existing, opts.propagation.as_deref())
+    };
+    let finalizers_changed = {
+        let set = |f: &[String]| f.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+        set(&existing) != set(&finalizers)
+    };
     let bound_pod = info.kind == "Pod"
         && obj
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty())
         && opts.grace != Some(0);
-    let graceful = info.kind == "Namespace" || finalizers || bound_pod;
-    let _ = &opts.propagation;
+    let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+    let graceful_pod = bound_pod
+        && (!deleting
+            || obj
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .is_some_and(|g| g > 0));
+    let graceful = info.kind == "Namespace" || !finalizers.is_empty() || graceful_pod;
     if !graceful {
         if opts.dry_run {
             return Ok((obj, true));
@@ -1056,7 +1169,8 @@ async fn delete_one(
         set_rv(&mut o, last.mod_revision);
         return Ok((o, true));
     }
-    if obj.pointer("/metadata/deletionTimestamp").is_none() {
+    let mut changed = false;
+    if !deleting {
         obj["metadata"]["deletionTimestamp"] = json!(now_ts());
         let grace = if bound_pod {
             opts.grace
@@ -1072,6 +1186,20 @@ async fn delete_one(
         if info.kind == "Namespace" {
             obj["status"]["phase"] = json!("Terminating");
         }
+        changed = true;
+    } else if info.kind == "Pod"
+        && opts.grace == Some(0)
+        && obj.pointer("/metadata/deletionGracePeriodSeconds") != Some(&json!(0))
+    {
+        // a forced delete of a pod held by finalizers: gone as soon as they are
+        obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        changed = true;
+    }
+    if finalizers_changed {
+        obj["metadata"]["finalizers"] = json!(finalizers);
+        changed = true;
+    }
+    if changed {
         if opts.dry_run {
             return Ok((obj, false));
         }
@@ -1088,6 +1216,34 @@ async fn delete_one(
         }
     }
     Ok((obj, false))
+}
+
+/// The object's finalizers after a delete with `propagation`, as the Kubernetes API server
+/// sets them for the garbage collector: Orphan adds `orphan`, Foreground adds
+/// `foregroundDeletion`, Background removes both; without a policy a finalizer already there
+/// stays, and the default of every kind served is Background.
+pub(crate) fn gc_finalizers(existing: &[String], propagation: Option<&str>) -> Vec<String> {
+    use crate::controllers::gc::{FINALIZER_FOREGROUND, FINALIZER_ORPHAN};
+    let has = |f: &str| existing.iter().any(|e| e == f);
+    let (orphan, foreground) = match propagation {
+        Some("Orphan") => (true, false),
+        Some("Foreground") => (false, true),
+        Some(_) => (false, false),
+        None if has(FINALIZER_ORPHAN) => (true, false),
+        None => (false, has(FINALIZER_FOREGROUND)),
+    };
+    let mut out: Vec<String> = existing
+        .iter()
+        .filter(|f| *f != FINALIZER_ORPHAN && *f != FINALIZER_FOREGROUND)
+        .cloned()
+        .collect();
+    if orphan {
+        out.push(FINALIZER_ORPHAN.into());
+    }
+    if foreground {
+        out.push(FINALIZER_FOREGROUND.into());
+    }
+    out
 }
 
 /// DELETE of one object.
@@ -1250,4 +1406,36 @@ pub(crate) async fn reconcile_namespaces(server: &Server) -> Result<(), ApiError
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gc_finalizers;
+
+    #[test]
+    fn deletion_finalizers_follow_the_propagation_policy() {
+        let cases: [(&[&str], Option<&str>, &[&str]); 9] = [
+            (&[], None, &[]),
+            (&[], Some("Background"), &[]),
+            (&[], Some("Orphan"), &["orphan"]),
+            (&[], Some("Foreground"), &["foregroundDeletion"]),
+            (&["x"], Some("Foreground"), &["x", "foregroundDeletion"]),
+            (&["orphan"], None, &["orphan"]),
+            (&["foregroundDeletion"], None, &["foregroundDeletion"]),
+            (
+                &["orphan", "x"],
+                Some("Foreground"),
+                &["x", "foregroundDeletion"],
+            ),
+            (&["foregroundDeletion"], Some("Background"), &[]),
+        ];
+        for (existing, policy, want) in cases {
+            let existing: Vec<String> = existing.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                gc_finalizers(&existing, policy),
+                want,
+                "{existing:?} {policy:?}"
+            );
+        }
+    }
 }

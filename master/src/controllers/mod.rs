@@ -4,16 +4,24 @@
 //! its own process against its own API; with several masters on one etcd only the holder of
 //! the leader Lease runs them.
 
+/// The Deployment controller: ReplicaSets per template, rollouts, revisions, status.
+pub mod deployment;
 /// Endpoints and EndpointSlices of Services with selectors (and the `kubernetes` Service's).
 pub mod endpoints;
 /// The pure core of the endpoints controllers (pods → subsets and slices).
 pub mod endpoints_core;
 /// Recording core/v1 Events for objects (scheduling, scaling, rollouts, evictions).
 pub mod events;
+/// The garbage collector: ownerReferences cascades (background, foreground, orphan).
+pub mod gc;
 /// Node IPAM: a podCIDR per Node out of the cluster CIDR.
 pub mod nodeipam;
 /// Node lifecycle: Lease-based health, NoExecute taints, pod eviction.
 pub mod nodelifecycle;
+/// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
+pub mod replicaset;
+/// The scheduler: binds pending pods to nodes through `pods/binding`.
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,6 +139,10 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     set.spawn(endpoints::run(ctx.clone()));
     set.spawn(nodeipam::run(ctx.clone()));
     set.spawn(nodelifecycle::run(ctx.clone()));
+    set.spawn(replicaset::run(ctx.clone()));
+    set.spawn(deployment::run(ctx.clone()));
+    set.spawn(scheduler::run(ctx.clone()));
+    set.spawn(gc::run(ctx.clone()));
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}

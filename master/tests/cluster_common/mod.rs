@@ -164,6 +164,27 @@ impl SimCluster {
         }
     }
 
+    /// A master with controllers using `settings` and a Ready simulated node per name.
+    pub async fn with_nodes(settings: Settings, names: &[&str]) -> SimCluster {
+        let mut cluster = SimCluster::start(settings).await;
+        for n in names {
+            cluster.add_node(NodeSpec::new(n)).await;
+        }
+        cluster
+    }
+
+    /// `kubectl <version> apply -f` of `manifest` (written to a file in the server's dir);
+    /// must succeed; returns stdout.
+    pub async fn apply(&self, version: &str, manifest: &str) -> String {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let path = self.server.dir.path().join(format!("manifest-{n}.yaml"));
+        std::fs::write(&path, manifest).unwrap();
+        self.server
+            .ok(version, &["apply", "-f", path.to_str().unwrap()])
+            .await
+    }
+
     /// kubectl (1.32 unless told) against this cluster; must succeed; returns stdout.
     pub async fn kubectl(&self, args: &[&str]) -> String {
         self.server.ok("1.32", args).await
@@ -269,6 +290,7 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
                         "podIPs": [{"ip": ip}],
                         "startTime": now,
                         "conditions": [
+                            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
                             {"type": "Initialized", "status": "True", "lastTransitionTime": now},
                             {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
                             {"type": "Ready", "status": "True", "lastTransitionTime": now},
