@@ -324,3 +324,88 @@ async fn dead_node_goes_unknown_is_tainted_pods_evicted_and_recovers() {
         })
         .await;
 }
+
+const WEB: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: nginx, image: "nginx:1.14.2"}
+"#;
+
+/// The Deployment's pods that are not being deleted: (name, node, ready).
+async fn live_pods(pods: &Api<Pod>) -> Vec<(String, String, bool)> {
+    pods.list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (
+                p.metadata.name.unwrap_or_default(),
+                node.unwrap_or_default(),
+                ready,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_dead_node_are_recreated_on_the_others() {
+    let grace = Duration::from_secs(2);
+    let toleration = 3;
+    let settings = Settings {
+        node_monitor_grace_period: grace,
+        default_toleration_seconds: toleration,
+        eviction_rate: 100.0,
+        ..Settings::default()
+    };
+    let cluster = SimCluster::with_nodes(settings, &["n1", "n2", "n3"]).await;
+    cluster.apply("1.33", WEB).await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let running = cluster
+        .wait_for("4 ready pods", WAIT, || async {
+            let live = live_pods(&pods).await;
+            (live.len() == 4 && live.iter().all(|p| p.2)).then_some(live)
+        })
+        .await;
+    let victim = running[0].1.clone();
+    let on_victim = running.iter().filter(|p| p.1 == victim).count();
+    let started = std::time::Instant::now();
+    cluster.stop_node(&victim);
+    let budget = grace + Duration::from_secs(toleration as u64) + Duration::from_secs(15);
+    let replaced = cluster
+        .wait_for("pods replaced on the live nodes", budget, || async {
+            let live = live_pods(&pods).await;
+            (live.len() == 4 && live.iter().all(|p| p.2 && p.1 != victim)).then_some(live)
+        })
+        .await;
+    let took = started.elapsed();
+    eprintln!(
+        "{on_victim} pod(s) of {victim} recreated on the other nodes {took:?} after it stopped \
+         (grace {grace:?} + toleration {toleration}s)"
+    );
+    assert!(
+        took >= grace + Duration::from_secs(toleration as u64) - Duration::from_secs(1),
+        "replaced before the toleration ran out: {took:?}"
+    );
+    let before: BTreeSet<String> = running.into_iter().map(|p| p.0).collect();
+    let new: Vec<_> = replaced.iter().filter(|p| !before.contains(&p.0)).collect();
+    assert_eq!(new.len(), on_victim, "{replaced:?}");
+    let out = cluster
+        .kubectl(&["rollout", "status", "deployment/web", "--timeout=30s"])
+        .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+}
