@@ -47,17 +47,16 @@ pub async fn run(
     node::register(&client, &cfg).await?;
     tracing::info!(node = %cfg.node_name, "node registered");
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
-    let pods = tokio::spawn(pods::run(client.clone(), cfg.clone()));
-    tokio::select! {
-        _ = shutdown => {}
-        r = pods => {
-            heartbeat.abort();
-            return match r {
-                Ok(r) => r,
-                Err(e) => Err(Error::Task(e.to_string())),
-            };
-        }
-    }
+    let mut pods = tokio::spawn(pods::run(client.clone(), cfg.clone()));
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        r = &mut pods => match r {
+            Ok(r) => r,
+            Err(e) => Err(Error::Task(e.to_string())),
+        },
+    };
+    // the pods' containers live on under their shims; only the agent's tasks end
+    pods.abort();
     heartbeat.abort();
-    Ok(())
+    result
 }

@@ -101,6 +101,8 @@ pub fn terminated(r: &RunRecord) -> ContainerStateTerminated {
     let code = r.exit_code.unwrap_or(0);
     let reason = if r.error.is_some() {
         "StartError"
+    } else if r.oom_killed {
+        "OOMKilled"
     } else if code == 0 {
         "Completed"
     } else {

@@ -337,7 +337,13 @@ impl Worker {
             .map_err(|e| Error::io("write", &ips_file, e))?;
         self.ips = ips;
         if !shim::alive(&self.dir) {
-            shim::spawn(&cfg.shim_exe, &self.dir, &cfg.runtime_root()).await?;
+            shim::spawn(
+                &cfg.shim_exe,
+                &self.dir,
+                &cfg.runtime_root(),
+                &cfg.cgroup_root,
+            )
+            .await?;
         }
         tracing::info!(ips = ?self.ips, "pod sandbox ready");
         Ok(())

@@ -640,3 +640,123 @@ async fn killed_agent_restarts_and_adopts_running_pods() {
     .await;
     assert!(!alive(pid));
 }
+
+fn container_status(p: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_oom_kill_and_sigterm_grace() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-end");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let never = json!({"restartPolicy": "Never"});
+    pods.create(
+        &PostParams::default(),
+        &pod("done", "n-end", &c.image, "echo bye", never.clone()),
+    )
+    .await
+    .unwrap();
+    let mut oom = pod(
+        "oom",
+        "n-end",
+        &c.image,
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+        never.clone(),
+    );
+    oom.spec.as_mut().unwrap().containers[0].resources =
+        Some(serde_json::from_value(json!({"limits": {"memory": "32Mi"}})).unwrap());
+    pods.create(&PostParams::default(), &oom).await.unwrap();
+    // a SIGTERM trap that writes to a hostPath file and exits: the pod goes well before the
+    // 20 s grace period, and the trap ran
+    let mut term = pod(
+        "term",
+        "n-end",
+        &c.image,
+        "trap 'echo got TERM > /host/marker; exit 0' TERM; while true; do sleep 0.1; done",
+        json!({"terminationGracePeriodSeconds": 20,
+               "volumes": [{"name": "h", "hostPath": {"path": node.dir.path(), "type": "Directory"}}]}),
+    );
+    term.spec.as_mut().unwrap().containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(json!({"name": "h", "mountPath": "/host"})).unwrap(),
+    ]);
+    pods.create(&PostParams::default(), &term).await.unwrap();
+
+    let done = wait_pod(&pods, "done", "pod Succeeded", 60, &node, |p| {
+        (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then(|| p.clone())
+    })
+    .await;
+    let t = container_status(&done)
+        .unwrap()
+        .state
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    let ready = done.status.unwrap().conditions.unwrap();
+    let ready = ready.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("False", Some("PodCompleted"))
+    );
+
+    let oomed = wait_pod(&pods, "oom", "pod Failed", 60, &node, |p| {
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then(|| p.clone())
+    })
+    .await;
+    let t = container_status(&oomed)
+        .unwrap()
+        .state
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref()),
+        (137, Some("OOMKilled")),
+        "{t:?}"
+    );
+    assert_eq!(
+        oomed.status.unwrap().qos_class.as_deref(),
+        Some("Burstable")
+    );
+
+    wait_pod(&pods, "term", "pod Running", 60, &node, running_ready).await;
+    let started = std::time::Instant::now();
+    pods.delete("term", &DeleteParams::default()).await.unwrap();
+    api_common::wait_for("pod gone", Duration::from_secs(30), || async {
+        matches!(pods.get_opt("term").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.path("marker")).unwrap(),
+        "got TERM\n"
+    );
+    for name in ["done", "oom"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        mounts_under(node.dir.path()),
+        Vec::<PathBuf>::new(),
+        "mounts left"
+    );
+}
