@@ -221,64 +221,95 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into());
+        // init containers in order; each must complete before the next, all before the app
+        // containers (they restart on failure unless the pod's policy is Never)
+        let init_policy = if policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
+        let inits = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default();
+        let mut init_views = Vec::new();
+        let mut initialized = true;
+        for c in &inits {
+            if !initialized {
+                init_views.push(waiting(c, "PodInitializing"));
+                continue;
+            }
+            let v = self.step(c, init_policy).await?;
+            let completed = matches!(&v.view, View::Terminated(r) if r.exit_code == Some(0));
+            initialized = completed;
+            init_views.push(v);
+        }
         let mut views = Vec::new();
         for c in self.containers() {
-            let latest = shim::latest_record(&self.dir, &c.name)?;
-            let view = match latest {
-                None => self.try_start(&c, 0, None).await,
-                Some(r) if r.exit_code.is_none() => ContainerView {
-                    name: c.name.clone(),
-                    image: c.image.clone().unwrap_or_default(),
-                    restart_count: r.restart as i32,
-                    last: self.previous(&c.name, r.restart),
-                    view: View::Running(r),
-                },
-                Some(r) => {
-                    if status::should_restart(&policy, r.exit_code.unwrap_or(0)) {
-                        let ran = run_time(&r);
-                        let since = since_exit(&r);
-                        let b = self.backoff.entry(c.name.clone()).or_default();
-                        match b.check(ran, since) {
-                            None => self.try_start(&c, r.restart + 1, Some(r)).await,
-                            Some(_) => ContainerView {
-                                name: c.name.clone(),
-                                image: c.image.clone().unwrap_or_default(),
-                                restart_count: r.restart as i32,
-                                view: View::Waiting(
-                                    "CrashLoopBackOff".into(),
-                                    format!(
-                                        "back-off {}s restarting failed container={} pod={}_{}({})",
-                                        b.delay.map(|d| d.as_secs()).unwrap_or(0),
-                                        c.name,
-                                        self.pod.metadata.name.as_deref().unwrap_or_default(),
-                                        self.pod.metadata.namespace.as_deref().unwrap_or_default(),
-                                        self.uid
-                                    ),
-                                ),
-                                last: Some(r),
-                            },
-                        }
-                    } else {
-                        ContainerView {
-                            name: c.name.clone(),
-                            image: c.image.clone().unwrap_or_default(),
-                            restart_count: r.restart as i32,
-                            last: self.previous(&c.name, r.restart),
-                            view: View::Terminated(r),
-                        }
-                    }
-                }
+            let v = if initialized {
+                self.step(&c, &policy).await?
+            } else {
+                waiting(&c, "PodInitializing")
             };
-            views.push(view);
+            views.push(v);
         }
         if self.state == WorkerState::SandboxReady
-            && views
+            && init_views
                 .iter()
+                .chain(&views)
                 .any(|v| !matches!(v.view, View::Waiting(..)) || v.last.is_some())
         {
             self.transition(WorkerState::Running)?;
         }
-        self.send_status(&views).await
+        self.send_status(&init_views, &views).await
+    }
+
+    /// One container's step: start it if it never ran, restart it if it exited and the
+    /// policy and back-off allow; returns its view.
+    async fn step(&mut self, c: &Container, policy: &str) -> Result<ContainerView> {
+        let latest = shim::latest_record(&self.dir, &c.name)?;
+        Ok(match latest {
+            None => self.try_start(c, 0, None).await,
+            Some(r) if r.exit_code.is_none() => ContainerView {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                restart_count: r.restart as i32,
+                last: self.previous(&c.name, r.restart),
+                view: View::Running(r),
+            },
+            Some(r) if status::should_restart(policy, r.exit_code.unwrap_or(0)) => {
+                let b = self.backoff.entry(c.name.clone()).or_default();
+                match b.check(run_time(&r), since_exit(&r)) {
+                    None => self.try_start(c, r.restart + 1, Some(r)).await,
+                    Some(_) => ContainerView {
+                        name: c.name.clone(),
+                        image: c.image.clone().unwrap_or_default(),
+                        restart_count: r.restart as i32,
+                        view: View::Waiting(
+                            "CrashLoopBackOff".into(),
+                            format!(
+                                "back-off {}s restarting failed container={} pod={}_{}({})",
+                                b.delay.map(|d| d.as_secs()).unwrap_or(0),
+                                c.name,
+                                self.pod.metadata.name.as_deref().unwrap_or_default(),
+                                self.pod.metadata.namespace.as_deref().unwrap_or_default(),
+                                self.uid
+                            ),
+                        ),
+                        last: Some(r),
+                    },
+                }
+            }
+            Some(r) => ContainerView {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                restart_count: r.restart as i32,
+                last: self.previous(&c.name, r.restart),
+                view: View::Terminated(r),
+            },
+        })
     }
 
     fn previous(&self, name: &str, restart: u32) -> Option<RunRecord> {
@@ -571,7 +602,7 @@ impl Worker {
         }
     }
 
-    async fn send_status(&mut self, views: &[ContainerView]) -> Result<()> {
+    async fn send_status(&mut self, init: &[ContainerView], views: &[ContainerView]) -> Result<()> {
         let facts = status::PodFacts {
             sandbox_ready: sandbox::exists(&self.sandbox),
             pod_ips: self.ips.iter().map(|i| i.to_string()).collect(),
@@ -581,6 +612,7 @@ impl Worker {
         };
         let st = status::pod_status(
             &self.pod,
+            init,
             views,
             &facts,
             &Time(k8s_openapi::jiff::Timestamp::now()),
@@ -737,6 +769,17 @@ impl Worker {
         names.dedup();
         let rt = self.runtime();
         Self::blocking(move || cleanup(&shared, &rt, &uid, &names, Some(&sandbox))).await
+    }
+}
+
+/// A container that has not run yet and waits for `reason`.
+fn waiting(c: &Container, reason: &str) -> ContainerView {
+    ContainerView {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        view: View::Waiting(reason.into(), String::new()),
+        last: None,
+        restart_count: 0,
     }
 }
 

@@ -760,3 +760,80 @@ async fn completion_oom_kill_and_sigterm_grace() {
         "mounts left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_before_the_app() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-init");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let mut p = pod(
+        "init",
+        "n-init",
+        &c.image,
+        "cat /work/steps; exec sleep 1000",
+        json!({"volumes": [{"name": "work", "emptyDir": {}}]}),
+    );
+    let mount = json!([{"name": "work", "mountPath": "/work"}]);
+    let spec = p.spec.as_mut().unwrap();
+    spec.containers[0].volume_mounts = Some(serde_json::from_value(mount.clone()).unwrap());
+    spec.init_containers = Some(
+        serde_json::from_value(json!([
+            {"name": "one", "image": c.image, "command": ["/bin/sh", "-c", "echo one >> /work/steps"],
+             "volumeMounts": mount},
+            {"name": "two", "image": c.image, "command": ["/bin/sh", "-c", "echo two >> /work/steps"],
+             "volumeMounts": mount}
+        ]))
+        .unwrap(),
+    );
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    let uid = created.metadata.uid.unwrap();
+    wait_pod(&pods, "init", "pod Running", 60, &node, running_ready).await;
+    let st = pods.get("init").await.unwrap().status.unwrap();
+    let inits = st.init_container_statuses.unwrap();
+    assert_eq!(inits.len(), 2);
+    for i in &inits {
+        let t = i.state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(
+            (t.exit_code, t.reason.as_deref()),
+            (0, Some("Completed")),
+            "{}",
+            i.name
+        );
+        assert!(i.ready);
+    }
+    let conds = st.conditions.unwrap();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "Initialized" && c.status == "True")
+    );
+    let log_file = node.path(&format!("log/default_init_{uid}/c/0.log"));
+    let log = api_common::wait_for("app log", Duration::from_secs(20), || {
+        let f = log_file.clone();
+        async move {
+            let s = std::fs::read_to_string(&f).ok()?;
+            (s.lines().count() >= 2).then_some(s)
+        }
+    })
+    .await;
+    let texts: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec!["one", "two"],
+        "init containers ran in order, once"
+    );
+    pods.delete("init", &DeleteParams::default()).await.unwrap();
+    api_common::wait_for("pod gone", Duration::from_secs(30), || async {
+        matches!(pods.get_opt("init").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        mounts_under(node.dir.path()),
+        Vec::<PathBuf>::new(),
+        "mounts left"
+    );
+}
