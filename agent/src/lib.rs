@@ -21,6 +21,8 @@ pub mod logs;
 pub mod node;
 /// The watch on this node's pods and one worker per pod.
 pub mod pods;
+/// Probes: tcpSocket and httpGet from inside the pod network namespace, with their timing.
+pub mod probes;
 /// QoS classes and the pod cgroup layout under the agent's cgroup prefix.
 pub mod qos;
 /// The pod sandbox: network, IPC and UTS namespaces kept by bind mounts, /etc/hosts, resolv.conf.

@@ -48,6 +48,8 @@ pub struct ContainerView {
     pub last: Option<RunRecord>,
     /// Restarts so far.
     pub restart_count: i32,
+    /// The readiness (or pending startup) probe's verdict; `None` without probes.
+    pub probed_ready: Option<bool>,
 }
 
 /// Whether a container that exited with `code` is restarted under `policy`.
@@ -120,7 +122,7 @@ pub fn terminated(r: &RunRecord) -> ContainerStateTerminated {
 }
 
 fn is_ready(v: &ContainerView) -> bool {
-    matches!(v.view, View::Running(_))
+    matches!(v.view, View::Running(_)) && v.probed_ready != Some(false)
 }
 
 /// The kubelet's phase rule.
@@ -416,6 +418,7 @@ mod tests {
             view: v,
             last,
             restart_count: 0,
+            probed_ready: None,
         }
     }
 

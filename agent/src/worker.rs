@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::container::{self, EnvSources, SpecInputs};
 use crate::error::{Error, Result};
 use crate::images::{self, Images};
+use crate::probes;
 use crate::qos::{self, QosClass};
 use crate::sandbox::{self, PodNetwork, SandboxPaths};
 use crate::shim::{self, Request, Response, RunRecord, StartRequest};
@@ -92,6 +93,7 @@ pub struct Worker {
     backoff: HashMap<String, Backoff>,
     waiting: HashMap<String, (String, String)>,
     retry_at: HashMap<String, Instant>,
+    probes: HashMap<(String, u32, &'static str), probes::ProbeState>,
     sent: Option<PodStatus>,
     start_time: Time,
 }
@@ -123,6 +125,7 @@ impl Worker {
             backoff: HashMap::new(),
             waiting: HashMap::new(),
             retry_at: HashMap::new(),
+            probes: HashMap::new(),
             sent: None,
             start_time: Time(k8s_openapi::jiff::Timestamp::now()),
         }
@@ -276,6 +279,7 @@ impl Worker {
                 name: c.name.clone(),
                 image: c.image.clone().unwrap_or_default(),
                 restart_count: r.restart as i32,
+                probed_ready: self.probe(c, &r).await,
                 last: self.previous(&c.name, r.restart),
                 view: View::Running(r),
             },
@@ -287,6 +291,7 @@ impl Worker {
                         name: c.name.clone(),
                         image: c.image.clone().unwrap_or_default(),
                         restart_count: r.restart as i32,
+                        probed_ready: None,
                         view: View::Waiting(
                             "CrashLoopBackOff".into(),
                             format!(
@@ -306,10 +311,91 @@ impl Worker {
                 name: c.name.clone(),
                 image: c.image.clone().unwrap_or_default(),
                 restart_count: r.restart as i32,
+                probed_ready: None,
                 last: self.previous(&c.name, r.restart),
                 view: View::Terminated(r),
             },
         })
+    }
+
+    /// Runs the container's due probes. A failed startup or liveness probe kills the
+    /// container (the restart policy takes it from there); returns the readiness verdict
+    /// (`Some(false)` while a startup probe has not succeeded).
+    async fn probe(&mut self, c: &Container, r: &RunRecord) -> Option<bool> {
+        let since_start = r
+            .started_at
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .ok()
+            .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
+            .unwrap_or_default();
+        let ports: Vec<(String, i32)> = c
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.clone().map(|n| (n, p.container_port)))
+            .collect();
+        let mut run = |kind: &'static str, p: &k8s_openapi::api::core::v1::Probe| {
+            let key = (c.name.clone(), r.restart, kind);
+            let st = self.probes.entry(key.clone()).or_default();
+            let now = Instant::now();
+            let due = probes::due(p, st, since_start, now);
+            (key, due, p.clone())
+        };
+        let mut verdicts: HashMap<&'static str, Option<bool>> = HashMap::new();
+        let mut todo = Vec::new();
+        if let Some(p) = &c.startup_probe {
+            todo.push(run("startup", p));
+        }
+        if let Some(p) = &c.liveness_probe {
+            todo.push(run("liveness", p));
+        }
+        if let Some(p) = &c.readiness_probe {
+            todo.push(run("readiness", p));
+        }
+        let startup_done = c.startup_probe.is_none()
+            || self
+                .probes
+                .get(&(c.name.clone(), r.restart, "startup"))
+                .is_some_and(|s| s.result == Some(true));
+        for (key, due, p) in todo {
+            let kind = key.2;
+            if kind != "startup" && !startup_done {
+                continue; // liveness and readiness wait for the startup probe
+            }
+            if kind == "startup" && startup_done {
+                continue;
+            }
+            if due {
+                let netns = self.sandbox.netns.clone();
+                let ip = self.ips.first().copied();
+                let ports = ports.clone();
+                let probe = p.clone();
+                let ok =
+                    tokio::task::spawn_blocking(move || probes::run(&probe, netns, ip, &ports))
+                        .await
+                        .unwrap_or(false);
+                if let Some(st) = self.probes.get_mut(&key) {
+                    probes::record(&p, st, ok, Instant::now());
+                }
+            }
+            verdicts.insert(kind, self.probes.get(&key).and_then(|s| s.result));
+        }
+        let failed = |k: &str| verdicts.get(k) == Some(&Some(false));
+        if failed("startup") || failed("liveness") {
+            tracing::info!(container = %c.name, "probe failed, killing the container");
+            let id = container_id(&self.uid, &c.name);
+            if let Ok(mut ctr) = self.runtime().load(&id)
+                && let Err(e) = ctr.kill(Signal::SIGKILL, true)
+            {
+                tracing::warn!(container = %id, error = %e, "cannot kill the container");
+            }
+        }
+        if !startup_done {
+            return Some(false);
+        }
+        c.readiness_probe
+            .as_ref()
+            .map(|_| verdicts.get("readiness").copied().flatten() == Some(true))
     }
 
     fn previous(&self, name: &str, restart: u32) -> Option<RunRecord> {
@@ -463,6 +549,7 @@ impl Worker {
             name: c.name.clone(),
             image: c.image.clone().unwrap_or_default(),
             restart_count: last.as_ref().map(|r| r.restart as i32).unwrap_or(0),
+            probed_ready: None,
             view: View::Waiting("ContainerCreating".into(), String::new()),
             last: last.clone(),
         };
@@ -780,6 +867,7 @@ fn waiting(c: &Container, reason: &str) -> ContainerView {
         view: View::Waiting(reason.into(), String::new()),
         last: None,
         restart_count: 0,
+        probed_ready: None,
     }
 }
 

@@ -837,3 +837,97 @@ async fn init_containers_run_in_order_before_the_app() {
         "mounts left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gates_ready_and_liveness_restarts() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-probe");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    // busybox httpd serves /www; /www/ready appears after 3 s
+    let mut ready = pod(
+        "ready",
+        "n-probe",
+        &c.image,
+        "mkdir -p /www; httpd -p 8080 -h /www; sleep 3; echo ok > /www/ready; exec sleep 1000",
+        json!({}),
+    );
+    let ctr = &mut ready.spec.as_mut().unwrap().containers[0];
+    ctr.ports = Some(vec![
+        serde_json::from_value(json!({"name": "http", "containerPort": 8080})).unwrap(),
+    ]);
+    ctr.readiness_probe = Some(
+        serde_json::from_value(json!({"httpGet": {"path": "/ready", "port": "http"},
+            "periodSeconds": 1, "failureThreshold": 1}))
+        .unwrap(),
+    );
+    pods.create(&PostParams::default(), &ready).await.unwrap();
+    let mut live = pod("live", "n-probe", &c.image, "exec sleep 1000", json!({}));
+    live.spec.as_mut().unwrap().containers[0].liveness_probe = Some(
+        serde_json::from_value(json!({"tcpSocket": {"port": 9999},
+            "periodSeconds": 1, "failureThreshold": 2}))
+        .unwrap(),
+    );
+    pods.create(&PostParams::default(), &live).await.unwrap();
+
+    // Running but not ready while /ready is missing, then Ready
+    wait_pod(&pods, "ready", "Running and not ready", 60, &node, |p| {
+        let st = p.status.as_ref()?;
+        let cs = container_status(p)?;
+        (st.phase.as_deref() == Some("Running")
+            && cs.state.as_ref()?.running.is_some()
+            && !cs.ready)
+            .then_some(())
+    })
+    .await;
+    wait_pod(
+        &pods,
+        "ready",
+        "Ready after the readiness probe passed",
+        60,
+        &node,
+        running_ready,
+    )
+    .await;
+    let st = pods.get("ready").await.unwrap().status.unwrap();
+    assert!(
+        st.conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+    assert_eq!(
+        container_status(&pods.get("ready").await.unwrap())
+            .unwrap()
+            .restart_count,
+        0
+    );
+
+    // the failing liveness probe kills the container; it is restarted
+    let cs = wait_pod(
+        &pods,
+        "live",
+        "a restart by the liveness probe",
+        60,
+        &node,
+        |p| {
+            let cs = container_status(p)?;
+            (cs.restart_count >= 1).then_some(cs)
+        },
+    )
+    .await;
+    let last = cs.last_state.unwrap().terminated.unwrap();
+    assert_eq!((last.exit_code, last.signal), (137, Some(9)));
+    for name in ["ready", "live"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
