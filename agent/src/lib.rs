@@ -21,6 +21,8 @@ pub mod logs;
 pub mod node;
 /// The watch on this node's pods and one worker per pod.
 pub mod pods;
+/// Probes: tcpSocket and httpGet from inside the pod network namespace, with their timing.
+pub mod probes;
 /// QoS classes and the pod cgroup layout under the agent's cgroup prefix.
 pub mod qos;
 /// The pod sandbox: network, IPC and UTS namespaces kept by bind mounts, /etc/hosts, resolv.conf.
@@ -47,17 +49,16 @@ pub async fn run(
     node::register(&client, &cfg).await?;
     tracing::info!(node = %cfg.node_name, "node registered");
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
-    let pods = tokio::spawn(pods::run(client.clone(), cfg.clone()));
-    tokio::select! {
-        _ = shutdown => {}
-        r = pods => {
-            heartbeat.abort();
-            return match r {
-                Ok(r) => r,
-                Err(e) => Err(Error::Task(e.to_string())),
-            };
-        }
-    }
+    let mut pods = tokio::spawn(pods::run(client.clone(), cfg.clone()));
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        r = &mut pods => match r {
+            Ok(r) => r,
+            Err(e) => Err(Error::Task(e.to_string())),
+        },
+    };
+    // the pods' containers live on under their shims; only the agent's tasks end
+    pods.abort();
     heartbeat.abort();
-    Ok(())
+    result
 }

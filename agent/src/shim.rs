@@ -97,6 +97,9 @@ pub struct RunRecord {
     pub image_id: String,
     /// Start failure, when the container could not be started at all.
     pub error: Option<String>,
+    /// The kernel's OOM killer killed a process of the container's cgroup.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// Where a container's run records live.
@@ -172,6 +175,8 @@ pub struct ShimArgs {
     pub dir: PathBuf,
     /// The runtime state root.
     pub runtime_root: PathBuf,
+    /// Where the cgroup hierarchies are mounted.
+    pub cgroup_root: PathBuf,
 }
 
 fn sys(what: &str) -> impl FnOnce(nix::Error) -> Error + '_ {
@@ -191,7 +196,7 @@ pub fn serve(args: &ShimArgs) -> Result<()> {
     let pid_file = args.dir.join("shim.pid");
     std::fs::write(&pid_file, std::process::id().to_string())
         .map_err(|e| Error::io("write", &pid_file, e))?;
-    let rt = Runtime::new(&args.runtime_root);
+    let rt = Runtime::new(&args.runtime_root).with_cgroup_root(&args.cgroup_root);
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let mut line = String::new();
@@ -199,7 +204,7 @@ pub fn serve(args: &ShimArgs) -> Result<()> {
             continue;
         }
         let (resp, stop) = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Start(s)) => match start(&rt, &args.dir, &s) {
+            Ok(Request::Start(s)) => match start(&rt, &args.dir, &args.cgroup_root, &s) {
                 Ok(pid) => (Response::Started { pid }, false),
                 Err(e) => {
                     let message = error_chain(&e);
@@ -257,7 +262,30 @@ fn with_stdio<T>(out: &OwnedFd, err: &OwnedFd, f: impl FnOnce() -> T) -> Result<
     Ok(r)
 }
 
-fn start(rt: &Runtime, pod_dir: &Path, s: &StartRequest) -> Result<i32> {
+/// How many times the OOM killer struck in a cgroup (v1 `memory.oom_control`, v2
+/// `memory.events`).
+pub fn oom_kills(cgroup_root: &Path, cgroup: &Path) -> u64 {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let files = [
+        cgroup_root
+            .join("memory")
+            .join(rel)
+            .join("memory.oom_control"),
+        cgroup_root.join(rel).join("memory.events"),
+    ];
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> Result<i32> {
     if let Some(parent) = s.log.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
     }
@@ -268,20 +296,21 @@ fn start(rt: &Runtime, pod_dir: &Path, s: &StartRequest) -> Result<i32> {
         .map_err(|e| Error::io("open", &s.log, e))?;
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    let created = with_stdio(&out_w, &err_w, || -> Result<i32> {
+    let created = with_stdio(&out_w, &err_w, || -> Result<(i32, PathBuf)> {
         let mut c = rt
             .create(&s.id, &s.bundle, &CreateOptions::default())
             .map_err(|source| Error::runtime(s.id.clone(), source))?;
         let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
+        let cgroup = c.state().internal.cgroup_path.clone();
         c.start()
             .map_err(|source| Error::runtime(s.id.clone(), source))?;
-        Ok(pid)
+        Ok((pid, cgroup))
     })?;
     drop(out_w);
     drop(err_w);
     let started_at = now();
-    let pid = match created {
-        Ok(pid) => pid,
+    let (pid, cgroup) = match created {
+        Ok(c) => c,
         Err(e) => {
             let rec = RunRecord {
                 id: s.id.clone(),
@@ -322,8 +351,11 @@ fn start(rt: &Runtime, pod_dir: &Path, s: &StartRequest) -> Result<i32> {
         .collect();
     let pod_dir = pod_dir.to_path_buf();
     let name = s.name.clone();
+    let cgroup_root = cgroup_root.to_path_buf();
+    let ooms_before = oom_kills(&cgroup_root, &cgroup);
     std::thread::spawn(move || {
         let (code, signal) = wait_exit(&pidfd);
+        rec.oom_killed = code != 0 && oom_kills(&cgroup_root, &cgroup) > ooms_before;
         for c in copiers {
             let _ = c.join();
         }
@@ -381,7 +413,12 @@ pub fn alive(pod_dir: &Path) -> bool {
 
 /// Starts the pod's shim (`<exe> __shim`) in its own process group with stdio on
 /// `<dir>/shim.log`, and waits until its socket answers. The child is reaped by a tokio task.
-pub async fn spawn(exe: &Path, pod_dir: &Path, runtime_root: &Path) -> Result<()> {
+pub async fn spawn(
+    exe: &Path,
+    pod_dir: &Path,
+    runtime_root: &Path,
+    cgroup_root: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(pod_dir).map_err(|e| Error::io("create", pod_dir, e))?;
     let log_path = pod_dir.join("shim.log");
     let log = std::fs::OpenOptions::new()
@@ -398,6 +435,8 @@ pub async fn spawn(exe: &Path, pod_dir: &Path, runtime_root: &Path) -> Result<()
         .arg(pod_dir)
         .arg("--runtime-root")
         .arg(runtime_root)
+        .arg("--cgroup-root")
+        .arg(cgroup_root)
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -446,6 +485,29 @@ mod tests {
         assert_eq!((latest.restart, latest.pid), (10, 110));
         assert_eq!(record(dir.path(), "c", 1).unwrap().unwrap().pid, 101);
         assert_eq!(record(dir.path(), "c", 3).unwrap(), None);
+    }
+
+    #[test]
+    fn oom_counts_v1_and_v2() {
+        let root = tempfile::tempdir().unwrap();
+        let cg = Path::new("/p/podu/c");
+        assert_eq!(oom_kills(root.path(), cg), 0);
+        let v1 = root.path().join("memory/p/podu/c");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(root.path(), cg), 2);
+        let v2 = root.path().join("p/podu/c");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(
+            v2.join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 3\noom_kill 3\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(root.path(), cg), 3);
     }
 
     #[test]

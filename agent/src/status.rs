@@ -48,6 +48,8 @@ pub struct ContainerView {
     pub last: Option<RunRecord>,
     /// Restarts so far.
     pub restart_count: i32,
+    /// The readiness (or pending startup) probe's verdict; `None` without probes.
+    pub probed_ready: Option<bool>,
 }
 
 /// Whether a container that exited with `code` is restarted under `policy`.
@@ -101,6 +103,8 @@ pub fn terminated(r: &RunRecord) -> ContainerStateTerminated {
     let code = r.exit_code.unwrap_or(0);
     let reason = if r.error.is_some() {
         "StartError"
+    } else if r.oom_killed {
+        "OOMKilled"
     } else if code == 0 {
         "Completed"
     } else {
@@ -118,7 +122,7 @@ pub fn terminated(r: &RunRecord) -> ContainerStateTerminated {
 }
 
 fn is_ready(v: &ContainerView) -> bool {
-    matches!(v.view, View::Running(_))
+    matches!(v.view, View::Running(_)) && v.probed_ready != Some(false)
 }
 
 /// The kubelet's phase rule.
@@ -195,14 +199,36 @@ pub struct PodFacts {
 }
 
 /// The pod status. Conditions keep their lastTransitionTime from `old` when unchanged.
-pub fn pod_status(pod: &Pod, views: &[ContainerView], facts: &PodFacts, now: &Time) -> PodStatus {
+pub fn pod_status(
+    pod: &Pod,
+    init: &[ContainerView],
+    views: &[ContainerView],
+    facts: &PodFacts,
+    now: &Time,
+) -> PodStatus {
     let old = pod.status.clone().unwrap_or_default();
     let policy = pod
         .spec
         .as_ref()
         .and_then(|s| s.restart_policy.clone())
         .unwrap_or_else(|| "Always".into());
-    let phase = phase(&policy, views);
+    let init_done =
+        |v: &ContainerView| matches!(&v.view, View::Terminated(r) if r.exit_code == Some(0));
+    let init_failed = init
+        .iter()
+        .any(|v| matches!(&v.view, View::Terminated(r) if r.exit_code != Some(0)));
+    let incomplete: Vec<&str> = init
+        .iter()
+        .filter(|v| !init_done(v))
+        .map(|v| v.name.as_str())
+        .collect();
+    let phase = if init_failed && policy == "Never" {
+        "Failed"
+    } else if !incomplete.is_empty() {
+        "Pending"
+    } else {
+        phase(&policy, views)
+    };
     let unready: Vec<&str> = views
         .iter()
         .filter(|v| !is_ready(v))
@@ -231,13 +257,26 @@ pub fn pod_status(pod: &Pod, views: &[ContainerView], facts: &PodFacts, now: &Ti
             None,
             now,
         ),
-        cond(
-            "Initialized",
-            true,
-            completed.then_some("PodCompleted"),
-            None,
-            now,
-        ),
+        if incomplete.is_empty() {
+            cond(
+                "Initialized",
+                true,
+                completed.then_some("PodCompleted"),
+                None,
+                now,
+            )
+        } else {
+            cond(
+                "Initialized",
+                false,
+                Some("ContainersNotInitialized"),
+                Some(format!(
+                    "containers with incomplete status: [{}]",
+                    incomplete.join(" ")
+                )),
+                now,
+            )
+        },
         cond("Ready", all_ready, reason, message.clone(), now),
         cond("ContainersReady", all_ready, reason, message, now),
         cond("PodScheduled", true, None, None, now),
@@ -254,62 +293,11 @@ pub fn pod_status(pod: &Pod, views: &[ContainerView], facts: &PodFacts, now: &Ti
     }
     let statuses = views
         .iter()
-        .map(|v| {
-            let (state, image_id, id) = match &v.view {
-                View::Waiting(reason, message) => (
-                    ContainerState {
-                        waiting: Some(ContainerStateWaiting {
-                            reason: Some(reason.clone()),
-                            message: (!message.is_empty()).then(|| message.clone()),
-                        }),
-                        ..Default::default()
-                    },
-                    v.last
-                        .as_ref()
-                        .map(|r| r.image_id.clone())
-                        .unwrap_or_default(),
-                    v.last.as_ref().map(container_id),
-                ),
-                View::Running(r) => (
-                    ContainerState {
-                        running: Some(ContainerStateRunning {
-                            started_at: time(&r.started_at),
-                        }),
-                        ..Default::default()
-                    },
-                    r.image_id.clone(),
-                    Some(container_id(r)),
-                ),
-                View::Terminated(r) => (
-                    ContainerState {
-                        terminated: Some(terminated(r)),
-                        ..Default::default()
-                    },
-                    r.image_id.clone(),
-                    Some(container_id(r)),
-                ),
-            };
-            ContainerStatus {
-                name: v.name.clone(),
-                image: v.image.clone(),
-                image_id,
-                container_id: id,
-                ready: is_ready(v),
-                started: Some(matches!(v.view, View::Running(_))),
-                restart_count: v.restart_count,
-                state: Some(state),
-                last_state: Some(match &v.last {
-                    Some(r) if !matches!(&v.view, View::Terminated(t) if t == r) => {
-                        ContainerState {
-                            terminated: Some(terminated(r)),
-                            ..Default::default()
-                        }
-                    }
-                    _ => ContainerState::default(),
-                }),
-                ..Default::default()
-            }
-        })
+        .map(|v| container_status(v, is_ready(v)))
+        .collect();
+    let init_statuses: Vec<ContainerStatus> = init
+        .iter()
+        .map(|v| container_status(v, init_done(v)))
         .collect();
     PodStatus {
         phase: Some(phase.into()),
@@ -330,7 +318,64 @@ pub fn pod_status(pod: &Pod, views: &[ContainerView], facts: &PodFacts, now: &Ti
         .filter(|v| !v.is_empty()),
         start_time: old.start_time.clone().or_else(|| facts.start_time.clone()),
         container_statuses: Some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         qos_class: Some(facts.qos_class.clone()),
+        ..Default::default()
+    }
+}
+
+/// One container's status; `ready` as the caller decides (init containers: completed).
+fn container_status(v: &ContainerView, ready: bool) -> ContainerStatus {
+    let (state, image_id, id) = match &v.view {
+        View::Waiting(reason, message) => (
+            ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.clone()),
+                    message: (!message.is_empty()).then(|| message.clone()),
+                }),
+                ..Default::default()
+            },
+            v.last
+                .as_ref()
+                .map(|r| r.image_id.clone())
+                .unwrap_or_default(),
+            v.last.as_ref().map(container_id),
+        ),
+        View::Running(r) => (
+            ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: time(&r.started_at),
+                }),
+                ..Default::default()
+            },
+            r.image_id.clone(),
+            Some(container_id(r)),
+        ),
+        View::Terminated(r) => (
+            ContainerState {
+                terminated: Some(terminated(r)),
+                ..Default::default()
+            },
+            r.image_id.clone(),
+            Some(container_id(r)),
+        ),
+    };
+    ContainerStatus {
+        name: v.name.clone(),
+        image: v.image.clone(),
+        image_id,
+        container_id: id,
+        ready,
+        started: Some(matches!(v.view, View::Running(_))),
+        restart_count: v.restart_count,
+        state: Some(state),
+        last_state: Some(match &v.last {
+            Some(r) if !matches!(&v.view, View::Terminated(t) if t == r) => ContainerState {
+                terminated: Some(terminated(r)),
+                ..Default::default()
+            },
+            _ => ContainerState::default(),
+        }),
         ..Default::default()
     }
 }
@@ -373,6 +418,7 @@ mod tests {
             view: v,
             last,
             restart_count: 0,
+            probed_ready: None,
         }
     }
 
@@ -482,7 +528,7 @@ mod tests {
             qos_class: "BestEffort".into(),
             ..Default::default()
         };
-        let st = pod_status(&pod, &[v], &facts, &now);
+        let st = pod_status(&pod, &[], &[v], &facts, &now);
         assert_eq!(st.phase.as_deref(), Some("Running"));
         let cs = &st.container_statuses.as_ref().unwrap()[0];
         assert_eq!(cs.restart_count, 1);
@@ -509,6 +555,7 @@ mod tests {
         // running: ready, no lastState
         let st = pod_status(
             &pod,
+            &[],
             &[view(View::Running(rec(0, None)), None)],
             &facts,
             &now,
@@ -529,6 +576,7 @@ mod tests {
         // completed
         let st = pod_status(
             &pod,
+            &[],
             &[view(View::Terminated(rec(0, Some(0))), None)],
             &facts,
             &now,
@@ -541,5 +589,67 @@ mod tests {
             .clone()
             .unwrap();
         assert_eq!(t.reason.as_deref(), Some("Completed"));
+    }
+
+    #[test]
+    fn init_containers_gate_the_pod() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"}, "spec": {"restartPolicy": "Never",
+            "initContainers": [{"name": "i", "image": "busybox"}],
+            "containers": [{"name": "c", "image": "busybox"}]}}))
+        .unwrap();
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let facts = PodFacts::default();
+        let app = || view(View::Waiting("PodInitializing".into(), String::new()), None);
+        let init_cond = |st: &PodStatus| {
+            let c = st
+                .conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == "Initialized")
+                .unwrap()
+                .clone();
+            (c.status, c.reason, c.message)
+        };
+        // running init container
+        let st = pod_status(
+            &pod,
+            &[view(View::Running(rec(0, None)), None)],
+            &[app()],
+            &facts,
+            &now,
+        );
+        assert_eq!(st.phase.as_deref(), Some("Pending"));
+        assert_eq!(
+            init_cond(&st),
+            (
+                "False".into(),
+                Some("ContainersNotInitialized".into()),
+                Some("containers with incomplete status: [c]".into())
+            )
+        );
+        let is = &st.init_container_statuses.as_ref().unwrap()[0];
+        assert!(!is.ready && is.state.as_ref().unwrap().running.is_some());
+        // failed under Never: the pod fails
+        let st = pod_status(
+            &pod,
+            &[view(View::Terminated(rec(0, Some(3))), None)],
+            &[app()],
+            &facts,
+            &now,
+        );
+        assert_eq!(st.phase.as_deref(), Some("Failed"));
+        // completed: ready, Initialized, the app containers decide
+        let st = pod_status(
+            &pod,
+            &[view(View::Terminated(rec(0, Some(0))), None)],
+            &[view(View::Running(rec(0, None)), None)],
+            &facts,
+            &now,
+        );
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        assert_eq!(init_cond(&st).0, "True");
+        assert!(st.init_container_statuses.as_ref().unwrap()[0].ready);
     }
 }

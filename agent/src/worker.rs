@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::container::{self, EnvSources, SpecInputs};
 use crate::error::{Error, Result};
 use crate::images::{self, Images};
+use crate::probes;
 use crate::qos::{self, QosClass};
 use crate::sandbox::{self, PodNetwork, SandboxPaths};
 use crate::shim::{self, Request, Response, RunRecord, StartRequest};
@@ -92,6 +93,7 @@ pub struct Worker {
     backoff: HashMap<String, Backoff>,
     waiting: HashMap<String, (String, String)>,
     retry_at: HashMap<String, Instant>,
+    probes: HashMap<(String, u32, &'static str), probes::ProbeState>,
     sent: Option<PodStatus>,
     start_time: Time,
 }
@@ -123,6 +125,7 @@ impl Worker {
             backoff: HashMap::new(),
             waiting: HashMap::new(),
             retry_at: HashMap::new(),
+            probes: HashMap::new(),
             sent: None,
             start_time: Time(k8s_openapi::jiff::Timestamp::now()),
         }
@@ -221,64 +224,178 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into());
+        // init containers in order; each must complete before the next, all before the app
+        // containers (they restart on failure unless the pod's policy is Never)
+        let init_policy = if policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
+        let inits = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default();
+        let mut init_views = Vec::new();
+        let mut initialized = true;
+        for c in &inits {
+            if !initialized {
+                init_views.push(waiting(c, "PodInitializing"));
+                continue;
+            }
+            let v = self.step(c, init_policy).await?;
+            let completed = matches!(&v.view, View::Terminated(r) if r.exit_code == Some(0));
+            initialized = completed;
+            init_views.push(v);
+        }
         let mut views = Vec::new();
         for c in self.containers() {
-            let latest = shim::latest_record(&self.dir, &c.name)?;
-            let view = match latest {
-                None => self.try_start(&c, 0, None).await,
-                Some(r) if r.exit_code.is_none() => ContainerView {
-                    name: c.name.clone(),
-                    image: c.image.clone().unwrap_or_default(),
-                    restart_count: r.restart as i32,
-                    last: self.previous(&c.name, r.restart),
-                    view: View::Running(r),
-                },
-                Some(r) => {
-                    if status::should_restart(&policy, r.exit_code.unwrap_or(0)) {
-                        let ran = run_time(&r);
-                        let since = since_exit(&r);
-                        let b = self.backoff.entry(c.name.clone()).or_default();
-                        match b.check(ran, since) {
-                            None => self.try_start(&c, r.restart + 1, Some(r)).await,
-                            Some(_) => ContainerView {
-                                name: c.name.clone(),
-                                image: c.image.clone().unwrap_or_default(),
-                                restart_count: r.restart as i32,
-                                view: View::Waiting(
-                                    "CrashLoopBackOff".into(),
-                                    format!(
-                                        "back-off {}s restarting failed container={} pod={}_{}({})",
-                                        b.delay.map(|d| d.as_secs()).unwrap_or(0),
-                                        c.name,
-                                        self.pod.metadata.name.as_deref().unwrap_or_default(),
-                                        self.pod.metadata.namespace.as_deref().unwrap_or_default(),
-                                        self.uid
-                                    ),
-                                ),
-                                last: Some(r),
-                            },
-                        }
-                    } else {
-                        ContainerView {
-                            name: c.name.clone(),
-                            image: c.image.clone().unwrap_or_default(),
-                            restart_count: r.restart as i32,
-                            last: self.previous(&c.name, r.restart),
-                            view: View::Terminated(r),
-                        }
-                    }
-                }
+            let v = if initialized {
+                self.step(&c, &policy).await?
+            } else {
+                waiting(&c, "PodInitializing")
             };
-            views.push(view);
+            views.push(v);
         }
         if self.state == WorkerState::SandboxReady
-            && views
+            && init_views
                 .iter()
+                .chain(&views)
                 .any(|v| !matches!(v.view, View::Waiting(..)) || v.last.is_some())
         {
             self.transition(WorkerState::Running)?;
         }
-        self.send_status(&views).await
+        self.send_status(&init_views, &views).await
+    }
+
+    /// One container's step: start it if it never ran, restart it if it exited and the
+    /// policy and back-off allow; returns its view.
+    async fn step(&mut self, c: &Container, policy: &str) -> Result<ContainerView> {
+        let latest = shim::latest_record(&self.dir, &c.name)?;
+        Ok(match latest {
+            None => self.try_start(c, 0, None).await,
+            Some(r) if r.exit_code.is_none() => ContainerView {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                restart_count: r.restart as i32,
+                probed_ready: self.probe(c, &r).await,
+                last: self.previous(&c.name, r.restart),
+                view: View::Running(r),
+            },
+            Some(r) if status::should_restart(policy, r.exit_code.unwrap_or(0)) => {
+                let b = self.backoff.entry(c.name.clone()).or_default();
+                match b.check(run_time(&r), since_exit(&r)) {
+                    None => self.try_start(c, r.restart + 1, Some(r)).await,
+                    Some(_) => ContainerView {
+                        name: c.name.clone(),
+                        image: c.image.clone().unwrap_or_default(),
+                        restart_count: r.restart as i32,
+                        probed_ready: None,
+                        view: View::Waiting(
+                            "CrashLoopBackOff".into(),
+                            format!(
+                                "back-off {}s restarting failed container={} pod={}_{}({})",
+                                b.delay.map(|d| d.as_secs()).unwrap_or(0),
+                                c.name,
+                                self.pod.metadata.name.as_deref().unwrap_or_default(),
+                                self.pod.metadata.namespace.as_deref().unwrap_or_default(),
+                                self.uid
+                            ),
+                        ),
+                        last: Some(r),
+                    },
+                }
+            }
+            Some(r) => ContainerView {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                restart_count: r.restart as i32,
+                probed_ready: None,
+                last: self.previous(&c.name, r.restart),
+                view: View::Terminated(r),
+            },
+        })
+    }
+
+    /// Runs the container's due probes. A failed startup or liveness probe kills the
+    /// container (the restart policy takes it from there); returns the readiness verdict
+    /// (`Some(false)` while a startup probe has not succeeded).
+    async fn probe(&mut self, c: &Container, r: &RunRecord) -> Option<bool> {
+        let since_start = r
+            .started_at
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .ok()
+            .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
+            .unwrap_or_default();
+        let ports: Vec<(String, i32)> = c
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.clone().map(|n| (n, p.container_port)))
+            .collect();
+        let mut run = |kind: &'static str, p: &k8s_openapi::api::core::v1::Probe| {
+            let key = (c.name.clone(), r.restart, kind);
+            let st = self.probes.entry(key.clone()).or_default();
+            let now = Instant::now();
+            let due = probes::due(p, st, since_start, now);
+            (key, due, p.clone())
+        };
+        let mut verdicts: HashMap<&'static str, Option<bool>> = HashMap::new();
+        let mut todo = Vec::new();
+        if let Some(p) = &c.startup_probe {
+            todo.push(run("startup", p));
+        }
+        if let Some(p) = &c.liveness_probe {
+            todo.push(run("liveness", p));
+        }
+        if let Some(p) = &c.readiness_probe {
+            todo.push(run("readiness", p));
+        }
+        let startup_done = c.startup_probe.is_none()
+            || self
+                .probes
+                .get(&(c.name.clone(), r.restart, "startup"))
+                .is_some_and(|s| s.result == Some(true));
+        for (key, due, p) in todo {
+            let kind = key.2;
+            if kind != "startup" && !startup_done {
+                continue; // liveness and readiness wait for the startup probe
+            }
+            if kind == "startup" && startup_done {
+                continue;
+            }
+            if due {
+                let netns = self.sandbox.netns.clone();
+                let ip = self.ips.first().copied();
+                let ports = ports.clone();
+                let probe = p.clone();
+                let ok =
+                    tokio::task::spawn_blocking(move || probes::run(&probe, netns, ip, &ports))
+                        .await
+                        .unwrap_or(false);
+                if let Some(st) = self.probes.get_mut(&key) {
+                    probes::record(&p, st, ok, Instant::now());
+                }
+            }
+            verdicts.insert(kind, self.probes.get(&key).and_then(|s| s.result));
+        }
+        let failed = |k: &str| verdicts.get(k) == Some(&Some(false));
+        if failed("startup") || failed("liveness") {
+            tracing::info!(container = %c.name, "probe failed, killing the container");
+            let id = container_id(&self.uid, &c.name);
+            if let Ok(mut ctr) = self.runtime().load(&id)
+                && let Err(e) = ctr.kill(Signal::SIGKILL, true)
+            {
+                tracing::warn!(container = %id, error = %e, "cannot kill the container");
+            }
+        }
+        if !startup_done {
+            return Some(false);
+        }
+        c.readiness_probe
+            .as_ref()
+            .map(|_| verdicts.get("readiness").copied().flatten() == Some(true))
     }
 
     fn previous(&self, name: &str, restart: u32) -> Option<RunRecord> {
@@ -337,7 +454,13 @@ impl Worker {
             .map_err(|e| Error::io("write", &ips_file, e))?;
         self.ips = ips;
         if !shim::alive(&self.dir) {
-            shim::spawn(&cfg.shim_exe, &self.dir, &cfg.runtime_root()).await?;
+            shim::spawn(
+                &cfg.shim_exe,
+                &self.dir,
+                &cfg.runtime_root(),
+                &cfg.cgroup_root,
+            )
+            .await?;
         }
         tracing::info!(ips = ?self.ips, "pod sandbox ready");
         Ok(())
@@ -426,6 +549,7 @@ impl Worker {
             name: c.name.clone(),
             image: c.image.clone().unwrap_or_default(),
             restart_count: last.as_ref().map(|r| r.restart as i32).unwrap_or(0),
+            probed_ready: None,
             view: View::Waiting("ContainerCreating".into(), String::new()),
             last: last.clone(),
         };
@@ -565,7 +689,7 @@ impl Worker {
         }
     }
 
-    async fn send_status(&mut self, views: &[ContainerView]) -> Result<()> {
+    async fn send_status(&mut self, init: &[ContainerView], views: &[ContainerView]) -> Result<()> {
         let facts = status::PodFacts {
             sandbox_ready: sandbox::exists(&self.sandbox),
             pod_ips: self.ips.iter().map(|i| i.to_string()).collect(),
@@ -575,6 +699,7 @@ impl Worker {
         };
         let st = status::pod_status(
             &self.pod,
+            init,
             views,
             &facts,
             &Time(k8s_openapi::jiff::Timestamp::now()),
@@ -731,6 +856,18 @@ impl Worker {
         names.dedup();
         let rt = self.runtime();
         Self::blocking(move || cleanup(&shared, &rt, &uid, &names, Some(&sandbox))).await
+    }
+}
+
+/// A container that has not run yet and waits for `reason`.
+fn waiting(c: &Container, reason: &str) -> ContainerView {
+    ContainerView {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        view: View::Waiting(reason.into(), String::new()),
+        last: None,
+        restart_count: 0,
+        probed_ready: None,
     }
 }
 

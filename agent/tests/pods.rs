@@ -640,3 +640,294 @@ async fn killed_agent_restarts_and_adopts_running_pods() {
     .await;
     assert!(!alive(pid));
 }
+
+fn container_status(p: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_oom_kill_and_sigterm_grace() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-end");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let never = json!({"restartPolicy": "Never"});
+    pods.create(
+        &PostParams::default(),
+        &pod("done", "n-end", &c.image, "echo bye", never.clone()),
+    )
+    .await
+    .unwrap();
+    let mut oom = pod(
+        "oom",
+        "n-end",
+        &c.image,
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+        never.clone(),
+    );
+    oom.spec.as_mut().unwrap().containers[0].resources =
+        Some(serde_json::from_value(json!({"limits": {"memory": "32Mi"}})).unwrap());
+    pods.create(&PostParams::default(), &oom).await.unwrap();
+    // a SIGTERM trap that writes to a hostPath file and exits: the pod goes well before the
+    // 20 s grace period, and the trap ran
+    let mut term = pod(
+        "term",
+        "n-end",
+        &c.image,
+        "trap 'echo got TERM > /host/marker; exit 0' TERM; while true; do sleep 0.1; done",
+        json!({"terminationGracePeriodSeconds": 20,
+               "volumes": [{"name": "h", "hostPath": {"path": node.dir.path(), "type": "Directory"}}]}),
+    );
+    term.spec.as_mut().unwrap().containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(json!({"name": "h", "mountPath": "/host"})).unwrap(),
+    ]);
+    pods.create(&PostParams::default(), &term).await.unwrap();
+
+    let done = wait_pod(&pods, "done", "pod Succeeded", 60, &node, |p| {
+        (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then(|| p.clone())
+    })
+    .await;
+    let t = container_status(&done)
+        .unwrap()
+        .state
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    let ready = done.status.unwrap().conditions.unwrap();
+    let ready = ready.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("False", Some("PodCompleted"))
+    );
+
+    let oomed = wait_pod(&pods, "oom", "pod Failed", 60, &node, |p| {
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then(|| p.clone())
+    })
+    .await;
+    let t = container_status(&oomed)
+        .unwrap()
+        .state
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref()),
+        (137, Some("OOMKilled")),
+        "{t:?}"
+    );
+    assert_eq!(
+        oomed.status.unwrap().qos_class.as_deref(),
+        Some("Burstable")
+    );
+
+    wait_pod(&pods, "term", "pod Running", 60, &node, running_ready).await;
+    let started = std::time::Instant::now();
+    pods.delete("term", &DeleteParams::default()).await.unwrap();
+    api_common::wait_for("pod gone", Duration::from_secs(30), || async {
+        matches!(pods.get_opt("term").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.path("marker")).unwrap(),
+        "got TERM\n"
+    );
+    for name in ["done", "oom"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        mounts_under(node.dir.path()),
+        Vec::<PathBuf>::new(),
+        "mounts left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_before_the_app() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-init");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let mut p = pod(
+        "init",
+        "n-init",
+        &c.image,
+        "cat /work/steps; exec sleep 1000",
+        json!({"volumes": [{"name": "work", "emptyDir": {}}]}),
+    );
+    let mount = json!([{"name": "work", "mountPath": "/work"}]);
+    let spec = p.spec.as_mut().unwrap();
+    spec.containers[0].volume_mounts = Some(serde_json::from_value(mount.clone()).unwrap());
+    spec.init_containers = Some(
+        serde_json::from_value(json!([
+            {"name": "one", "image": c.image, "command": ["/bin/sh", "-c", "echo one >> /work/steps"],
+             "volumeMounts": mount},
+            {"name": "two", "image": c.image, "command": ["/bin/sh", "-c", "echo two >> /work/steps"],
+             "volumeMounts": mount}
+        ]))
+        .unwrap(),
+    );
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    let uid = created.metadata.uid.unwrap();
+    wait_pod(&pods, "init", "pod Running", 60, &node, running_ready).await;
+    let st = pods.get("init").await.unwrap().status.unwrap();
+    let inits = st.init_container_statuses.unwrap();
+    assert_eq!(inits.len(), 2);
+    for i in &inits {
+        let t = i.state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(
+            (t.exit_code, t.reason.as_deref()),
+            (0, Some("Completed")),
+            "{}",
+            i.name
+        );
+        assert!(i.ready);
+    }
+    let conds = st.conditions.unwrap();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "Initialized" && c.status == "True")
+    );
+    let log_file = node.path(&format!("log/default_init_{uid}/c/0.log"));
+    let log = api_common::wait_for("app log", Duration::from_secs(20), || {
+        let f = log_file.clone();
+        async move {
+            let s = std::fs::read_to_string(&f).ok()?;
+            (s.lines().count() >= 2).then_some(s)
+        }
+    })
+    .await;
+    let texts: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec!["one", "two"],
+        "init containers ran in order, once"
+    );
+    pods.delete("init", &DeleteParams::default()).await.unwrap();
+    api_common::wait_for("pod gone", Duration::from_secs(30), || async {
+        matches!(pods.get_opt("init").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        mounts_under(node.dir.path()),
+        Vec::<PathBuf>::new(),
+        "mounts left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gates_ready_and_liveness_restarts() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-probe");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    // busybox httpd serves /www; /www/ready appears after 3 s
+    let mut ready = pod(
+        "ready",
+        "n-probe",
+        &c.image,
+        "mkdir -p /www; httpd -p 8080 -h /www; sleep 3; echo ok > /www/ready; exec sleep 1000",
+        json!({}),
+    );
+    let ctr = &mut ready.spec.as_mut().unwrap().containers[0];
+    ctr.ports = Some(vec![
+        serde_json::from_value(json!({"name": "http", "containerPort": 8080})).unwrap(),
+    ]);
+    ctr.readiness_probe = Some(
+        serde_json::from_value(json!({"httpGet": {"path": "/ready", "port": "http"},
+            "periodSeconds": 1, "failureThreshold": 1}))
+        .unwrap(),
+    );
+    pods.create(&PostParams::default(), &ready).await.unwrap();
+    let mut live = pod("live", "n-probe", &c.image, "exec sleep 1000", json!({}));
+    live.spec.as_mut().unwrap().containers[0].liveness_probe = Some(
+        serde_json::from_value(json!({"tcpSocket": {"port": 9999},
+            "periodSeconds": 1, "failureThreshold": 2}))
+        .unwrap(),
+    );
+    pods.create(&PostParams::default(), &live).await.unwrap();
+
+    // Running but not ready while /ready is missing, then Ready
+    wait_pod(&pods, "ready", "Running and not ready", 60, &node, |p| {
+        let st = p.status.as_ref()?;
+        let cs = container_status(p)?;
+        (st.phase.as_deref() == Some("Running")
+            && cs.state.as_ref()?.running.is_some()
+            && !cs.ready)
+            .then_some(())
+    })
+    .await;
+    wait_pod(
+        &pods,
+        "ready",
+        "Ready after the readiness probe passed",
+        60,
+        &node,
+        running_ready,
+    )
+    .await;
+    let st = pods.get("ready").await.unwrap().status.unwrap();
+    assert!(
+        st.conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+    assert_eq!(
+        container_status(&pods.get("ready").await.unwrap())
+            .unwrap()
+            .restart_count,
+        0
+    );
+
+    // the failing liveness probe kills the container; it is restarted
+    let cs = wait_pod(
+        &pods,
+        "live",
+        "a restart by the liveness probe",
+        60,
+        &node,
+        |p| {
+            let cs = container_status(p)?;
+            (cs.restart_count >= 1).then_some(cs)
+        },
+    )
+    .await;
+    let last = cs.last_state.unwrap().terminated.unwrap();
+    assert_eq!((last.exit_code, last.signal), (137, Some(9)));
+    for name in ["ready", "live"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}

@@ -128,6 +128,9 @@ pub struct ShimArgs {
     /// The runtime state root.
     #[arg(long)]
     runtime_root: PathBuf,
+    /// Where the cgroup hierarchies are mounted.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
 }
 
 /// Runs the per-pod shim.
@@ -148,6 +151,7 @@ pub fn shim(a: ShimArgs) -> Result<i32> {
     skiff_agent::shim::serve(&skiff_agent::shim::ShimArgs {
         dir: a.dir,
         runtime_root: a.runtime_root,
+        cgroup_root: a.cgroup_root,
     })?;
     Ok(0)
 }

@@ -1,0 +1,208 @@
+//! Container probes as the kubelet runs them: tcpSocket and httpGet from inside the pod's
+//! network namespace (a short-lived thread joins it with `setns`), with initialDelaySeconds,
+//! periodSeconds, timeoutSeconds, successThreshold and failureThreshold. Exec probes need
+//! the shim (not done yet) and count as failures with a message saying so.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Probe;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// One probe's progress for one container run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeState {
+    /// Consecutive successes.
+    pub successes: i32,
+    /// Consecutive failures.
+    pub failures: i32,
+    /// When it last ran.
+    pub last_run: Option<Instant>,
+    /// The settled result (`None` until a threshold is reached).
+    pub result: Option<bool>,
+}
+
+/// Whether the probe should run now, `since_start` after the container started.
+pub fn due(p: &Probe, st: &ProbeState, since_start: Duration, now: Instant) -> bool {
+    if since_start < Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64) {
+        return false;
+    }
+    let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+    st.last_run.is_none_or(|t| now.duration_since(t) >= period)
+}
+
+/// Records one outcome; the result settles after successThreshold successes or
+/// failureThreshold failures in a row.
+pub fn record(p: &Probe, st: &mut ProbeState, ok: bool, now: Instant) {
+    st.last_run = Some(now);
+    if ok {
+        st.successes += 1;
+        st.failures = 0;
+        if st.successes >= p.success_threshold.unwrap_or(1).max(1) {
+            st.result = Some(true);
+        }
+    } else {
+        st.failures += 1;
+        st.successes = 0;
+        if st.failures >= p.failure_threshold.unwrap_or(3).max(1) {
+            st.result = Some(false);
+        }
+    }
+}
+
+fn port(p: &IntOrString, named: &[(String, i32)]) -> Option<u16> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(s) => s.parse().ok().or_else(|| {
+            named
+                .iter()
+                .find(|(n, _)| n == s)
+                .and_then(|(_, p)| u16::try_from(*p).ok())
+        }),
+    }
+}
+
+/// Runs a probe once; `netns` is the pod's network namespace (`None`: the host's),
+/// `pod_ip` the default host, `ports` the container's named ports.
+pub fn run(
+    p: &Probe,
+    netns: Option<PathBuf>,
+    pod_ip: Option<std::net::IpAddr>,
+    ports: &[(String, i32)],
+) -> bool {
+    let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+    let default_ip = pod_ip.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let target = if let Some(t) = &p.tcp_socket {
+        let ip = t
+            .host
+            .as_deref()
+            .and_then(|h| h.parse().ok())
+            .unwrap_or(default_ip);
+        port(&t.port, ports).map(|port| (SocketAddr::new(ip, port), None))
+    } else if let Some(h) = &p.http_get {
+        let ip = h
+            .host
+            .as_deref()
+            .and_then(|h| h.parse().ok())
+            .unwrap_or(default_ip);
+        port(&h.port, ports).map(|port| {
+            let path = h.path.clone().unwrap_or_else(|| "/".into());
+            let mut req = format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+            for hd in h.http_headers.iter().flatten() {
+                req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
+            }
+            req.push_str("\r\n");
+            (SocketAddr::new(ip, port), Some(req))
+        })
+    } else {
+        None // exec (and grpc) probes are not supported yet
+    };
+    let Some((addr, http)) = target else {
+        return false;
+    };
+    let probe = move || -> bool {
+        if let Some(ns) = &netns {
+            let Ok(f) = std::fs::File::open(ns) else {
+                return false;
+            };
+            if nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                return false;
+            }
+        }
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
+            return false;
+        };
+        let Some(req) = http else { return true };
+        let _ = s.set_read_timeout(Some(timeout));
+        let _ = s.set_write_timeout(Some(timeout));
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head).unwrap_or(0);
+        let line = String::from_utf8_lossy(&head[..n]);
+        // HTTP/1.x NNN: 200–399 is success, as the kubelet counts it
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .is_some_and(|c| (200..400).contains(&c))
+    };
+    // a thread of its own: setns changes only the calling thread
+    std::thread::spawn(probe).join().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(v: serde_json::Value) -> Probe {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn timing_and_thresholds() {
+        let p = probe(
+            serde_json::json!({"initialDelaySeconds": 5, "periodSeconds": 2,
+            "successThreshold": 2, "failureThreshold": 2, "tcpSocket": {"port": 80}}),
+        );
+        let t0 = Instant::now();
+        let mut st = ProbeState::default();
+        assert!(!due(&p, &st, Duration::from_secs(4), t0));
+        assert!(due(&p, &st, Duration::from_secs(5), t0));
+        record(&p, &mut st, true, t0);
+        assert_eq!(st.result, None);
+        assert!(!due(
+            &p,
+            &st,
+            Duration::from_secs(6),
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(due(
+            &p,
+            &st,
+            Duration::from_secs(7),
+            t0 + Duration::from_secs(2)
+        ));
+        record(&p, &mut st, true, t0);
+        assert_eq!(st.result, Some(true));
+        record(&p, &mut st, false, t0);
+        assert_eq!(st.result, Some(true), "one failure does not flip it");
+        record(&p, &mut st, false, t0);
+        assert_eq!(st.result, Some(false));
+    }
+
+    #[test]
+    fn tcp_and_http_probes_on_loopback() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for code in [200, 500] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).unwrap();
+                assert!(
+                    String::from_utf8_lossy(&buf[..n]).starts_with("GET /healthz HTTP/1.1\r\n")
+                );
+                write!(s, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").unwrap();
+            }
+            l
+        });
+        let http = probe(serde_json::json!({"httpGet": {"path": "/healthz", "port": "web"}}));
+        let ports = vec![("web".to_string(), port as i32)];
+        assert!(run(&http, None, None, &ports));
+        assert!(!run(&http, None, None, &ports));
+        let l = server.join().unwrap();
+        let tcp = probe(serde_json::json!({"tcpSocket": {"port": port}}));
+        assert!(run(&tcp, None, None, &[]));
+        drop(l);
+        assert!(!run(&tcp, None, None, &[]), "nothing listens any more");
+        assert!(!run(
+            &probe(serde_json::json!({"exec": {"command": ["true"]}})),
+            None,
+            None,
+            &[]
+        ));
+    }
+}
