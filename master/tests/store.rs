@@ -311,6 +311,59 @@ async fn etcd_compacted_revisions_answer_compacted() {
     assert_eq!(take(&mut w, 1).await[0].1, "/h/live");
 }
 
+/// The compactor compacts to the revision of one interval earlier: history older than that
+/// becomes Compacted, what was written since stays watchable. Two compactors (two masters)
+/// on one etcd take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_compactor_compacts_one_interval_behind() {
+    let cluster = tokio::task::spawn_blocking(|| etcd_common::EtcdCluster::start(1))
+        .await
+        .unwrap();
+    let s = Arc::new(
+        EtcdStore::connect(&cluster.endpoints(), ETCD_PREFIX)
+            .await
+            .unwrap(),
+    );
+    let other = Arc::new(
+        EtcdStore::connect(&cluster.endpoints(), "/other")
+            .await
+            .unwrap(),
+    );
+    for i in 0..10 {
+        s.create(&format!("/c/{i}"), vec![]).await.unwrap();
+    }
+    let before = s.revision().await.unwrap();
+    let compactors: Vec<_> = [s.clone(), other.clone()]
+        .into_iter()
+        .map(|c| tokio::spawn(async move { c.run_compactor(Duration::from_millis(200)).await }))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match s.watch("/c/", 0).await {
+            Err(StoreError::Compacted { oldest, .. }) => {
+                assert!(
+                    oldest >= before,
+                    "compacted to {oldest}, written up to {before}"
+                );
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => {}
+        }
+        assert!(Instant::now() < deadline, "no compaction within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in compactors {
+        c.abort();
+    }
+    // the latest state is intact, and new writes are watched from now on
+    assert_eq!(s.list("/c/", None, 0, None).await.unwrap().items.len(), 10);
+    let now = s.revision().await.unwrap();
+    let mut w = s.watch("/c/", now).await.unwrap();
+    let kv = s.create("/c/new", vec![]).await.unwrap();
+    assert_eq!(take(&mut w, 1).await[0].2, kv.mod_revision);
+}
+
 /// Two clusters with different prefixes share one etcd and see only their own keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_prefixes_separate_clusters() {

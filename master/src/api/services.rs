@@ -20,8 +20,10 @@ use crate::store::StoreError;
 
 /// The store key of the reservations.
 const RESERVATIONS_KEY: &str = "/registry/ranges/servicereservations";
-/// Seconds a reservation outlives its allocation (the Service is stored well before).
-const RESERVATION_SECONDS: i64 = 120;
+/// Seconds a reservation of a Service not stored (yet) lasts: the window between allocation
+/// and store, with room for a slow etcd. Reservations of stored Services are dropped at the
+/// next allocation (the Service holds its addresses itself).
+const RESERVATION_SECONDS: i64 = 10;
 
 /// Addresses and ports recently handed out, by whom and when.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -79,7 +81,7 @@ pub(crate) async fn allocate(
             .entries
             .retain(|r| now - r.at < RESERVATION_SECONDS);
         let mut candidate = svc.clone();
-        assign(server, key, &mut candidate, old, &reservations).await?;
+        assign(server, key, &mut candidate, old, &mut reservations).await?;
         let (ip, ports) = held(&candidate);
         let (old_ip, old_ports) = old.map(held).unwrap_or_default();
         let mut new: Vec<Reservation> = ports
@@ -146,13 +148,13 @@ fn invalid(name: &str, field: &str, message: String) -> ApiError {
 }
 
 /// Chooses the allocations of `svc` among those neither another stored Service nor another
-/// Service's reservation holds.
+/// Service's reservation holds; drops the reservations of stored Services.
 async fn assign(
     server: &Server,
     key: &str,
     svc: &mut Value,
     old: Option<&Value>,
-    reserved: &Reservations,
+    reserved: &mut Reservations,
 ) -> Result<(), ApiError> {
     let Some(info) = find("", "services") else {
         return Ok(());
@@ -183,6 +185,10 @@ async fn assign(
             }
         }
     }
+    let stored: HashSet<&str> = all.items.iter().map(|kv| kv.key.as_str()).collect();
+    reserved
+        .entries
+        .retain(|r| !stored.contains(r.owner.as_str()));
     for r in reserved.entries.iter().filter(|r| r.owner != key) {
         ips.extend(r.ip.clone());
         ports.extend(r.port);
