@@ -38,6 +38,9 @@ pub struct Images {
     /// Overlay snapshots.
     pub snaps: Snapshots,
     registry: Registry,
+    /// Pulls one at a time, as the kubelet's default `serializeImagePulls`; two pods of the
+    /// same image then share one download instead of colliding on its blobs.
+    pulls: std::sync::Mutex<()>,
 }
 
 /// Kubernetes' default pull policy: Always for `:latest` or no tag, else IfNotPresent.
@@ -68,6 +71,7 @@ impl Images {
                 platform: format!("linux/{}", crate::node::go_arch()),
                 ..RegistryOptions::default()
             }),
+            pulls: std::sync::Mutex::new(()),
         })
     }
 
@@ -93,6 +97,7 @@ impl Images {
         image: &str,
         policy: &str,
     ) -> Result<Ready, ImageError> {
+        let _one_at_a_time = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
         let reference: Reference =
             image
                 .parse()

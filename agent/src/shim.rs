@@ -31,22 +31,8 @@ pub const SOCKET: &str = "shim.sock";
 pub enum Request {
     /// Create and start a container from a prepared bundle.
     Start(StartRequest),
-    /// Run a command in a running container (exec probes) and report its exit code.
-    Exec(ExecRequest),
     /// Exit (the pod is gone).
     Shutdown,
-}
-
-/// A command to run in a container.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ExecRequest {
-    /// Runtime container id.
-    pub id: String,
-    /// argv.
-    pub command: Vec<String>,
-    /// Seconds before the command is killed and counted as failed.
-    pub timeout_seconds: u64,
 }
 
 /// One container run.
@@ -80,11 +66,6 @@ pub enum Response {
     },
     /// Done.
     Ok,
-    /// An exec finished with this exit code (`None`: it timed out and was killed).
-    Exited {
-        /// Exit code.
-        code: Option<i32>,
-    },
     /// Failed.
     Error {
         /// Why.
@@ -230,15 +211,6 @@ pub fn serve(args: &ShimArgs) -> Result<()> {
                     tracing::warn!(container = %s.id, error = %message, "cannot start container");
                     (Response::Error { message }, false)
                 }
-            },
-            Ok(Request::Exec(x)) => match exec(&rt, &x) {
-                Ok(code) => (Response::Exited { code }, false),
-                Err(e) => (
-                    Response::Error {
-                        message: error_chain(&e),
-                    },
-                    false,
-                ),
             },
             Ok(Request::Shutdown) => (Response::Ok, true),
             Err(e) => (
@@ -395,55 +367,6 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
         }
     });
     Ok(pid)
-}
-
-/// Runs `x.command` in the container with the container's own process settings (user,
-/// env, cwd, capabilities), stdio on /dev/null; waits up to the timeout, then kills it.
-fn exec(rt: &Runtime, x: &ExecRequest) -> Result<Option<i32>> {
-    let c = rt.load(&x.id).map_err(|e| Error::runtime(&x.id, e))?;
-    let config = c.state().bundle.join("config.json");
-    let spec = oci_spec::runtime::Spec::load(&config).map_err(|e| Error::Shim {
-        uid: x.id.clone(),
-        message: format!("cannot read {}: {e}", config.display()),
-    })?;
-    let mut process = spec.process().clone().unwrap_or_default();
-    process.set_args(Some(x.command.clone()));
-    process.set_terminal(Some(false));
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| Error::io("open", "/dev/null", e))?;
-    let null2 = null
-        .try_clone()
-        .map_err(|e| Error::io("dup", "/dev/null", e))?;
-    let pid = with_stdio(&OwnedFd::from(null), &OwnedFd::from(null2), || {
-        c.exec(&process, &skiff_runtime::ExecOptions::default())
-    })?
-    .map_err(|e| Error::runtime(&x.id, e))?;
-    let pidfd = skiff_runtime::sys::pidfd_open(pid).map_err(sys("pidfd_open"))?;
-    let mut fds = [nix::poll::PollFd::new(
-        pidfd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let deadline = Instant::now() + Duration::from_secs(x.timeout_seconds.max(1));
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-            Ok(n) if n > 0 => return Ok(Some(wait_exit(&pidfd).0)),
-            Ok(_) if left.is_zero() => {
-                let _ = skiff_runtime::sys::pidfd_send_signal(&pidfd, libc_sigkill());
-                let _ = wait_exit(&pidfd);
-                return Ok(None);
-            }
-            _ => {}
-        }
-    }
-}
-
-fn libc_sigkill() -> i32 {
-    nix::sys::signal::Signal::SIGKILL as i32
 }
 
 /// Waits for the child behind `pidfd` and returns (exit code, killing signal).

@@ -370,14 +370,10 @@ impl Worker {
                 let ip = self.ips.first().copied();
                 let ports = ports.clone();
                 let probe = p.clone();
-                let dir = self.dir.clone();
-                let id = container_id(&self.uid, &c.name);
-                let ok = tokio::task::spawn_blocking(move || match &probe.exec {
-                    Some(e) => probes::exec(&dir, &id, &probe, e),
-                    None => probes::run(&probe, netns, ip, &ports),
-                })
-                .await
-                .unwrap_or(false);
+                let ok =
+                    tokio::task::spawn_blocking(move || probes::run(&probe, netns, ip, &ports))
+                        .await
+                        .unwrap_or(false);
                 if let Some(st) = self.probes.get_mut(&key) {
                     probes::record(&p, st, ok, Instant::now());
                 }
@@ -689,9 +685,7 @@ impl Worker {
                 Ok(rec)
             }
             Response::Error { message } => Err(("StartError".into(), message)),
-            Response::Ok | Response::Exited { .. } => {
-                Err(("RunContainerError".into(), "unexpected shim answer".into()))
-            }
+            Response::Ok => Err(("RunContainerError".into(), "unexpected shim answer".into())),
         }
     }
 

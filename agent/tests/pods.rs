@@ -870,23 +870,6 @@ async fn readiness_gates_ready_and_liveness_restarts() {
     );
     pods.create(&PostParams::default(), &live).await.unwrap();
 
-    // an exec readiness probe: ready once /tmp/ok exists
-    let mut exec_ready = pod(
-        "exec-ready",
-        "n-probe",
-        &c.image,
-        "sleep 2; touch /tmp/ok; exec sleep 1000",
-        json!({}),
-    );
-    exec_ready.spec.as_mut().unwrap().containers[0].readiness_probe = Some(
-        serde_json::from_value(json!({"exec": {"command": ["cat", "/tmp/ok"]},
-            "periodSeconds": 1, "failureThreshold": 1}))
-        .unwrap(),
-    );
-    pods.create(&PostParams::default(), &exec_ready)
-        .await
-        .unwrap();
-
     // Running but not ready while /ready is missing, then Ready
     wait_pod(&pods, "ready", "Running and not ready", 60, &node, |p| {
         let st = p.status.as_ref()?;
@@ -920,16 +903,6 @@ async fn readiness_gates_ready_and_liveness_restarts() {
         0
     );
 
-    wait_pod(
-        &pods,
-        "exec-ready",
-        "Ready by the exec probe",
-        60,
-        &node,
-        running_ready,
-    )
-    .await;
-
     // the failing liveness probe kills the container; it is restarted
     let cs = wait_pod(
         &pods,
@@ -945,7 +918,7 @@ async fn readiness_gates_ready_and_liveness_restarts() {
     .await;
     let last = cs.last_state.unwrap().terminated.unwrap();
     assert_eq!((last.exit_code, last.signal), (137, Some(9)));
-    for name in ["ready", "live", "exec-ready"] {
+    for name in ["ready", "live"] {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
     api_common::wait_for("pods gone", Duration::from_secs(30), || async {
