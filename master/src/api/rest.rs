@@ -707,9 +707,16 @@ pub(crate) async fn update(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiEr
     let mut new = decode_body(ctx.headers, body)?;
     check_kind(info, &mut new)?;
     let warnings = field_validation(ctx, &new)?;
-    let (kv, old) = load(ctx).await?;
-    let new = write_update(ctx, &kv, &old, new, sub == Some("status")).await?;
-    Ok(respond(ctx, StatusCode::OK, &new, &warnings))
+    // An update without a resourceVersion is unconditional: retried on concurrent writes.
+    let pinned = meta_str(&new, "resourceVersion").is_some_and(|rv| !rv.is_empty());
+    let mut attempt = 0;
+    loop {
+        let (kv, old) = load(ctx).await?;
+        match write_update(ctx, &kv, &old, new.clone(), sub == Some("status")).await {
+            Err(e) if e.code == 409 && !pinned && attempt < PATCH_RETRIES => attempt += 1,
+            result => return Ok(respond(ctx, StatusCode::OK, &result?, &warnings)),
+        }
+    }
 }
 
 fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
@@ -818,14 +825,35 @@ pub(crate) async fn patch(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
         }
         return Err(ctx.not_found());
     };
-    let old = decode_kv(&kv)?;
-    let mut new =
-        semantics::apply_patch(info, &old, ty, body, &manager, force).map_err(patch_error)?;
-    check_kind(info, &mut new)?;
-    let warnings = field_validation(ctx, &new)?;
-    let new = write_update(ctx, &kv, &old, new, sub == Some("status")).await?;
-    Ok(respond(ctx, StatusCode::OK, &new, &warnings))
+    // As kube-apiserver's GuaranteedUpdate: a patch that does not pin a resourceVersion is
+    // applied again to the newest object when another write came between read and write.
+    let mut kv = kv;
+    let mut attempt = 0;
+    loop {
+        let old = decode_kv(&kv)?;
+        let mut new =
+            semantics::apply_patch(info, &old, ty, body, &manager, force).map_err(patch_error)?;
+        check_kind(info, &mut new)?;
+        let pinned =
+            new.pointer("/metadata/resourceVersion") != old.pointer("/metadata/resourceVersion");
+        let warnings = field_validation(ctx, &new)?;
+        match write_update(ctx, &kv, &old, new, sub == Some("status")).await {
+            Err(e) if e.code == 409 && !pinned && attempt < PATCH_RETRIES => {
+                attempt += 1;
+                kv = ctx
+                    .server
+                    .store
+                    .get(&ctx.target.key(ctx.name()))
+                    .await?
+                    .ok_or_else(|| ctx.not_found())?;
+            }
+            result => return Ok(respond(ctx, StatusCode::OK, &result?, &warnings)),
+        }
+    }
 }
+
+/// How often a patch is re-applied after a concurrent write before 409 goes to the client.
+const PATCH_RETRIES: u32 = 16;
 
 /// The autoscaling/v1 Scale of a deployment or replicaset.
 fn scale_of(obj: &Value) -> Value {
