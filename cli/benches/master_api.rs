@@ -81,7 +81,11 @@ async fn create_all(api: &Api<Pod>, names: Vec<String>, concurrency: usize) -> D
     futures::stream::iter(names)
         .map(|n| {
             let api = api.clone();
-            async move { api.create(&PostParams::default(), &pod(&n)).await.map(|_| ()) }
+            async move {
+                api.create(&PostParams::default(), &pod(&n))
+                    .await
+                    .map(|_| ())
+            }
         })
         .buffer_unordered(concurrency)
         .try_collect::<Vec<()>>()
