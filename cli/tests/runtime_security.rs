@@ -72,13 +72,25 @@ fn no_runtime_fd_or_host_cwd_reaches_the_container() -> Result<()> {
     require_root();
     let rt = Runtime::from_env(env!("CARGO_BIN_EXE_skiff"));
     let mut bundle = Bundle::busybox()?;
-    bundle.sh("ls /proc/$$/fd | tr '\\n' ' '; echo; readlink /proc/$$/cwd");
+    bundle.args(&["sleep", "1000"]);
     bundle.process(|p| {
         p.set_cwd("/bin".into());
     });
     bundle.write_spec()?;
     let c = rt.container("fds", &bundle);
-    let out = c.run(&[])?.ok()?;
+    c.run_detached()?;
+    // The container's init (pid 1) is inspected from a second process: a shell looking at
+    // its own fds would race with the pipes of its own pipeline.
+    let out = c
+        .exec(
+            &[],
+            &[
+                "sh",
+                "-c",
+                "ls /proc/1/fd | tr '\\n' ' '; echo; readlink /proc/1/cwd",
+            ],
+        )?
+        .ok()?;
     let lines: Vec<&str> = out.out().lines().collect();
     assert_eq!(
         lines.first().map(|l| l.trim()),
@@ -87,5 +99,6 @@ fn no_runtime_fd_or_host_cwd_reaches_the_container() -> Result<()> {
         out.out()
     );
     assert_eq!(lines.get(1).copied(), Some("/bin"), "{}", out.out());
+    c.delete_force()?.ok()?;
     Ok(())
 }
