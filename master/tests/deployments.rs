@@ -123,7 +123,13 @@ async fn history(cluster: &SimCluster, version: &str, name: &str) -> Vec<String>
 async fn event_messages(cluster: &SimCluster, reason: &str) -> Vec<String> {
     let api: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
     let mut evs = api.list(&ListParams::default()).await.unwrap().items;
-    evs.sort_by_key(|e| e.first_timestamp.clone().map(|t| t.0));
+    // eventTime has microseconds; firstTimestamp only seconds, so ties would sort by name.
+    evs.sort_by_key(|e| {
+        (
+            e.event_time.clone().map(|t| t.0),
+            e.first_timestamp.clone().map(|t| t.0),
+        )
+    });
     evs.into_iter()
         .filter(|e| e.reason.as_deref() == Some(reason))
         .filter_map(|e| e.message)
