@@ -258,6 +258,12 @@ async fn dead_node_goes_unknown_is_tainted_pods_evicted_and_recovers() {
         (ready.status.as_str(), ready.reason.as_deref()),
         ("False", Some("NodeLost"))
     );
+    cluster
+        .wait_for("NodeNotReady event for p1", WAIT, || async {
+            let ev = events_for(&client, "p1", "NodeNotReady").await;
+            (!ev.is_empty()).then_some(())
+        })
+        .await;
     let out = cluster.kubectl(&["get", "node", "sim-1"]).await;
     assert!(out.contains("NotReady"), "{out}");
 

@@ -514,6 +514,23 @@ mod tests {
             .collect();
         assert_eq!(sizes, [100, 100, 50]);
 
+        let (subsets, truncated) = endpoints_subsets(&web_service(false), &refs);
+        assert!(!truncated);
+        assert_eq!(subsets[0].addresses.as_ref().unwrap().len(), 250);
+        let more: Vec<Pod> = (0..MAX_ENDPOINTS_ADDRESSES + 5)
+            .map(|i| {
+                let ip = format!("10.2.{}.{}", i / 250, i % 250 + 1);
+                pod(&format!("m{i}"), Some(&ip), true, "web-pod-port", 8080)
+            })
+            .collect();
+        let refs: Vec<&Pod> = more.iter().collect();
+        let (subsets, truncated) = endpoints_subsets(&web_service(false), &refs);
+        assert!(truncated);
+        assert_eq!(
+            subsets[0].addresses.as_ref().unwrap().len(),
+            MAX_ENDPOINTS_ADDRESSES
+        );
+
         let empty = slices(&web_service(false), &[], &zone);
         assert_eq!(
             empty,

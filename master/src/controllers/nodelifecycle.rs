@@ -414,7 +414,18 @@ impl Lifecycle {
                 )
                 .await
             {
-                Ok(_) => info!(pod = %events::key(pod.as_ref()), node, "pod marked not ready"),
+                Ok(_) => {
+                    info!(pod = %events::key(pod.as_ref()), node, "pod marked not ready");
+                    events::record(
+                        &self.ctx.client,
+                        &self.ctx.settings.component,
+                        events::reference(pod.as_ref()),
+                        EventType::Warning,
+                        "NodeNotReady",
+                        "Node is not ready",
+                    )
+                    .await;
+                }
                 Err(e) => {
                     debug!(pod = %events::key(pod.as_ref()), error = %e, "cannot mark pod not ready")
                 }
