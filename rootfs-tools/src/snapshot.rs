@@ -47,6 +47,8 @@ use crate::unpack::{self, UnpackError};
 const TMP_PREFIX: &str = ".tmp-";
 /// Prefix of snapshots being removed by gc.
 const GC_PREFIX: &str = ".gc-";
+/// How often an unmount that fails with EBUSY is retried (20 ms, 40 ms, … apart).
+const UNMOUNT_BUSY_RETRIES: u64 = 5;
 /// overlayfs options besides the directories: no inode index (not needed without hard
 /// link copy-up across layers or NFS export), and no following of `redirect` xattrs (the
 /// unpacker never writes them, so none in a layer are ours).
@@ -648,11 +650,18 @@ impl Snapshots {
             Err(e) => return Err(io_error("stat", &dir)(e)),
         }
         let merged = dir.join("merged");
-        // Mounts may be stacked; each umount removes the top one.
+        // Mounts may be stacked; each umount removes the top one. A process forked elsewhere
+        // in this program holds copies of our open files until it execs, so EBUSY may be
+        // transient: retry a few times before giving up.
+        let mut busy_retries = 0;
         while is_mount_point(&merged).map_err(io_error("stat", &merged))? {
             match nix::mount::umount2(&merged, MntFlags::empty()) {
                 Ok(()) => {}
                 Err(Errno::EINVAL) => break,
+                Err(Errno::EBUSY) if busy_retries < UNMOUNT_BUSY_RETRIES => {
+                    busy_retries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20 * busy_retries));
+                }
                 Err(source) => {
                     return Err(SnapshotError::Unmount {
                         merged: merged.clone(),
