@@ -7,11 +7,16 @@
 //! - `meta`: `revision` (the current revision) and `compacted` (events with a revision at or
 //!   below it are gone from the log).
 //!
-//! Every write is one redb write transaction that bumps the revision, updates `kv`, appends to
-//! `log`, trims the log to the history window and commits with redb's default `Immediate`
-//! durability (fsync) before the call returns: an acknowledged write survives `kill -9`.
-//! Writes are serialised by an async mutex that is held until the event has been published
-//! on the broadcast channel, so live watchers see events in revision order.
+//! Writes go to one writer thread that commits them in groups: it takes every write queued
+//! while the previous commit was on disk (up to [`MAX_BATCH`]), applies them in order in one
+//! redb write transaction (each bumps the revision, updates `kv`, appends to `log`), trims the
+//! log to the history window and commits with redb's default `Immediate` durability (fsync).
+//! Only then are the events published and the callers answered: an acknowledged write
+//! survives `kill -9`, and one fsync covers a whole group (group commit), so concurrent
+//! writers are not limited to one write per disk flush. A write refused on its own merits
+//! (conflict, exists, not found) changes nothing and does not affect the others of its group;
+//! a failed commit fails the whole group. One thread publishing in commit order means live
+//! watchers see events in revision order.
 //!
 //! Like etcd, an empty store is at revision 1 and the first write gets revision 2.
 //!
@@ -19,7 +24,7 @@
 //! does) as long as every event after that revision is still held; older ones get
 //! `Compacted`.
 //!
-//! All redb calls run in `spawn_blocking`.
+//! All redb reads run in `spawn_blocking`; writes on the writer thread.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -27,8 +32,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{Mutex, broadcast};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use tokio::sync::{broadcast, oneshot};
 
 use super::{Event, EventKind, KeyValue, ListResult, Revision, Store, StoreError, WatchStream};
 
@@ -48,6 +53,8 @@ const INITIAL_REVISION: Revision = 1;
 pub const DEFAULT_HISTORY: u64 = 10_000;
 /// Default capacity of the live-event channel; a watcher further behind gets an error.
 pub const DEFAULT_WATCH_BUFFER: usize = 4096;
+/// The most writes committed in one transaction.
+pub const MAX_BATCH: usize = 512;
 
 fn backend<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Backend(format!("{what}: {e}"))
@@ -56,10 +63,35 @@ fn backend<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StoreE
 /// The embedded store. Cheap to share behind an `Arc`.
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    /// Held by a writer from the start of its transaction until its event is published.
-    write_lock: Arc<Mutex<()>>,
+    /// The writer thread, started by the first write (after the `with_*` settings).
+    writer: std::sync::OnceLock<Writer>,
     tx: broadcast::Sender<Arc<Event>>,
     history: u64,
+}
+
+/// The queue into the writer thread and the thread itself.
+struct Writer {
+    queue: std::sync::mpsc::Sender<Pending>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One write waiting for its group's commit.
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<Result<KeyValue, StoreError>>,
+}
+
+impl Drop for EmbeddedStore {
+    /// Lets the writer finish what is queued and waits for it, so the database file is closed
+    /// when the store is gone (and can be opened again at once).
+    fn drop(&mut self) {
+        if let Some(mut w) = self.writer.take() {
+            drop(w.queue);
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -97,7 +129,7 @@ impl EmbeddedStore {
         let (tx, _) = broadcast::channel(DEFAULT_WATCH_BUFFER);
         Ok(EmbeddedStore {
             db: Arc::new(db),
-            write_lock: Arc::new(Mutex::new(())),
+            writer: std::sync::OnceLock::new(),
             tx,
             history: DEFAULT_HISTORY,
         })
@@ -158,24 +190,65 @@ impl EmbeddedStore {
             .map_err(backend("store task"))?
     }
 
-    /// Applies one write in its own durable transaction and publishes its event.
+    /// Queues one write for the writer thread and waits until its group is durable and
+    /// published. If the caller goes away, the write still completes.
     async fn write(&self, op: Op) -> Result<KeyValue, StoreError> {
-        let guard = self.write_lock.clone().lock_owned().await;
-        let db = self.db.clone();
-        let tx = self.tx.clone();
-        let history = self.history;
-        // The blocking task owns the lock guard: if the caller goes away mid-write, the write
-        // still completes and is published before the next one starts.
-        tokio::task::spawn_blocking(move || {
-            let ev = apply(&db, history, op)?;
-            let kv = ev.kv.clone();
-            // No receivers is fine.
-            let _ = tx.send(Arc::new(ev));
-            drop(guard);
-            Ok(kv)
-        })
-        .await
-        .map_err(backend("store task"))?
+        let writer = self.writer.get_or_init(|| {
+            let (queue, rx) = std::sync::mpsc::channel();
+            let (db, events, history) = (self.db.clone(), self.tx.clone(), self.history);
+            let thread = std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || write_loop(&db, history, &events, &rx))
+                .map_err(|e| tracing::error!(error = %e, "cannot start the store writer"))
+                .ok();
+            Writer { queue, thread }
+        });
+        let (reply, answer) = oneshot::channel();
+        writer
+            .queue
+            .send(Pending { op, reply })
+            .map_err(|_| StoreError::Backend("the store writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store writer has stopped".into()))?
+    }
+}
+
+/// The writer thread: commits what is queued in groups until the store is dropped.
+fn write_loop(
+    db: &Database,
+    history: u64,
+    events: &broadcast::Sender<Arc<Event>>,
+    queue: &std::sync::mpsc::Receiver<Pending>,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let (ops, replies): (Vec<Op>, Vec<_>) = group.into_iter().map(|p| (p.op, p.reply)).unzip();
+        match apply(db, history, ops) {
+            Ok(results) => {
+                for (result, reply) in results.into_iter().zip(replies) {
+                    let answer = result.map(|ev| {
+                        let kv = ev.kv.clone();
+                        // No receivers is fine.
+                        let _ = events.send(Arc::new(ev));
+                        kv
+                    });
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = replies.len(), "store commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                }
+            }
+        }
     }
 }
 
@@ -232,80 +305,32 @@ fn check_expected(prev: &KeyValue, expected: Option<Revision>) -> Result<(), Sto
     }
 }
 
-/// One write transaction: check, bump the revision, change the key, log the event, trim the
-/// log, commit durably. Returns the event.
-fn apply(db: &Database, history: u64, op: Op) -> Result<Event, StoreError> {
+/// One write transaction for a group of writes, in order: each is checked and, if allowed,
+/// gets the next revision, changes its key and is logged; then the log is trimmed and the
+/// transaction committed durably. Returns each write's event or its own refusal; an error of
+/// the database itself fails the whole group (nothing is committed).
+fn apply(
+    db: &Database,
+    history: u64,
+    ops: Vec<Op>,
+) -> Result<Vec<Result<Event, StoreError>>, StoreError> {
     let txn = db.begin_write().map_err(backend("begin write"))?;
-    let ev = {
+    let results = {
         let mut meta = txn.open_table(META).map_err(backend("open meta table"))?;
         let mut kv = txn.open_table(KV).map_err(backend("open kv table"))?;
         let mut log = txn.open_table(LOG).map_err(backend("open log table"))?;
-        let revision = read_meta(&meta, META_REVISION)? + 1;
-        let ev = match op {
-            Op::Create { key, value } => {
-                if kv.get(key.as_str()).map_err(backend("read key"))?.is_some() {
-                    return Err(StoreError::AlreadyExists(key));
+        let mut revision = read_meta(&meta, META_REVISION)?;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            match apply_one(&mut kv, &mut log, revision + 1, op) {
+                Ok(ev) => {
+                    revision += 1;
+                    results.push(Ok(ev));
                 }
-                Event {
-                    kind: EventKind::Put,
-                    kv: KeyValue {
-                        key,
-                        value,
-                        create_revision: revision,
-                        mod_revision: revision,
-                    },
-                    prev: None,
-                }
-            }
-            Op::Update {
-                key,
-                value,
-                expected,
-            } => {
-                let prev = read_kv(&kv, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                check_expected(&prev, Some(expected))?;
-                Event {
-                    kind: EventKind::Put,
-                    kv: KeyValue {
-                        key,
-                        value,
-                        create_revision: prev.create_revision,
-                        mod_revision: revision,
-                    },
-                    prev: Some(prev),
-                }
-            }
-            Op::Delete { key, expected } => {
-                let prev = read_kv(&kv, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                check_expected(&prev, expected)?;
-                let mut last = prev.clone();
-                last.mod_revision = revision;
-                Event {
-                    kind: EventKind::Delete,
-                    kv: last,
-                    prev: Some(prev),
-                }
-            }
-        };
-        match ev.kind {
-            EventKind::Put => {
-                kv.insert(
-                    ev.kv.key.as_str(),
-                    (
-                        ev.kv.value.as_slice(),
-                        ev.kv.create_revision,
-                        ev.kv.mod_revision,
-                    ),
-                )
-                .map_err(backend("write key"))?;
-            }
-            EventKind::Delete => {
-                kv.remove(ev.kv.key.as_str())
-                    .map_err(backend("delete key"))?;
+                Err(e @ StoreError::Backend(_)) => return Err(e),
+                Err(refused) => results.push(Err(refused)),
             }
         }
-        log.insert(revision, encode_event(&ev).as_slice())
-            .map_err(backend("append log"))?;
         meta.insert(META_REVISION, revision)
             .map_err(backend("write meta"))?;
         let compacted = read_meta(&meta, META_COMPACTED)?;
@@ -316,9 +341,85 @@ fn apply(db: &Database, history: u64, op: Op) -> Result<Event, StoreError> {
             meta.insert(META_COMPACTED, keep_after)
                 .map_err(backend("write meta"))?;
         }
-        ev
+        results
     };
     txn.commit().map_err(backend("commit"))?;
+    Ok(results)
+}
+
+/// One write at `revision` inside the group's transaction: checks it (a refusal changes
+/// nothing), changes the key and logs the event.
+fn apply_one(
+    kv: &mut Table<&'static str, (&'static [u8], u64, u64)>,
+    log: &mut Table<u64, &'static [u8]>,
+    revision: Revision,
+    op: Op,
+) -> Result<Event, StoreError> {
+    let ev = match op {
+        Op::Create { key, value } => {
+            if kv.get(key.as_str()).map_err(backend("read key"))?.is_some() {
+                return Err(StoreError::AlreadyExists(key));
+            }
+            Event {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key,
+                    value,
+                    create_revision: revision,
+                    mod_revision: revision,
+                },
+                prev: None,
+            }
+        }
+        Op::Update {
+            key,
+            value,
+            expected,
+        } => {
+            let prev = read_kv(kv, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            check_expected(&prev, Some(expected))?;
+            Event {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key,
+                    value,
+                    create_revision: prev.create_revision,
+                    mod_revision: revision,
+                },
+                prev: Some(prev),
+            }
+        }
+        Op::Delete { key, expected } => {
+            let prev = read_kv(kv, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            check_expected(&prev, expected)?;
+            let mut last = prev.clone();
+            last.mod_revision = revision;
+            Event {
+                kind: EventKind::Delete,
+                kv: last,
+                prev: Some(prev),
+            }
+        }
+    };
+    match ev.kind {
+        EventKind::Put => {
+            kv.insert(
+                ev.kv.key.as_str(),
+                (
+                    ev.kv.value.as_slice(),
+                    ev.kv.create_revision,
+                    ev.kv.mod_revision,
+                ),
+            )
+            .map_err(backend("write key"))?;
+        }
+        EventKind::Delete => {
+            kv.remove(ev.kv.key.as_str())
+                .map_err(backend("delete key"))?;
+        }
+    }
+    log.insert(revision, encode_event(&ev).as_slice())
+        .map_err(backend("append log"))?;
     Ok(ev)
 }
 
