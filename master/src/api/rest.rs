@@ -556,7 +556,7 @@ async fn list_with<T>(
 /// `metadata` are parsed; the rest (spec, status, data) is copied as it is stored, which
 /// makes large lists several times cheaper than decoding every object. Objects whose top
 /// level does not parse this way go the long way round.
-fn raw_item(kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn raw_item(kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
     use serde_json::value::RawValue;
     let Ok(top) = serde_json::from_slice::<BTreeMap<&str, &RawValue>>(&kv.value) else {
         return serde_json::to_vec(&decode_kv(kv)?).map_err(|e| ApiError::internal(e.to_string()));

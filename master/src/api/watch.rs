@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::rest::{Ctx, decode_kv, make_table, selectors, wants_table};
+use super::rest::{Ctx, decode_kv, make_table, raw_item, selectors, wants_table};
 use super::select::FieldSelector;
 use super::status::ApiError;
 use crate::resources::ResourceInfo;
@@ -35,6 +35,16 @@ impl Render {
         };
         let mut s = json!({"type": ty, "object": object}).to_string();
         s.push('\n');
+        Bytes::from(s)
+    }
+    /// An event line around an object already rendered as JSON text (no Table).
+    fn raw_line(ty: &str, object: &[u8]) -> Bytes {
+        let mut s = Vec::with_capacity(object.len() + 32);
+        s.extend_from_slice(b"{\"type\":\"");
+        s.extend_from_slice(ty.as_bytes());
+        s.extend_from_slice(b"\",\"object\":");
+        s.extend_from_slice(object);
+        s.extend_from_slice(b"}\n");
         Bytes::from(s)
     }
     fn bookmark(&self, rev: u64, initial_end: bool) -> Bytes {
@@ -79,16 +89,23 @@ pub(crate) async fn watch(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let server = ctx.server.clone();
     let store = &server.store;
     let prefix = ctx.target.prefix();
+    // Without selectors or Tables, objects go out as stored (see `raw_item`): no watcher
+    // decodes and re-encodes every event.
+    let plain = render.table.is_none() && ls.0.is_empty() && fs.0.is_empty();
     let (initial, start) = if rv.is_empty() || rv == "0" || send_initial {
         let res = store.list(&prefix, None, 0, None).await?;
-        let mut objs = Vec::new();
+        let mut lines = Vec::new();
         for kv in &res.items {
+            if plain {
+                lines.push(Render::raw_line("ADDED", &raw_item(kv)?));
+                continue;
+            }
             let o = decode_kv(kv)?;
             if ls.matches(&o) && fs.matches(&o) {
-                objs.push(o);
+                lines.push(render.line("ADDED", &o));
             }
         }
-        (objs, res.revision)
+        (lines, res.revision)
     } else {
         let n = rv
             .parse::<u64>()
@@ -109,8 +126,8 @@ pub(crate) async fn watch(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
                 return;
             }
         };
-        for o in &initial {
-            if tx.send(render.line("ADDED", o)).await.is_err() {
+        for line in initial {
+            if tx.send(line).await.is_err() {
                 return;
             }
         }
@@ -144,6 +161,18 @@ pub(crate) async fn watch(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
                         }
                     };
                     last = ev.kv.mod_revision;
+                    if plain {
+                        let ty = match (ev.kind, ev.prev.is_some()) {
+                            (EventKind::Delete, _) => "DELETED",
+                            (EventKind::Put, true) => "MODIFIED",
+                            (EventKind::Put, false) => "ADDED",
+                        };
+                        let Ok(raw) = raw_item(&ev.kv) else { continue };
+                        if tx.send(Render::raw_line(ty, &raw)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     let Ok(obj) = decode_kv(&ev.kv) else { continue };
                     let sel = |o: &Value| ls.matches(o) && fs.matches(o);
                     let prev_match = ev
