@@ -55,6 +55,9 @@ pub const DEFAULT_HISTORY: u64 = 10_000;
 pub const DEFAULT_WATCH_BUFFER: usize = 4096;
 /// The most writes committed in one transaction.
 pub const MAX_BATCH: usize = 512;
+/// Memory redb may use to cache pages. Its own default is 1 GiB, which a small master does
+/// not need: the OS page cache holds the file too.
+pub const CACHE_BYTES: usize = 64 << 20;
 
 fn backend<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Backend(format!("{what}: {e}"))
@@ -106,9 +109,12 @@ impl EmbeddedStore {
     /// Opens the database file at `path`, creating it if missing. After a crash redb repairs
     /// the file on open; every committed write is there.
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
-        let db = Database::create(path).map_err(|e| {
-            StoreError::Backend(format!("cannot open database {}: {e}", path.display()))
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot open database {}: {e}", path.display()))
+            })?;
         let txn = db.begin_write().map_err(backend("begin write"))?;
         {
             txn.open_table(KV).map_err(backend("open kv table"))?;
