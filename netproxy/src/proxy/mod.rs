@@ -13,3 +13,7 @@ pub mod nft;
 pub mod rules;
 /// The proxier: applied state in memory, incremental and full syncs, conntrack cleanup.
 pub mod sync;
+/// The watch loop: reflectors over Services and EndpointSlices, debounced syncs.
+pub mod watch;
+
+pub use watch::{RunError, Settings, run};
