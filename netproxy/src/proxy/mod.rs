@@ -16,4 +16,4 @@ pub mod sync;
 /// The watch loop: reflectors over Services and EndpointSlices, debounced syncs.
 pub mod watch;
 
-pub use watch::{RunError, Settings, run};
+pub use watch::{ApiAccess, ClientError, RunError, Settings, run};

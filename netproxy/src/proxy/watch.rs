@@ -143,3 +143,78 @@ pub async fn run(
         }
     }
 }
+
+/// How the proxy reaches the API server.
+#[derive(Clone, Debug)]
+pub enum ApiAccess {
+    /// A kubeconfig file (its current context).
+    Kubeconfig(std::path::PathBuf),
+    /// A server URL, a bearer token and the CA that signed the server's certificate.
+    Token {
+        /// `https://HOST:PORT`.
+        server: String,
+        /// The bearer token.
+        token: String,
+        /// The cluster CA certificate.
+        ca_file: std::path::PathBuf,
+    },
+}
+
+/// A client for the API server could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The kubeconfig could not be read or understood.
+    #[error("cannot use kubeconfig {path}")]
+    Kubeconfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The client could not be built.
+    #[error("cannot make the API client")]
+    Client(#[source] kube::Error),
+}
+
+impl ApiAccess {
+    /// A kube client for this access.
+    pub async fn client(&self) -> Result<kube::Client, ClientError> {
+        let options = kube::config::KubeConfigOptions::default();
+        let (kubeconfig, path) = match self {
+            ApiAccess::Kubeconfig(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                    ClientError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                (kc, path.clone())
+            }
+            ApiAccess::Token {
+                server,
+                token,
+                ca_file,
+            } => {
+                let yaml = format!(
+                    "apiVersion: v1\nkind: Config\ncurrent-context: proxy\n\
+                     clusters: [{{name: skiff, cluster: {{server: {server:?}, certificate-authority: {ca:?}}}}}]\n\
+                     users: [{{name: proxy, user: {{token: {token:?}}}}}]\n\
+                     contexts: [{{name: proxy, context: {{cluster: skiff, user: proxy}}}}]\n",
+                    ca = ca_file.display().to_string(),
+                );
+                let kc = kube::config::Kubeconfig::from_yaml(&yaml).map_err(|source| {
+                    ClientError::Kubeconfig {
+                        path: ca_file.clone(),
+                        source,
+                    }
+                })?;
+                (kc, ca_file.clone())
+            }
+        };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|source| ClientError::Kubeconfig { path, source })?;
+        kube::Client::try_from(config).map_err(ClientError::Client)
+    }
+}
