@@ -411,6 +411,19 @@ async fn session_affinity_client_ip_sticks() {
     );
 }
 
+/// A UDP socket connected to the ClusterIP's DNS port (a new source port: a new flow).
+fn udp_connected() -> UdpSocket {
+    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.connect((CLUSTER_IP, 53)).unwrap();
+    s
+}
+
+/// [`udp_connected`] in namespace `ns`.
+fn udp_client(ns: &str) -> UdpSocket {
+    in_ns(ns, udp_connected)
+}
+
 /// One UDP exchange on `sock`: the name that answered.
 fn udp_ask(sock: &UdpSocket) -> String {
     sock.send(b"?").unwrap();
@@ -433,24 +446,12 @@ async fn udp_balances_and_flows_to_removed_endpoints_are_deleted() {
 
     // new source ports: new flows, spread over the endpoints
     let seen: BTreeSet<String> = in_ns(&w.node, || {
-        (0..40)
-            .map(|_| {
-                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                s.connect((CLUSTER_IP, 53)).unwrap();
-                udp_ask(&s)
-            })
-            .collect()
+        (0..40).map(|_| udp_ask(&udp_connected())).collect()
     });
     assert_eq!(seen, names(&w.pods.iter().collect::<Vec<_>>()));
 
     // one socket is one flow: it sticks to its endpoint while the endpoint lasts
-    let sock = in_ns(&w.node, || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.connect((CLUSTER_IP, 53)).unwrap();
-        s
-    });
+    let sock = udp_client(&w.node);
     let first = udp_ask(&sock);
     for _ in 0..5 {
         assert_eq!(udp_ask(&sock), first);
@@ -633,4 +634,35 @@ async fn proxy_follows_the_api_server() {
 
     let _ = stop.send(());
     proxy.await.unwrap().unwrap();
+}
+
+fn list_tables(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_restart_leaves_the_tables_identical_and_flows_alone() {
+    let w = World::new(2);
+    let svc = nodeport(json!({}));
+    let eps = slice(&[(&w.pods[0], "node-a"), (&w.pods[1], "node-a")]);
+    let mut first = w.proxier();
+    sync(&mut first, &svc, &eps).await;
+    // an established UDP flow through the Service, and what the kernel holds
+    let udp = udp_client(&w.node);
+    let pod = udp_ask(&udp);
+    let before = list_tables(&w.node);
+
+    // a new proxier (a restarted proxy) replaces the tables whole, with the same content
+    let mut second = w.proxier();
+    assert!(sync(&mut second, &svc, &eps).await.full);
+    assert_eq!(list_tables(&w.node), before);
+    // the UDP flow keeps its endpoint: its conntrack entry survived
+    for _ in 0..5 {
+        assert_eq!(udp_ask(&udp), pod);
+    }
 }
