@@ -9,6 +9,8 @@ use clap::Args;
 use skiff_netproxy::proxy::rules::{Cidr, NodePortAddresses, RulesConfig};
 use skiff_netproxy::proxy::{ApiAccess, Settings};
 
+use crate::master_cmd::parse_duration;
+
 /// `skiff proxy`.
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
@@ -55,19 +57,6 @@ pub struct ProxyArgs {
     /// Remove the proxy's tables and exit.
     #[arg(long)]
     cleanup: bool,
-}
-
-/// `500ms`, `2s`, `1m`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration {s:?} (use ms, s or m)")),
-    }
 }
 
 fn nodeport_addresses(a: &ProxyArgs) -> Result<NodePortAddresses> {
@@ -148,18 +137,4 @@ pub fn main(a: ProxyArgs) -> Result<i32> {
         anyhow::Ok(())
     })?;
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 }

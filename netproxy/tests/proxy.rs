@@ -548,6 +548,15 @@ async fn proxy_follows_the_api_server() {
         .await
         .unwrap();
     let client = kube::Client::try_from(config).unwrap();
+    // the proxy reads with the node token, as `skiff proxy --server --token` does
+    let proxy_client = skiff_netproxy::proxy::ApiAccess::Token {
+        server: format!("https://{}", master.addr),
+        token: master.node_token.clone(),
+        ca_file: dir.path().join("ca.crt"),
+    }
+    .client()
+    .await
+    .unwrap();
 
     let mut settings = skiff_netproxy::proxy::Settings::new(RulesConfig {
         node_name: "node-a".into(),
@@ -557,13 +566,9 @@ async fn proxy_follows_the_api_server() {
     settings.netns = Some(w.node.clone());
     settings.min_sync_interval = Duration::from_millis(200);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let proxy = tokio::spawn(skiff_netproxy::proxy::run(
-        client.clone(),
-        settings,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let proxy = tokio::spawn(skiff_netproxy::proxy::run(proxy_client, settings, async {
+        let _ = stopped.await;
+    }));
 
     // a Service without selector, its EndpointSlice written by hand
     let services: kube::Api<Service> = kube::Api::namespaced(client.clone(), "default");
