@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends \
     build-essential pkg-config libseccomp-dev busybox-static ca-certificates curl \
-    docker-registry skopeo umoci apache2-utils protobuf-compiler
+    docker-registry skopeo umoci apache2-utils protobuf-compiler nftables conntrack iproute2
 
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     . "$HOME/.cargo/env"

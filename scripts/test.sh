@@ -20,6 +20,9 @@ for tool in docker-registry skopeo umoci htpasswd; do
 done
 command -v protoc >/dev/null 2>&1 || missing+=("protoc (protobuf-compiler, builds etcd-client)")
 command -v etcd >/dev/null 2>&1 || missing+=("etcd (etcd-server, etcd store tests)")
+for tool in nft conntrack ip; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool (nftables, conntrack, iproute2: Service proxy tests)")
+done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "$0: missing: ${missing[*]}; scripts/quickstart.sh installs them" >&2
     exit 1

@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod image_cmd;
 mod master_cmd;
+mod proxy_cmd;
 mod run_cmd;
 mod runtime_cmd;
 mod terminal;
@@ -36,6 +37,8 @@ enum Command {
     Master(master_cmd::MasterArgs),
     /// The node agent: registers this node and runs the pods bound to it.
     Agent(agent_cmd::AgentArgs),
+    /// The Service proxy: programs nftables from Services and EndpointSlices (kube-proxy).
+    Proxy(proxy_cmd::ProxyArgs),
     /// Internal: the per-pod shim the agent starts.
     #[command(name = "__shim", hide = true)]
     Shim(agent_cmd::ShimArgs),
@@ -77,6 +80,7 @@ fn main() {
             Command::Reap(a) => run_cmd::reap(a),
             Command::Master(a) => master_cmd::main(a),
             Command::Agent(a) => agent_cmd::main(a),
+            Command::Proxy(a) => proxy_cmd::main(a),
             Command::Shim(a) => agent_cmd::shim(a),
         };
         match result {

@@ -92,7 +92,7 @@ fn parse_range(s: &str) -> Result<(u16, u16)> {
 }
 
 /// A Kubernetes-style duration: `15s`, `500ms`, `5m`, `1h` (a bare number is seconds).
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
