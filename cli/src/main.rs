@@ -2,6 +2,7 @@
 //! library crates. Started as `skiff-runc` (a symlink) it is exactly `skiff runtime`.
 
 mod agent_cmd;
+mod dns_cmd;
 mod image_cmd;
 mod master_cmd;
 mod run_cmd;
@@ -36,6 +37,8 @@ enum Command {
     Master(master_cmd::MasterArgs),
     /// The node agent: registers this node and runs the pods bound to it.
     Agent(agent_cmd::AgentArgs),
+    /// Cluster DNS: Service and pod records, other names forwarded upstream.
+    Dns(dns_cmd::DnsArgs),
     /// Internal: the per-pod shim the agent starts.
     #[command(name = "__shim", hide = true)]
     Shim(agent_cmd::ShimArgs),
@@ -77,6 +80,7 @@ fn main() {
             Command::Reap(a) => run_cmd::reap(a),
             Command::Master(a) => master_cmd::main(a),
             Command::Agent(a) => agent_cmd::main(a),
+            Command::Dns(a) => dns_cmd::main(a),
             Command::Shim(a) => agent_cmd::shim(a),
         };
         match result {

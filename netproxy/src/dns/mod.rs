@@ -135,6 +135,14 @@ where
     }
 }
 
+/// An SOA serial from the clock (seconds since 1970), so serials grow across restarts.
+fn clock_serial() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
 /// Rebuilds the table after every change the reflectors report (a burst of changes makes
 /// one rebuild: a `Notify` holds at most one wake-up).
 async fn rebuild(
@@ -144,10 +152,7 @@ async fn rebuild(
     changed: Arc<Notify>,
     tx: watch::Sender<Arc<Table>>,
 ) {
-    let mut serial: u32 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
-        .unwrap_or(1);
+    let mut serial = clock_serial();
     loop {
         changed.notified().await;
         serial = serial.wrapping_add(1);
@@ -207,7 +212,7 @@ pub async fn run(
             })?;
         let initial = Table::build(
             &zone,
-            1,
+            clock_serial(),
             svc_reader.state().iter().map(AsRef::as_ref),
             eps_reader.state().iter().map(AsRef::as_ref),
         );
@@ -216,20 +221,20 @@ pub async fn run(
         tracing::info!(listen = %settings.listen, domain = %zone.domain, upstreams = ?upstreams, "cluster dns serving");
         let handler = server::Handler::new(rx, Arc::new(Forwarder::new(upstreams)));
         let mut server = hickory_server::Server::new(handler);
-        let udp = tokio::net::UdpSocket::bind(settings.listen)
-            .await
-            .map_err(|source| DnsError::Bind {
-                proto: "udp",
-                addr: settings.listen,
+        let addr = settings.listen;
+        let bind_error = |proto| {
+            move |source| DnsError::Bind {
+                proto,
+                addr,
                 source,
-            })?;
-        let tcp = tokio::net::TcpListener::bind(settings.listen)
+            }
+        };
+        let udp = tokio::net::UdpSocket::bind(addr)
             .await
-            .map_err(|source| DnsError::Bind {
-                proto: "tcp",
-                addr: settings.listen,
-                source,
-            })?;
+            .map_err(bind_error("udp"))?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(bind_error("tcp"))?;
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
         Ok::<_, DnsError>((server, tx))
