@@ -86,8 +86,26 @@ pub fn hosts_file(ips: &[IpAddr], hostname: &str) -> String {
     s
 }
 
+/// The kubelet's most search domains in a pod's resolv.conf (`MaxDNSSearchPaths`).
+const MAX_DNS_SEARCH_PATHS: usize = 32;
+
+/// The search domains of a resolv.conf text: the last `search` or `domain` line wins, as
+/// in glibc's resolver.
+fn host_search(host_resolv: &str) -> Vec<&str> {
+    let mut search = Vec::new();
+    for line in host_resolv.lines() {
+        let mut words = line.split_whitespace();
+        if let Some("search" | "domain") = words.next() {
+            search = words.collect();
+        }
+    }
+    search
+}
+
 /// The kubelet's /etc/resolv.conf: ClusterFirst with a cluster DNS server gets the search
-/// path of the namespace; otherwise the host's resolv.conf is used.
+/// path of the namespace followed by the host's search domains (duplicates dropped, at most
+/// 32), the cluster DNS server and `options ndots:5`, as the kubelet's
+/// `generateSearchesForDNSClusterFirst`; otherwise the host's resolv.conf is used.
 pub fn resolv_conf(
     dns_policy: &str,
     host_network: bool,
@@ -102,9 +120,29 @@ pub fn resolv_conf(
         _ => false,
     };
     match cluster_dns {
-        Some(dns) if cluster_first => format!(
-            "search {namespace}.svc.{cluster_domain} svc.{cluster_domain} {cluster_domain}\nnameserver {dns}\noptions ndots:5\n"
-        ),
+        Some(dns) if cluster_first => {
+            let cluster = [
+                format!("{namespace}.svc.{cluster_domain}"),
+                format!("svc.{cluster_domain}"),
+                cluster_domain.to_string(),
+            ];
+            let mut search: Vec<&str> = Vec::new();
+            for domain in cluster
+                .iter()
+                .map(String::as_str)
+                .chain(host_search(host_resolv))
+            {
+                let domain = domain.trim_end_matches('.');
+                if !domain.is_empty() && !search.contains(&domain) {
+                    search.push(domain);
+                }
+            }
+            search.truncate(MAX_DNS_SEARCH_PATHS);
+            format!(
+                "search {}\nnameserver {dns}\noptions ndots:5\n",
+                search.join(" ")
+            )
+        }
         _ => host_resolv.to_string(),
     }
 }
@@ -307,30 +345,48 @@ mod tests {
         assert!(h.ends_with("10.244.0.5\tweb-0\n"));
         let dns = Some("10.96.0.10".parse().unwrap());
         let host = "nameserver 1.1.1.1\n";
+        let cluster = "search ns1.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n";
+        let host_search = "domain old.example\nsearch corp.example cluster.local. lab.example\nnameserver 1.1.1.1\noptions rotate\n";
         let cases = [
+            ("ClusterFirst", false, dns, host, cluster),
+            ("ClusterFirst", true, dns, host, host),
+            ("ClusterFirstWithHostNet", true, dns, host, cluster),
+            ("Default", false, dns, host, host),
+            ("ClusterFirst", false, None, host, host),
+            // The host's search domains follow the cluster's (last search/domain line wins,
+            // duplicates dropped); its nameservers and options do not come along.
             (
                 "ClusterFirst",
                 false,
                 dns,
-                "search ns1.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n",
+                host_search,
+                "search ns1.svc.cluster.local svc.cluster.local cluster.local corp.example lab.example\nnameserver 10.96.0.10\noptions ndots:5\n",
             ),
-            ("ClusterFirst", true, dns, host),
-            (
-                "ClusterFirstWithHostNet",
-                true,
-                dns,
-                "search ns1.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n",
-            ),
-            ("Default", false, dns, host),
-            ("ClusterFirst", false, None, host),
         ];
-        for (policy, hostnet, dns, want) in cases {
+        for (policy, hostnet, dns, host, want) in cases {
             assert_eq!(
                 resolv_conf(policy, hostnet, dns, "cluster.local", "ns1", host),
                 want,
                 "{policy} {hostnet}"
             );
         }
+        let many: String = (0..40).map(|i| format!(" d{i}.example")).collect();
+        let got = resolv_conf(
+            "ClusterFirst",
+            false,
+            dns,
+            "cluster.local",
+            "ns1",
+            &format!("search{many}\n"),
+        );
+        let search = got
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .count();
+        assert_eq!(search, MAX_DNS_SEARCH_PATHS);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! library crates. Started as `skiff-runc` (a symlink) it is exactly `skiff runtime`.
 
 mod agent_cmd;
+mod dns_cmd;
 mod image_cmd;
 mod master_cmd;
 mod proxy_cmd;
@@ -39,6 +40,8 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// The Service proxy: programs nftables from Services and EndpointSlices (kube-proxy).
     Proxy(proxy_cmd::ProxyArgs),
+    /// Cluster DNS: Service and pod records, other names forwarded upstream.
+    Dns(dns_cmd::DnsArgs),
     /// Internal: the per-pod shim the agent starts.
     #[command(name = "__shim", hide = true)]
     Shim(agent_cmd::ShimArgs),
@@ -81,6 +84,7 @@ fn main() {
             Command::Master(a) => master_cmd::main(a),
             Command::Agent(a) => agent_cmd::main(a),
             Command::Proxy(a) => proxy_cmd::main(a),
+            Command::Dns(a) => dns_cmd::main(a),
             Command::Shim(a) => agent_cmd::shim(a),
         };
         match result {

@@ -3,3 +3,5 @@
 
 /// The Service proxy (skiff's kube-proxy, nftables mode): ruleset, diff, apply, watch loop.
 pub mod proxy;
+/// Cluster DNS (skiff's CoreDNS): Service and pod records, forwarding of other names.
+pub mod dns;

@@ -458,7 +458,7 @@ fn node_allowed(t: &Target, verb: &str) -> bool {
         // objects its pods reference; skiff's node token is not per node, so: get only)
         ("", "configmaps" | "secrets", None) => verb == "get",
         ("", "services" | "endpoints", None) => read,
-        // the node's Service proxy (kube-proxy's system:node-proxier role)
+        // the agent's Service proxy and cluster DNS watch them (kube-proxy's node-proxier)
         ("discovery.k8s.io", "endpointslices", None) => read,
         _ => false,
     }
