@@ -1,5 +1,8 @@
 //! Pod network, nftables Service proxy and cluster DNS (issue 7).
 //!
-//! Not built yet: this crate holds its place in the workspace so that the
-//! layout matches docs/architecture.md. Its issue fills it in.
+//! Built so far: the pod network ([`podnet`]): a bridge per node, a veth pair per pod,
+//! IP addresses from the node's podCIDR and host-gw routes to the other nodes.
 #![forbid(unsafe_code)]
+
+/// The pod network: node bridge, per-pod veth and IPAM, host-gw routes, masquerade.
+pub mod podnet;
