@@ -92,6 +92,13 @@ fn ping_once(from: &Ns, to: Ipv4Addr) -> bool {
         .success()
 }
 
+/// Whether link `name` exists in `ns`.
+fn has_link(ns: &Ns, name: &str) -> bool {
+    sh(&["ip", "-n", &ns.name, "link", "show", name])
+        .status
+        .success()
+}
+
 /// Joins `a` and `b` by a veth pair `name` addressed `ip_a`/`ip_b` (both /24), both up.
 fn wire(a: &Ns, b: &Ns, name: &str, ip_a: &str, ip_b: &str) {
     a.ip(&[
@@ -246,23 +253,8 @@ fn addresses_persist_release_and_stale_records_go() {
 
     // detach: veth gone on both sides, address released
     net.detach("uid-b").unwrap();
-    assert!(
-        !sh(&[
-            "ip",
-            "-n",
-            &n.name,
-            "link",
-            "show",
-            &host_veth_name("uid-b")
-        ])
-        .status
-        .success()
-    );
-    assert!(
-        !sh(&["ip", "-n", &pb.name, "link", "show", "eth0"])
-            .status
-            .success()
-    );
+    assert!(!has_link(&n, &host_veth_name("uid-b")));
+    assert!(!has_link(&pb, "eth0"));
     let held: Vec<String> = net.ipam().records().unwrap().into_values().collect();
     assert_eq!(held, vec!["uid-a".to_string(), "uid-c".to_string()]);
     net.detach("uid-b").unwrap(); // twice is fine
@@ -270,29 +262,14 @@ fn addresses_persist_release_and_stale_records_go() {
     // on start, pods that no longer exist lose their addresses and veths
     let live: HashSet<String> = ["uid-a".to_string()].into();
     assert_eq!(net.retain(&live).unwrap(), vec![ip_c]);
-    assert!(
-        !sh(&[
-            "ip",
-            "-n",
-            &n.name,
-            "link",
-            "show",
-            &host_veth_name("uid-c")
-        ])
-        .status
-        .success()
-    );
+    assert!(!has_link(&n, &host_veth_name("uid-c")));
     let held: Vec<String> = net.ipam().records().unwrap().into_values().collect();
     assert_eq!(held, vec!["uid-a".to_string()]);
     ping(&pa, "10.244.5.1".parse().unwrap());
 
     // teardown removes the node side
     net.teardown().unwrap();
-    assert!(
-        !sh(&["ip", "-n", &n.name, "link", "show", "skiff0"])
-            .status
-            .success()
-    );
+    assert!(!has_link(&n, "skiff0"));
     assert!(
         !n.exec(&["nft", "list", "table", "ip", "skiff_podnet"])
             .status
