@@ -3,7 +3,7 @@
 //! way under the pod's run dir and joined by path by every container, the hostname set to
 //! the pod name, and generated /etc/hosts, /etc/hostname and /etc/resolv.conf that every
 //! container gets bind-mounted. Wiring the network namespace to the node network is the
-//! [`PodNetwork`]'s business (loopback only until the network issue lands).
+//! [`PodNetwork`]'s business (`crate::network::Bridge`, or [`LoopbackOnly`]).
 
 use std::io::Write;
 use std::net::IpAddr;

@@ -992,13 +992,27 @@ fn bridge_network_gives_pods_reachable_addresses() {
     drop(ns);
 }
 
+/// The body of a plain HTTP/1.0 GET, from the calling thread's network namespace.
+async fn http_get(ip: std::net::Ipv4Addr, port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?;
+    (head.starts_with("HTTP/1.") && status == "200").then(|| body.to_string())
+}
+
 fn ip_in_ns(args: &[&str]) -> std::process::Output {
     Command::new("ip").args(args).output().unwrap()
 }
 
 async fn bridge_network_in_node_netns() {
     let c = cluster().await;
-    let node = TestNode::with_args(
+    let mut node = TestNode::with_args(
         &c.server,
         "n-net",
         &["--pod-network", "bridge", "--pod-mtu", "1400"],
@@ -1059,24 +1073,29 @@ async fn bridge_network_in_node_netns() {
         "{link}"
     );
     // the pod answers from the node's namespace
-    // (a plain HTTP/1.0 exchange from this thread: it is in the node's namespace)
-    let body = api_common::wait_for(
-        "httpd answers at the pod IP",
-        Duration::from_secs(20),
-        || async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect((ip, 8080)).await.ok()?;
-            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
-                .await
-                .ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.ok()?;
-            out.starts_with("HTTP/1.")
-                .then(|| out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
-        },
-    )
+    let answer = || async move {
+        api_common::wait_for(
+            "httpd answers at the pod IP",
+            Duration::from_secs(20),
+            || http_get(ip, 8080, "/index.html"),
+        )
+        .await
+    };
+    assert_eq!(answer().await.trim(), "hello-from-web");
+
+    // an agent restart keeps the pod, its address and its record
+    node.kill_agent();
+    node.start_agent();
+    api_common::wait_for("agent back", Duration::from_secs(30), || async {
+        // the log is appended to: the second setup is the new agent's
+        (node.log().matches("pod network ready").count() >= 2).then_some(())
+    })
     .await;
-    assert_eq!(body.trim(), "hello-from-web");
+    wait_pod(&pods, "web", "pod still Ready", 30, &node, running_ready).await;
+    let st = pods.get("web").await.unwrap().status.unwrap();
+    assert_eq!(st.pod_ip, Some(ip.to_string()));
+    assert!(std::fs::read_to_string(&record).unwrap().starts_with(&uid));
+    assert_eq!(answer().await.trim(), "hello-from-web");
 
     // deletion: veth gone, address released
     pods.delete("web", &DeleteParams::default()).await.unwrap();

@@ -124,13 +124,13 @@ pub fn main(a: AgentArgs) -> Result<i32> {
         insecure_registries: a.insecure_registries,
         cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
-        pod_network: (a.pod_network == PodNetworkKind::Bridge).then(|| {
+        pod_network: (a.pod_network == PodNetworkKind::Bridge).then_some(
             skiff_agent::network::BridgeOptions {
                 bridge: a.bridge_name,
                 cluster_cidr: a.cluster_cidr,
                 mtu: a.pod_mtu,
-            }
-        }),
+            },
+        ),
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
