@@ -51,8 +51,12 @@ pub async fn run(
     node::register(&client, &cfg).await?;
     tracing::info!(node = %cfg.node_name, "node registered");
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
-    let network = network::start(&client, &cfg).await?;
-    let mut pods = tokio::spawn(pods::run(client.clone(), cfg.clone(), network));
+    let (c, pcfg) = (client.clone(), cfg.clone());
+    // pods wait for the pod network (the Node's podCIDR); a shutdown meanwhile still ends
+    let mut pods = tokio::spawn(async move {
+        let network = network::start(&c, &pcfg).await?;
+        pods::run(c, pcfg, network).await
+    });
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         r = &mut pods => match r {
