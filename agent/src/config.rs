@@ -37,6 +37,8 @@ pub struct Config {
     pub cluster_dns: Option<IpAddr>,
     /// The cluster domain (default cluster.local).
     pub cluster_domain: String,
+    /// The pod network (`None`: loopback-only pod namespaces, no pod IPs).
+    pub pod_network: Option<crate::network::BridgeOptions>,
 }
 
 impl Config {

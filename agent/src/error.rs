@@ -15,6 +15,12 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// The pod network failed.
+    #[error("pod network")]
+    Network(#[from] skiff_netproxy::podnet::Error),
+    /// The Node's podCIDR is not an IPv4 CIDR.
+    #[error("the node's podCIDR {0} is not an IPv4 CIDR")]
+    PodCidr(String),
     /// A file-system operation failed.
     #[error("cannot {what} {path}")]
     Io {

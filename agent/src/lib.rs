@@ -17,6 +17,8 @@ pub mod error;
 pub mod images;
 /// CRI-format container log lines.
 pub mod logs;
+/// The pod network: the node bridge from the podCIDR, host-gw routes kept in sync with Nodes.
+pub mod network;
 /// Node registration, status (capacity, conditions) and the Lease heartbeat.
 pub mod node;
 /// The watch on this node's pods and one worker per pod.
@@ -49,7 +51,12 @@ pub async fn run(
     node::register(&client, &cfg).await?;
     tracing::info!(node = %cfg.node_name, "node registered");
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
-    let mut pods = tokio::spawn(pods::run(client.clone(), cfg.clone()));
+    let (c, pcfg) = (client.clone(), cfg.clone());
+    // pods wait for the pod network (the Node's podCIDR); a shutdown meanwhile still ends
+    let mut pods = tokio::spawn(async move {
+        let network = network::start(&c, &pcfg).await?;
+        pods::run(c, pcfg, network).await
+    });
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         r = &mut pods => match r {

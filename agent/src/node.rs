@@ -493,6 +493,7 @@ mod tests {
             insecure_registries: vec![],
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
+            pod_network: None,
         }
     }
 

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::error::Result;
 use crate::images::Images;
-use crate::sandbox::LoopbackOnly;
+use crate::sandbox::PodNetwork;
 use crate::worker::{self, Shared, Worker};
 
 struct Slot {
@@ -27,13 +27,17 @@ struct Slot {
 }
 
 /// Watches this node's pods and runs their workers until cancelled.
-pub async fn run(client: kube::Client, cfg: Arc<Config>) -> Result<()> {
+pub async fn run(
+    client: kube::Client,
+    cfg: Arc<Config>,
+    network: Box<dyn PodNetwork>,
+) -> Result<()> {
     let images = Images::open(&cfg.root_dir, cfg.insecure_registries.clone())?;
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         client: client.clone(),
         images: Arc::new(images),
-        network: Box::new(LoopbackOnly),
+        network,
     });
     let api: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
@@ -109,6 +113,14 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) -> Result<()> {
 
 /// Removes the leftovers of pods this node ran that the API no longer has.
 async fn sweep(shared: &Arc<Shared>, live: &HashSet<String>) {
+    // addresses of pods deleted while the agent was away (also after a reboot, when their
+    // run dirs are gone)
+    let (s, l) = (shared.clone(), live.clone());
+    match tokio::task::spawn_blocking(move || s.network.retain(&l)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the addresses of deleted pods"),
+        Err(e) => tracing::warn!(error = %e, "address release panicked"),
+    }
     let dir = shared.cfg.run_dir.join("pods");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;

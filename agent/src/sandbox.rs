@@ -3,7 +3,7 @@
 //! way under the pod's run dir and joined by path by every container, the hostname set to
 //! the pod name, and generated /etc/hosts, /etc/hostname and /etc/resolv.conf that every
 //! container gets bind-mounted. Wiring the network namespace to the node network is the
-//! [`PodNetwork`]'s business (loopback only until the network issue lands).
+//! [`PodNetwork`]'s business (`crate::network::Bridge`, or [`LoopbackOnly`]).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -19,8 +19,13 @@ use crate::error::{Error, Result};
 pub trait PodNetwork: Send + Sync + std::fmt::Debug {
     /// Called once the namespace exists (loopback is already up); returns the pod's IPs.
     fn attach(&self, netns: &Path, pod_uid: &str) -> Result<Vec<IpAddr>>;
-    /// Called before the namespace is removed.
+    /// Called before the namespace is removed, and once more when the pod is removed (the
+    /// namespace may be gone by then, e.g. after a reboot); must be idempotent.
     fn detach(&self, netns: &Path, pod_uid: &str) -> Result<()>;
+    /// Called at start with the uids of the node's pods: releases what others still hold.
+    fn retain(&self, _live: &std::collections::HashSet<String>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// No pod network: the namespace has loopback only and the pod no IP.

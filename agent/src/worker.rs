@@ -920,9 +920,14 @@ pub fn cleanup(
     if shim::alive(&dir) {
         let _ = shim::call(&dir, &Request::Shutdown, Duration::from_secs(5));
     }
-    let host_network = !cfg.run_dir.join("netns").join(uid).exists();
+    let netns = cfg.run_dir.join("netns").join(uid);
+    let host_network = !netns.exists();
     let fallback = SandboxPaths::new(&cfg.run_dir, &dir, uid, host_network);
     sandbox::remove(sandbox.unwrap_or(&fallback), shared.network.as_ref(), uid)?;
+    if host_network {
+        // the namespace is gone (a reboot) or never was: the address is released all the same
+        shared.network.detach(&netns, uid)?;
+    }
     for q in [
         QosClass::Guaranteed,
         QosClass::Burstable,

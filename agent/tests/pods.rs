@@ -63,6 +63,11 @@ struct TestNode {
 
 impl TestNode {
     fn new(server: &api_common::TestServer, name: &str) -> TestNode {
+        // the host's network is not the tests' to change: no bridge network here
+        TestNode::with_args(server, name, &["--pod-network", "none"])
+    }
+
+    fn with_args(server: &api_common::TestServer, name: &str, extra: &[&str]) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("skiff-test-{}-{name}", std::process::id());
         let p = |s: &str| dir.path().join(s).display().to_string();
@@ -87,6 +92,10 @@ impl TestNode {
             "--cgroup-prefix".into(),
             prefix.clone(),
         ];
+        let args = args
+            .into_iter()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
         let mut n = TestNode {
             dir,
             prefix,
@@ -930,4 +939,173 @@ async fn readiness_gates_ready_and_liveness_restarts() {
             .then_some(())
     })
     .await;
+}
+
+/// A network namespace made by the test under a unique name, removed on drop.
+struct NodeNetns(String);
+
+impl NodeNetns {
+    fn new(tag: &str) -> NodeNetns {
+        let name = format!("skiff-agent-{}-{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ok = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {:?}", out);
+        };
+        ok(&["netns", "add", &name]);
+        ok(&["-n", &name, "link", "set", "lo", "up"]);
+        NodeNetns(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for NodeNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// The bridge pod network through the agent: the whole node (API server, registry, agent,
+/// its bridge and pods) lives in a network namespace of the test. The test's thread joins
+/// it before anything starts, so the runtime's threads, the registry and the agent it
+/// spawns are all inside; the host's network is never touched.
+#[test]
+fn bridge_network_gives_pods_reachable_addresses() {
+    skiff_testsupport::require_root();
+    let ns = NodeNetns::new("net");
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(bridge_network_in_node_netns());
+    })
+    .join()
+    .unwrap();
+    drop(ns);
+}
+
+/// The body of a plain HTTP/1.0 GET, from the calling thread's network namespace.
+async fn http_get(ip: std::net::Ipv4Addr, port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?;
+    (head.starts_with("HTTP/1.") && status == "200").then(|| body.to_string())
+}
+
+fn ip_in_ns(args: &[&str]) -> std::process::Output {
+    Command::new("ip").args(args).output().unwrap()
+}
+
+async fn bridge_network_in_node_netns() {
+    let c = cluster().await;
+    let mut node = TestNode::with_args(
+        &c.server,
+        "n-net",
+        &["--pod-network", "bridge", "--pod-mtu", "1400"],
+    );
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    api_common::wait_for("node registered", Duration::from_secs(30), || async {
+        nodes.get_opt("n-net").await.ok().flatten()
+    })
+    .await;
+    // the master's node IPAM is not part of this in-process server: give the CIDR here
+    nodes
+        .patch(
+            "n-net",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"podCIDR": "10.244.7.0/24",
+                "podCIDRs": ["10.244.7.0/24"]}})),
+        )
+        .await
+        .unwrap();
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let p = pod(
+        "web",
+        "n-net",
+        &c.image,
+        "mkdir /www && echo hello-from-$POD_NAME > /www/index.html && exec httpd -f -p 8080 -h /www",
+        json!({}),
+    );
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    wait_pod(
+        &pods,
+        "web",
+        "pod Running and Ready",
+        60,
+        &node,
+        running_ready,
+    )
+    .await;
+    let st = pods.get("web").await.unwrap().status.unwrap();
+    let ip: std::net::Ipv4Addr = st.pod_ip.as_deref().unwrap().parse().unwrap();
+    let cidr: ipnet::Ipv4Net = "10.244.7.0/24".parse().unwrap();
+    assert!(cidr.contains(&ip) && ip.octets()[3] >= 2, "{ip}");
+    assert_eq!(st.pod_ips.unwrap()[0].ip, ip.to_string());
+    // /etc/hosts names the pod's address
+    let hosts = std::fs::read_to_string(node.path(&format!("run/pods/{uid}/etc/hosts"))).unwrap();
+    assert!(hosts.contains(&format!("{ip}\tweb\n")), "{hosts}");
+    // the address is recorded for the pod under the root dir
+    let record = node.path(&format!("root/podnet/ipam/10.244.7.0-24/{ip}"));
+    assert!(std::fs::read_to_string(&record).unwrap().starts_with(&uid));
+    // the node side: bridge with the gateway, the pod's veth on it
+    let br = String::from_utf8(ip_in_ns(&["-4", "addr", "show", "skiff0"]).stdout).unwrap();
+    assert!(br.contains("inet 10.244.7.1/24"), "{br}");
+    let veth = skiff_netproxy::podnet::host_veth_name(&uid);
+    let link = String::from_utf8(ip_in_ns(&["link", "show", &veth]).stdout).unwrap();
+    assert!(
+        link.contains("master skiff0") && link.contains("mtu 1400"),
+        "{link}"
+    );
+    // the pod answers from the node's namespace
+    let answer = || async move {
+        api_common::wait_for(
+            "httpd answers at the pod IP",
+            Duration::from_secs(20),
+            || http_get(ip, 8080, "/index.html"),
+        )
+        .await
+    };
+    assert_eq!(answer().await.trim(), "hello-from-web");
+
+    // an agent restart keeps the pod, its address and its record
+    node.kill_agent();
+    node.start_agent();
+    api_common::wait_for("agent back", Duration::from_secs(30), || async {
+        // the log is appended to: the second setup is the new agent's
+        (node.log().matches("pod network ready").count() >= 2).then_some(())
+    })
+    .await;
+    wait_pod(&pods, "web", "pod still Ready", 30, &node, running_ready).await;
+    let st = pods.get("web").await.unwrap().status.unwrap();
+    assert_eq!(st.pod_ip, Some(ip.to_string()));
+    assert!(std::fs::read_to_string(&record).unwrap().starts_with(&uid));
+    assert_eq!(answer().await.trim(), "hello-from-web");
+
+    // deletion: veth gone, address released
+    pods.delete("web", &DeleteParams::default()).await.unwrap();
+    api_common::wait_for("pod gone", Duration::from_secs(30), || async {
+        matches!(pods.get_opt("web").await, Ok(None)).then_some(())
+    })
+    .await;
+    api_common::wait_for("address released", Duration::from_secs(10), || async {
+        (!record.exists()).then_some(())
+    })
+    .await;
+    assert!(!ip_in_ns(&["link", "show", &veth]).status.success());
 }

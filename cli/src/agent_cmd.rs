@@ -49,6 +49,28 @@ pub struct AgentArgs {
     /// Cluster domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Pod network: `bridge` (a node bridge, pod IPs from the Node's podCIDR, host-gw routes
+    /// between nodes) or `none` (pods get loopback only).
+    #[arg(long, value_enum, default_value_t = PodNetworkKind::Bridge)]
+    pod_network: PodNetworkKind,
+    /// The node bridge's name (with --pod-network bridge).
+    #[arg(long, default_value = skiff_netproxy::podnet::defaults::BRIDGE)]
+    bridge_name: String,
+    /// The cluster's pod CIDR: pod traffic leaving it is masqueraded.
+    #[arg(long, default_value = skiff_netproxy::podnet::defaults::CLUSTER_CIDR)]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// MTU of the node bridge and the pods' interfaces.
+    #[arg(long, default_value_t = skiff_netproxy::podnet::defaults::MTU)]
+    pod_mtu: u32,
+}
+
+/// `--pod-network`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PodNetworkKind {
+    /// Node bridge, veth per pod, host-gw routes.
+    Bridge,
+    /// Loopback-only pod namespaces.
+    None,
 }
 
 /// The local address the kernel would use to reach the server (no packet is sent).
@@ -102,6 +124,13 @@ pub fn main(a: AgentArgs) -> Result<i32> {
         insecure_registries: a.insecure_registries,
         cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
+        pod_network: (a.pod_network == PodNetworkKind::Bridge).then_some(
+            skiff_agent::network::BridgeOptions {
+                bridge: a.bridge_name,
+                cluster_cidr: a.cluster_cidr,
+                mtu: a.pod_mtu,
+            },
+        ),
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {

@@ -1,0 +1,202 @@
+//! The pod network of this node. With `--pod-network bridge` the agent waits for the
+//! master's node IPAM to give its Node a `spec.podCIDR`, makes the bridge network
+//! (skiff-netproxy's [`BridgeNetwork`]) from it and keeps host-gw routes to the other
+//! Nodes' podCIDRs in sync with a watch on Nodes. With `none`, pod namespaces keep loopback
+//! only ([`LoopbackOnly`]).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use skiff_netproxy::podnet::{BridgeConfig, BridgeNetwork, NodeRoute};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node;
+use crate::sandbox::{LoopbackOnly, PodNetwork};
+
+/// Settings of the bridge pod network (`skiff agent --pod-network bridge`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeOptions {
+    /// The node bridge's name (`--bridge-name`, default `skiff0`).
+    pub bridge: String,
+    /// The cluster's pod CIDR (`--cluster-cidr`, default 10.244.0.0/16): traffic from pods
+    /// leaving it is masqueraded.
+    pub cluster_cidr: Ipv4Net,
+    /// MTU of the bridge and the pods' interfaces (`--pod-mtu`, default 1500).
+    pub mtu: u32,
+}
+
+/// The agent's side of skiff-netproxy's bridge network.
+#[derive(Debug)]
+pub struct Bridge(pub Arc<BridgeNetwork>);
+
+impl PodNetwork for Bridge {
+    fn attach(&self, netns: &Path, pod_uid: &str) -> Result<Vec<IpAddr>> {
+        Ok(vec![IpAddr::V4(self.0.attach(netns, pod_uid)?)])
+    }
+
+    fn detach(&self, _netns: &Path, pod_uid: &str) -> Result<()> {
+        Ok(self.0.detach(pod_uid)?)
+    }
+
+    fn retain(&self, live: &HashSet<String>) -> Result<()> {
+        self.0.retain(live)?;
+        Ok(())
+    }
+}
+
+/// What the routes need of a Node: its podCIDR (IPv4) and InternalIP (IPv4).
+pub fn node_route(n: &Node) -> Option<NodeRoute> {
+    let cidr: Ipv4Net = n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
+    let ip: Ipv4Addr = n
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())?;
+    Some(NodeRoute {
+        name: n.metadata.name.clone()?,
+        pod_cidr: cidr,
+        node_ip: ip,
+    })
+}
+
+/// The pod network the configuration asks for. For the bridge network this waits until the
+/// Node has a podCIDR, sets the node side up and starts the route sync task.
+pub async fn start(client: &kube::Client, cfg: &Arc<Config>) -> Result<Box<dyn PodNetwork>> {
+    let Some(opts) = cfg.pod_network.clone() else {
+        return Ok(Box::new(LoopbackOnly));
+    };
+    let mut waiting_logged = false;
+    let cidr = loop {
+        match node::pod_cidr(client, cfg).await {
+            Ok(Some(c)) => break c,
+            Ok(None) if !waiting_logged => {
+                tracing::info!(node = %cfg.node_name, "waiting for the node's podCIDR");
+                waiting_logged = true;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the node's podCIDR"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let pod_cidr: Ipv4Net = cidr.parse().map_err(|_| Error::PodCidr(cidr.clone()))?;
+    let net = Arc::new(BridgeNetwork::new(BridgeConfig {
+        bridge: opts.bridge,
+        pod_cidr,
+        cluster_cidr: opts.cluster_cidr,
+        mtu: opts.mtu,
+        state_dir: cfg.root_dir.join("podnet"),
+        node_netns: None,
+    })?);
+    let n = net.clone();
+    tokio::task::spawn_blocking(move || n.setup())
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+    tokio::spawn(sync_routes(client.clone(), net.clone()));
+    Ok(Box::new(Bridge(net)))
+}
+
+/// Keeps the host-gw routes in line with the Nodes: after every change seen by the watch,
+/// and every minute (routes someone else removed come back).
+async fn sync_routes(client: kube::Client, net: Arc<BridgeNetwork>) {
+    let api: Api<Node> = Api::all(client);
+    let (reader, writer) = reflector::store();
+    let mut events = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .boxed();
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut last: Option<Vec<NodeRoute>> = None;
+    loop {
+        let forced = tokio::select! {
+            ev = events.next() => match ev {
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "node watch failed, retrying");
+                    continue;
+                }
+                Some(Ok(_)) => false,
+                None => return,
+            },
+            _ = tick.tick() => true,
+        };
+        if reader.wait_until_ready().await.is_err() {
+            return;
+        }
+        let mut nodes: Vec<NodeRoute> = reader
+            .state()
+            .iter()
+            .filter_map(|n| node_route(n))
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        if !forced && last.as_ref() == Some(&nodes) {
+            continue;
+        }
+        let (n, list) = (net.clone(), nodes.clone());
+        match tokio::task::spawn_blocking(move || n.sync_routes(&list)).await {
+            Ok(Ok(s)) => {
+                if !s.set.is_empty() || !s.deleted.is_empty() {
+                    tracing::info!(set = ?s.set, deleted = ?s.deleted, "pod routes synced");
+                }
+                for (net, gw, e) in &s.failed {
+                    tracing::warn!(%net, %gw, error = %e, "cannot route a node's pod CIDR");
+                }
+                if s.failed.is_empty() {
+                    last = Some(nodes);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "pod route sync failed"),
+            Err(e) => tracing::warn!(error = %e, "pod route sync panicked"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_from_nodes() {
+        let node = |v: serde_json::Value| -> Node { serde_json::from_value(v).unwrap() };
+        let full = node(serde_json::json!({
+            "metadata": {"name": "n2"},
+            "spec": {"podCIDR": "10.244.2.0/24"},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "n2"},
+                {"type": "InternalIP", "address": "192.168.1.2"}
+            ]}
+        }));
+        assert_eq!(
+            node_route(&full),
+            Some(NodeRoute {
+                name: "n2".into(),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                node_ip: "192.168.1.2".parse().unwrap(),
+            })
+        );
+        let cases = [
+            // no podCIDR yet
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.2"}]}}),
+            // no InternalIP
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"podCIDR": "10.244.2.0/24"},
+                "status": {"addresses": [{"type": "Hostname", "address": "a"}]}}),
+            // IPv6 only
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"podCIDR": "fd00::/64"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "fd00::1"}]}}),
+        ];
+        for c in cases {
+            assert_eq!(node_route(&node(c.clone())), None, "{c}");
+        }
+    }
+}
