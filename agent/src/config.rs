@@ -37,6 +37,8 @@ pub struct Config {
     pub cluster_dns: Option<IpAddr>,
     /// The cluster domain (default cluster.local).
     pub cluster_domain: String,
+    /// Port of the logs/exec endpoint on the node IP (default 10250; 0: any free port).
+    pub listen_port: u16,
 }
 
 impl Config {

@@ -49,6 +49,9 @@ pub struct AgentArgs {
     /// Cluster domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Port of the logs/exec endpoint (HTTPS on the node IP; 0: any free port).
+    #[arg(long, default_value_t = 10250)]
+    listen_port: u16,
 }
 
 /// The local address the kernel would use to reach the server (no packet is sent).
@@ -102,6 +105,7 @@ pub fn main(a: AgentArgs) -> Result<i32> {
         insecure_registries: a.insecure_registries,
         cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
+        listen_port: a.listen_port,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
