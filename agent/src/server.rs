@@ -834,17 +834,16 @@ async fn exec_process(
         tokio::select! {
             msg = incoming.next(), if !client_gone => match msg {
                 Some(Ok(Message::Binary(data))) => match remotecommand::decode(&data, protocol) {
-                    Ok(WsIn::Stdin(bytes)) => match &mut input {
-                        Some(Input::Pipe(p)) => {
-                            if p.write_all(&bytes).await.is_err() {
-                                input = None;
-                            }
+                    Ok(WsIn::Stdin(bytes)) => {
+                        let failed = match &mut input {
+                            Some(Input::Pipe(p)) => p.write_all(&bytes).await.is_err(),
+                            Some(Input::Pty(tx)) => tx.send(bytes).is_err(),
+                            None => false,
+                        };
+                        if failed {
+                            input = None;
                         }
-                        Some(Input::Pty(tx)) => {
-                            let _ = tx.send(bytes);
-                        }
-                        None => {}
-                    },
+                    }
                     Ok(WsIn::Close(remotecommand::STDIN)) => {
                         if matches!(input, Some(Input::Pipe(_))) {
                             input = None;
