@@ -39,6 +39,8 @@ pub struct Config {
     pub cluster_domain: String,
     /// The pod network (`None`: loopback-only pod namespaces, no pod IPs).
     pub pod_network: Option<crate::network::BridgeOptions>,
+    /// Port of the logs/exec endpoint on the node IP (default 10250; 0: any free port).
+    pub listen_port: u16,
 }
 
 impl Config {

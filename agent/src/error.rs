@@ -91,6 +91,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The logs/exec endpoint could not be set up.
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
     /// A background task ended abnormally.
     #[error("task failed: {0}")]
     Task(String),

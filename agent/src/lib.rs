@@ -27,8 +27,12 @@ pub mod pods;
 pub mod probes;
 /// QoS classes and the pod cgroup layout under the agent's cgroup prefix.
 pub mod qos;
+/// Kubernetes' remotecommand protocol (exec/attach over WebSocket): channels, status.
+pub mod remotecommand;
 /// The pod sandbox: network, IPC and UTS namespaces kept by bind mounts, /etc/hosts, resolv.conf.
 pub mod sandbox;
+/// The HTTPS endpoint on port 10250: container logs, exec and attach for the master.
+pub mod server;
 /// The per-pod shim process (the skiff binary re-executed) and the agent's client for it.
 pub mod shim;
 /// Pod status as Kubernetes reports it, computed from the containers' records.
@@ -47,10 +51,18 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let client = config.client().await?;
+    let mut config = config;
+    let listener = server::bind(&config).await?;
+    if let Ok(addr) = listener.local_addr() {
+        config.listen_port = addr.port();
+    }
+    let tls = server::tls_config(&config)?;
     let cfg = std::sync::Arc::new(config);
     node::register(&client, &cfg).await?;
     tracing::info!(node = %cfg.node_name, "node registered");
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
+    let endpoint = tokio::spawn(server::serve(listener, tls, cfg.clone(), client.clone()));
+    tracing::info!(port = cfg.listen_port, "logs/exec endpoint listening");
     let (c, pcfg) = (client.clone(), cfg.clone());
     // pods wait for the pod network (the Node's podCIDR); a shutdown meanwhile still ends
     let mut pods = tokio::spawn(async move {
@@ -67,5 +79,6 @@ pub async fn run(
     // the pods' containers live on under their shims; only the agent's tasks end
     pods.abort();
     heartbeat.abort();
+    endpoint.abort();
     result
 }

@@ -260,7 +260,11 @@ pub fn status(cfg: &Config, m: &Machine, now: &Time) -> NodeStatus {
             system_uuid: m.machine_id.clone(),
             swap: None,
         }),
-        daemon_endpoints: None,
+        daemon_endpoints: Some(k8s_openapi::api::core::v1::NodeDaemonEndpoints {
+            kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint {
+                port: i32::from(cfg.listen_port),
+            }),
+        }),
         ..Default::default()
     }
 }
@@ -494,6 +498,7 @@ mod tests {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             pod_network: None,
+            listen_port: 10250,
         }
     }
 

@@ -91,6 +91,9 @@ impl TestNode {
             "127.0.0.1".into(),
             "--cgroup-prefix".into(),
             prefix.clone(),
+            // tests run side by side: any free port for the logs/exec endpoint
+            "--listen-port".into(),
+            "0".into(),
         ];
         let args = args
             .into_iter()
@@ -1108,4 +1111,393 @@ async fn bridge_network_in_node_netns() {
     })
     .await;
     assert!(!ip_in_ns(&["link", "show", &veth]).status.success());
+}
+
+/// The agent's logs/exec port from its Node's `daemonEndpoints`.
+async fn kubelet_port(client: &kube::Client, node: &str) -> u16 {
+    let n: Node = Api::all(client.clone()).get(node).await.unwrap();
+    let port = n
+        .status
+        .unwrap()
+        .daemon_endpoints
+        .unwrap()
+        .kubelet_endpoint
+        .unwrap()
+        .port;
+    assert!(
+        port > 0 && port != 10250,
+        "a free port was asked for: {port}"
+    );
+    port as u16
+}
+
+/// kubectl with a time limit (a hanging `logs -f` or `exec` fails the test, never blocks it).
+async fn kubectl_timed(
+    c: &Cluster,
+    version: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(api_common::kubectl_path(version));
+    cmd.arg("--kubeconfig")
+        .arg(c.server.kubeconfig())
+        .args(args)
+        .env("HOME", c.server.dir.path())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        use tokio::io::AsyncWriteExt;
+        let mut w = child.stdin.take().unwrap();
+        w.write_all(input.as_bytes()).await.unwrap();
+        drop(w);
+    }
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("kubectl {version} {args:?} did not finish in 60 s"))
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_through_master_and_agent() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-logs");
+    wait_node_ready(&c.client, &node).await;
+    let port = kubelet_port(&c.client, "n-logs").await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    // first run prints and exits; the restart prints "second run" and stays
+    let mut p = pod(
+        "talk",
+        "n-logs",
+        &c.image,
+        "echo start; if [ -f /data/ran ]; then echo second run; exec sleep 1000; fi; touch /data/ran; echo first run; exit 0",
+        json!({"volumes": [{"name": "d", "emptyDir": {}}]}),
+    );
+    p.spec.as_mut().unwrap().containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(json!({"name": "d", "mountPath": "/data"})).unwrap(),
+    ]);
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    wait_pod(&pods, "talk", "second run Running", 60, &node, |p| {
+        let cs = container_status(p)?;
+        (cs.restart_count == 1 && cs.state?.running.is_some()).then_some(())
+    })
+    .await;
+    // the second run's log is written by the shim's copier: wait for its last line
+    api_common::wait_for("second run logged", Duration::from_secs(20), || async {
+        let out = kubectl_timed(&c, "1.32", &["logs", "talk"], None).await;
+        (text(&out.stdout) == "start\nsecond run\n").then_some(())
+    })
+    .await;
+    for v in ["1.30", "1.32", "1.33"] {
+        let c = &c;
+        let ok = |args: &'static [&'static str]| async move {
+            let out = kubectl_timed(c, v, args, None).await;
+            assert!(
+                out.status.success(),
+                "kubectl {v} {args:?}: {}",
+                text(&out.stderr)
+            );
+            text(&out.stdout)
+        };
+        assert_eq!(ok(&["logs", "talk"]).await, "start\nsecond run\n", "{v}");
+        assert_eq!(
+            ok(&["logs", "talk", "-c", "c"]).await,
+            "start\nsecond run\n"
+        );
+        assert_eq!(
+            ok(&["logs", "talk", "--previous"]).await,
+            "start\nfirst run\n"
+        );
+        assert_eq!(ok(&["logs", "talk", "--tail=1"]).await, "second run\n");
+        assert_eq!(ok(&["logs", "talk", "--tail=0"]).await, "");
+        assert_eq!(ok(&["logs", "talk", "--limit-bytes=3"]).await, "sta");
+        assert_eq!(
+            ok(&["logs", "talk", "--since=1h"]).await,
+            "start\nsecond run\n"
+        );
+        let ts = ok(&["logs", "talk", "--timestamps"]).await;
+        let lines: Vec<&str> = ts.lines().collect();
+        assert_eq!(lines.len(), 2, "{ts}");
+        for (l, want) in lines.iter().zip(["start", "second run"]) {
+            let (t, msg) = l.split_once(' ').unwrap();
+            assert_eq!(msg, want);
+            chrono::DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+            assert!(t.ends_with('Z'), "{t}");
+        }
+    }
+    // kube-apiserver's errors
+    let out = kubectl_timed(&c, "1.32", &["logs", "talk", "-c", "nope"], None).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("container nope is not valid for pod talk"),
+        "{}",
+        text(&out.stderr)
+    );
+    let unbound = pod("unbound", "", &c.image, "true", json!({}));
+    let mut unbound = unbound;
+    unbound.spec.as_mut().unwrap().node_name = None;
+    pods.create(&PostParams::default(), &unbound).await.unwrap();
+    let (code, body) = c
+        .server
+        .admin(
+            "GET",
+            "/api/v1/namespaces/default/pods/unbound/log",
+            "",
+            b"",
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["message"], "pod unbound does not have a host assigned");
+    let two: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "two"},
+        "spec": {"nodeName": "elsewhere", "containers": [
+            {"name": "a", "image": c.image}, {"name": "b", "image": c.image}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &two).await.unwrap();
+    let (code, body) = c
+        .server
+        .admin("GET", "/api/v1/namespaces/default/pods/two/log", "", b"")
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        body["message"],
+        "a container name must be specified for pod two, choose one of: [a b]"
+    );
+    // a node that is not there: the backend cannot be reached
+    let (code, body) = c
+        .server
+        .admin(
+            "GET",
+            "/api/v1/namespaces/default/pods/two/log?container=a",
+            "",
+            b"",
+        )
+        .await;
+    assert_eq!(code, 503, "{body}");
+    // the node token may not read logs
+    let (code, _) = c
+        .server
+        .request(
+            "GET",
+            "/api/v1/namespaces/default/pods/talk/log",
+            Some(&c.server.handle.node_token.clone()),
+            "",
+            b"",
+        )
+        .await;
+    assert_eq!(code, 403);
+    // the agent serves only the master's client certificate
+    let curl = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!(
+            "https://127.0.0.1:{port}/containerLogs/default/talk/c"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(text(&curl.stdout), "401");
+
+    // follow: streams while the container writes and ends with it
+    let mut f = pod(
+        "ticker",
+        "n-logs",
+        &c.image,
+        "for i in 1 2 3 4; do echo tick $i; sleep 1; done",
+        json!({"restartPolicy": "Never"}),
+    );
+    f.spec.as_mut().unwrap().containers[0].env = None;
+    pods.create(&PostParams::default(), &f).await.unwrap();
+    wait_pod(&pods, "ticker", "ticker Running", 60, &node, |p| {
+        container_status(p)?.state?.running.map(|_| ())
+    })
+    .await;
+    let mut follow = tokio::process::Command::new(api_common::kubectl_path("1.33"))
+        .arg("--kubeconfig")
+        .arg(c.server.kubeconfig())
+        .args(["logs", "-f", "ticker"])
+        .env("HOME", c.server.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut first = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(first.starts_with("tick "), "{first:?}");
+    // a line arrives while the container still runs
+    let p = pods.get("ticker").await.unwrap();
+    let mut rest = String::new();
+    let out = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest)
+            .await
+            .unwrap();
+        follow.wait().await.unwrap()
+    })
+    .await
+    .expect("kubectl logs -f did not end with the container");
+    assert!(out.success());
+    let all = format!("{first}{rest}");
+    assert_eq!(
+        all,
+        "tick 1\ntick 2\ntick 3\ntick 4\n",
+        "first read while {:?}",
+        p.status.and_then(|s| s.phase)
+    );
+    wait_pod(&pods, "ticker", "ticker Succeeded", 20, &node, |p| {
+        (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_through_master_and_agent() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-exec");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &pod("shell", "n-exec", &c.image, "exec sleep 1000", json!({})),
+    )
+    .await
+    .unwrap();
+    wait_pod(&pods, "shell", "pod Running", 60, &node, running_ready).await;
+    for v in ["1.30", "1.32", "1.33"] {
+        let out = kubectl_timed(
+            &c,
+            v,
+            &["exec", "shell", "--", "/bin/sh", "-c", "echo hi there"],
+            None,
+        )
+        .await;
+        assert!(out.status.success(), "{v}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hi there\n", "{v}");
+        // exit code, stdout and stderr apart, the container's env
+        let out = kubectl_timed(
+            &c,
+            v,
+            &[
+                "exec",
+                "shell",
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo out $POD_NAME; echo err >&2; exit 3",
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(3), "{v}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "out shell\n");
+        assert!(
+            text(&out.stderr).starts_with("err\n"),
+            "{}",
+            text(&out.stderr)
+        );
+        // stdin to the end of file
+        let out = kubectl_timed(
+            &c,
+            v,
+            &[
+                "exec",
+                "-i",
+                "shell",
+                "--",
+                "/bin/sh",
+                "-c",
+                "cat; echo done",
+            ],
+            Some("piped line\nsecond\n"),
+        )
+        .await;
+        assert!(out.status.success(), "{v}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "piped line\nsecond\ndone\n", "{v}");
+    }
+    // a terminal, with the caller's size: kubectl under script(1) in a 40x100 pty
+    let kubectl = api_common::kubectl_path("1.32");
+    let inner = format!(
+        "stty rows 40 cols 100; {} --kubeconfig {} exec -it shell -- /bin/sh -c 'tty; stty size; exit 7'",
+        kubectl.display(),
+        c.server.kubeconfig().display()
+    );
+    let mut script = tokio::process::Command::new("script");
+    script
+        .args(["-qec", &inner, "/dev/null"])
+        .env("HOME", c.server.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = script.spawn().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl exec -it did not finish")
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("/dev/pts/"),
+        "{shown:?} {}",
+        text(&out.stderr)
+    );
+    assert!(shown.contains("40 100"), "{shown:?}");
+    assert_eq!(out.status.code(), Some(7), "{shown:?}");
+    // attach: the output written from now on, until the container ends
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "ticks",
+            "n-exec",
+            &c.image,
+            "i=0; while [ $i -lt 16 ]; do echo tick $i; sleep 0.5; i=$((i+1)); done",
+            json!({"restartPolicy": "Never"}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_pod(&pods, "ticks", "ticks Running", 60, &node, |p| {
+        container_status(p)?.state?.running.map(|_| ())
+    })
+    .await;
+    api_common::wait_for("tick 1 logged", Duration::from_secs(20), || async {
+        let out = kubectl_timed(&c, "1.33", &["logs", "ticks"], None).await;
+        text(&out.stdout).contains("tick 1\n").then_some(())
+    })
+    .await;
+    let out = kubectl_timed(&c, "1.33", &["attach", "ticks"], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("tick 15\n"), "{shown:?}");
+    assert!(
+        !shown.contains("tick 0\n"),
+        "attach shows only new output: {shown:?}"
+    );
+    // the node token may not exec
+    let (code, _) = c
+        .server
+        .request(
+            "POST",
+            "/api/v1/namespaces/default/pods/shell/exec?command=true&stdout=true",
+            Some(&c.server.handle.node_token.clone()),
+            "",
+            b"",
+        )
+        .await;
+    assert_eq!(code, 403);
 }

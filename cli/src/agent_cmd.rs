@@ -62,6 +62,9 @@ pub struct AgentArgs {
     /// MTU of the node bridge and the pods' interfaces.
     #[arg(long, default_value_t = skiff_netproxy::podnet::defaults::MTU)]
     pod_mtu: u32,
+    /// Port of the logs/exec endpoint (HTTPS on the node IP; 0: any free port).
+    #[arg(long, default_value_t = 10250)]
+    listen_port: u16,
 }
 
 /// `--pod-network`.
@@ -131,6 +134,7 @@ pub fn main(a: AgentArgs) -> Result<i32> {
                 mtu: a.pod_mtu,
             },
         ),
+        listen_port: a.listen_port,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {

@@ -55,6 +55,11 @@ pub struct Credentials {
     pub admin_token: String,
     /// The node join token.
     pub node_token: String,
+    /// The client certificate (PEM: client, then CA) the API server shows the agents'
+    /// logs/exec endpoints; minted from the CA on every start.
+    pub kubelet_client_cert_pem: String,
+    /// Its key (PKCS#8 PEM).
+    pub kubelet_client_key_pem: String,
 }
 
 fn read(path: &Path) -> Result<String, CertsError> {
@@ -224,13 +229,128 @@ pub fn load_or_create(
     };
     let admin_token = token("admin-token")?;
     let node_token = token("node-token")?;
+    let (kubelet_client_cert_pem, kubelet_client_key_pem) =
+        kubelet_client_cert(&ca_pem, &ca_key_pem)?;
     Ok(Credentials {
         ca_pem,
         server_cert_pem,
         server_key_pem,
         admin_token,
         node_token,
+        kubelet_client_cert_pem,
+        kubelet_client_key_pem,
     })
+}
+
+/// A client certificate for the agents (kube-apiserver's `--kubelet-client-certificate`):
+/// CN `kube-apiserver-kubelet-client`, O `system:masters`, client auth, signed by the CA.
+/// Returns (chain PEM, key PEM).
+pub fn kubelet_client_cert(ca_pem: &str, ca_key_pem: &str) -> Result<(String, String), CertsError> {
+    let ca_kp = KeyPair::from_pem(ca_key_pem).map_err(rc("ca key parse"))?;
+    let issuer = Issuer::new(ca_params()?, ca_kp);
+    let key = KeyPair::generate().map_err(rc("kubelet client key"))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(rc("kubelet client params"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(rc("kubelet client sign"))?;
+    Ok((format!("{}{}", cert.pem(), ca_pem), key.serialize_pem()))
+}
+
+/// The agents' serving certificates are self-signed (the kubelet's default), so, as
+/// kube-apiserver without `--kubelet-certificate-authority`, the API server does not verify
+/// them; signatures are still checked, so the handshake is sound.
+#[derive(Debug)]
+struct AnyAgentCert(Arc<rustls::crypto::CryptoProvider>);
+
+use std::sync::Arc;
+
+impl rustls::client::danger::ServerCertVerifier for AnyAgentCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS client configuration for the agents' endpoints: our kubelet client certificate,
+/// HTTP/1.1 (upgrades for exec and attach).
+pub fn kubelet_client_tls(
+    creds: &Credentials,
+    dir: &Path,
+) -> Result<rustls::ClientConfig, CertsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pem_err = |message: String| CertsError::Pem {
+        path: dir.join("kubelet-client"),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(creds.kubelet_client_cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| pem_err(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(creds.kubelet_client_key_pem.as_bytes())
+        .map_err(|e| pem_err(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| pem_err(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyAgentCert(provider)))
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| pem_err(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 /// Writes `DIR/admin.kubeconfig` for `https://127.0.0.1:port` with the admin token.

@@ -38,6 +38,7 @@ fn subresource(
         "eviction" => (vec!["create"], ("policy", "v1", "Eviction")),
         "log" => (vec!["get"], ("", "v1", "Pod")),
         "exec" => (vec!["create", "get"], ("", "v1", "PodExecOptions")),
+        "attach" => (vec!["create", "get"], ("", "v1", "PodAttachOptions")),
         "finalize" => (vec!["update"], own),
         _ => (vec!["get"], own),
     }

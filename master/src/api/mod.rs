@@ -3,6 +3,7 @@
 //! `discovery`, Service IP/port allocation in `services`.
 
 mod discovery;
+mod proxy;
 mod rest;
 /// Label selectors and field selectors (also used by the controllers).
 pub mod select;
@@ -119,6 +120,8 @@ pub(crate) struct Server {
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     /// tolerationSeconds of the default not-ready/unreachable tolerations of new pods.
     pub(crate) default_toleration_seconds: std::sync::atomic::AtomicI64,
+    /// TLS to the agents' logs/exec endpoints, with the kubelet client certificate.
+    pub(crate) kubelet_tls: proxy::KubeletTls,
 }
 
 /// A running server.
@@ -181,6 +184,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     let creds =
         certs::load_or_create(&config.data_dir, config.listen.ip(), IpAddr::V4(service_ip))?;
     let tls = certs::server_tls_config(&creds, &config.data_dir)?;
+    let kubelet_tls = Arc::new(certs::kubelet_client_tls(&creds, &config.data_dir)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -203,6 +207,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         alloc_lock: tokio::sync::Mutex::new(()),
         shutdown: rx.clone(),
         default_toleration_seconds: std::sync::atomic::AtomicI64::new(300),
+        kubelet_tls,
     });
     rest::bootstrap(&server, service_ip)
         .await
@@ -543,6 +548,14 @@ async fn handle(server: Arc<Server>, req: Request<Body>) -> Response {
             msg.push_str(&format!(" in the namespace \"{ns}\""));
         }
         return ApiError::forbidden(msg).into_response();
+    }
+    if proxy::is_pod_stream(&target) {
+        return proxy::pod_stream(&server, &target, req)
+            .await
+            .unwrap_or_else(|e| {
+                debug!(code = e.code, message = %e.message, "pod stream failed");
+                e.into_response()
+            });
     }
     let headers = req.headers().clone();
     // bodies

@@ -390,7 +390,7 @@ pub(crate) async fn create(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiEr
     match ctx.target.sub.as_deref() {
         None if ctx.target.name.is_none() => {}
         Some("binding") => return binding(ctx, body).await,
-        Some("exec") | Some("eviction") => return Err(not_yet(ctx)),
+        Some("eviction") => return Err(not_yet(ctx)),
         _ => return Err(ApiError::method_not_allowed()),
     }
     let mut obj = decode_body(ctx.headers, body)?;
@@ -457,10 +457,6 @@ pub(crate) async fn get(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         Some("scale") if ctx.info().subresources.contains(&"scale") => {
             let (_, obj) = load(ctx).await?;
             Ok(json_response(StatusCode::OK, &scale_of(&obj)))
-        }
-        Some("log") | Some("exec") if ctx.info().subresources.contains(&"log") => {
-            load(ctx).await?;
-            Err(not_yet(ctx))
         }
         _ => Err(ApiError::no_route()),
     }

@@ -20,7 +20,7 @@ pub struct ResourceInfo {
     pub short_names: &'static [&'static str],
     /// Categories ("all").
     pub categories: &'static [&'static str],
-    /// Subresources served ("status", "scale", "binding", "log", "exec").
+    /// Subresources served ("status", "scale", "binding", "log", "exec", "attach").
     pub subresources: &'static [&'static str],
 }
 
@@ -68,7 +68,7 @@ pub const RESOURCES: &[ResourceInfo] = &[
         namespaced: true,
         short_names: &["po"],
         categories: ALL,
-        subresources: &["status", "binding", "log", "exec", "eviction"],
+        subresources: &["status", "binding", "log", "exec", "attach", "eviction"],
     },
     ResourceInfo {
         group: "",

@@ -1,0 +1,926 @@
+//! The agent's HTTPS endpoint (the kubelet's port 10250): container logs, exec and attach
+//! for the master's `pods/log`, `pods/exec` and `pods/attach` proxy.
+//!
+//! - TLS with a self-signed serving certificate kept under `<root-dir>/pki` (the kubelet's
+//!   default); only callers with a client certificate that chains to the cluster CA
+//!   (`--ca-file`) are served, anything else gets 401.
+//! - `GET /containerLogs/{ns}/{pod}/{container}` reads the CRI log files the shim writes
+//!   (`follow`, `tailLines`, `sinceSeconds`, `sinceTime`, `previous`, `timestamps`,
+//!   `limitBytes`; pure parts in [`crate::logs`]).
+//! - `GET|POST /exec/{ns}/{pod}/{container}?command=…` and `/attach/…` upgrade to WebSocket
+//!   with the remotecommand subprotocols ([`crate::remotecommand`]). Exec runs
+//!   `skiff runtime --root <run-dir>/runtime exec` as a child process with piped stdio, or
+//!   with `--tty --console-socket` whose pty master comes back to us (resize through it).
+//!   Attach streams the container's output from its log as it is written.
+
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::SplitStream;
+use futures::{SinkExt, StreamExt};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::config::Config;
+use crate::logs::{Decoder, LogLine, LogQuery, Stream};
+use crate::remotecommand::{self, ERROR, Incoming as WsIn, STDERR, STDOUT, StreamQuery};
+use crate::shim;
+
+/// Errors of the endpoint's setup.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A file could not be read or written.
+    #[error("cannot {what} {path}")]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serving certificate could not be made.
+    #[error("cannot make the serving certificate")]
+    Cert(#[source] rcgen::Error),
+    /// The TLS configuration is not valid (certificate, key or CA).
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The port could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// How often a followed log and a finished container are looked at again.
+const POLL: Duration = Duration::from_millis(100);
+/// How long output still drains after an exec'd process ended (background children may
+/// hold its pipes forever).
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Binds the endpoint's port on the node IP (port 0: any free port).
+pub async fn bind(cfg: &Config) -> Result<tokio::net::TcpListener, ServerError> {
+    let addr = SocketAddr::new(cfg.node_ip, cfg.listen_port);
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
+    move |source| ServerError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The serving certificate and key (PEM) under `<root-dir>/pki`, made self-signed for the
+/// node's name and IP on first use, as the kubelet does without `--tls-cert-file`.
+pub fn serving_cert(cfg: &Config) -> Result<(String, String), ServerError> {
+    let dir = cfg.root_dir.join("pki");
+    let (crt, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
+    if crt.exists() && key.exists() {
+        let c = std::fs::read_to_string(&crt).map_err(io_err("read", &crt))?;
+        let k = std::fs::read_to_string(&key).map_err(io_err("read", &key))?;
+        return Ok((c, k));
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    let kp = rcgen::KeyPair::generate().map_err(ServerError::Cert)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![cfg.node_name.clone()]).map_err(ServerError::Cert)?;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(cfg.node_ip));
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("{}@{}", cfg.node_name, chrono::Utc::now().timestamp()),
+    );
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let now = chrono::Utc::now();
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(
+        chrono::Datelike::year(&now) + 1,
+        chrono::Datelike::month(&now) as u8,
+        1,
+    );
+    let cert = params.self_signed(&kp).map_err(ServerError::Cert)?;
+    let (c, k) = (cert.pem(), kp.serialize_pem());
+    write_private(&key, &k)?;
+    write_private(&crt, &c)?;
+    Ok((c, k))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(io_err("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("rename", path))
+}
+
+/// TLS for the endpoint: the serving certificate, client certificates checked against the
+/// cluster CA (a connection without one is accepted and answered 401).
+pub fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (crt, key) = serving_cert(cfg)?;
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(crt.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| tls(&e))?;
+    let ca = std::fs::read(&cfg.ca_file).map_err(io_err("read", &cfg.ca_file))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+struct State {
+    cfg: Arc<Config>,
+    client: kube::Client,
+}
+
+/// Serves the endpoint on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: rustls::ServerConfig,
+    cfg: Arc<Config>,
+    client: kube::Client,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let state = Arc::new(State { cfg, client });
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, peer)) = accepted else { continue };
+                let acceptor = acceptor.clone();
+                let state = state.clone();
+                conns.spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "tls handshake failed");
+                            return;
+                        }
+                    };
+                    // the verifier let only CA-signed certificates through
+                    let authed = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(state, authed, req).await) }
+                    });
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .with_upgrades()
+                        .await
+                    {
+                        tracing::debug!(%peer, error = %e, "connection ended");
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// A request that fails, with the kubelet's status and text.
+#[derive(Debug)]
+struct HttpError {
+    code: StatusCode,
+    message: String,
+}
+
+impl HttpError {
+    fn new(code: StatusCode, message: impl Into<String>) -> HttpError {
+        HttpError {
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> HttpError {
+        HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn handle(state: Arc<State>, authed: bool, req: Request<Incoming>) -> Response<Body> {
+    if !authed {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+    }
+    let path = req.uri().path().to_string();
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let params: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    let span = tracing::debug_span!("kubelet request", %method, %path);
+    let _e = span.enter();
+    let result = match (&method, segs.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok")),
+        (&Method::GET, ["containerLogs", ns, pod, c]) => {
+            container_logs(&state, ns, pod, c, &params).await
+        }
+        (&Method::GET | &Method::POST, [verb @ ("exec" | "attach"), ns, pod, c]) => {
+            streams(&state, *verb == "exec", ns, pod, c, &params, req).await
+        }
+        _ => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "404 page not found\n",
+        )),
+    };
+    result.unwrap_or_else(|e| {
+        tracing::debug!(code = %e.code, message = %e.message, "kubelet request failed");
+        text(e.code, e.message)
+    })
+}
+
+/// A container of a pod on this node.
+struct Target {
+    pod: String,
+    container: String,
+    pod_dir: PathBuf,
+    log_dir: PathBuf,
+}
+
+impl Target {
+    fn log(&self, restart: u32) -> PathBuf {
+        self.log_dir.join(format!("{restart}.log"))
+    }
+}
+
+async fn find(state: &State, ns: &str, pod: &str, container: &str) -> Result<Target, HttpError> {
+    let api: kube::Api<Pod> = kube::Api::namespaced(state.client.clone(), ns);
+    let p = api
+        .get_opt(pod)
+        .await
+        .map_err(HttpError::internal)?
+        .filter(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                == Some(state.cfg.node_name.as_str())
+        })
+        .ok_or_else(|| {
+            HttpError::new(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found"))
+        })?;
+    let spec = p.spec.unwrap_or_default();
+    let known = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == container);
+    if !known {
+        return Err(HttpError::bad(format!(
+            "container {container} is not valid for pod {pod}"
+        )));
+    }
+    let uid = p.metadata.uid.unwrap_or_default();
+    Ok(Target {
+        pod: pod.to_string(),
+        container: container.to_string(),
+        pod_dir: state.cfg.pod_run_dir(&uid),
+        log_dir: state.cfg.pod_log_dir(ns, pod, &uid).join(container),
+    })
+}
+
+fn latest_run(t: &Target) -> Result<shim::RunRecord, HttpError> {
+    shim::latest_record(&t.pod_dir, &t.container)
+        .map_err(HttpError::internal)?
+        .ok_or_else(|| {
+            HttpError::bad(format!(
+                "container \"{}\" in pod \"{}\" is waiting to start: ContainerCreating",
+                t.container, t.pod
+            ))
+        })
+}
+
+async fn container_logs(
+    state: &State,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    params: &[(&str, &str)],
+) -> Result<Response<Body>, HttpError> {
+    let q = LogQuery::parse(params.iter().copied(), chrono::Utc::now())
+        .map_err(|e| HttpError::bad(e.to_string()))?;
+    let t = find(state, ns, pod, container).await?;
+    let latest = latest_run(&t)?;
+    let restart = if q.previous {
+        latest.restart.checked_sub(1).ok_or_else(|| {
+            HttpError::bad(format!(
+                "previous terminated container \"{container}\" in pod \"{pod}\" not found"
+            ))
+        })?
+    } else {
+        latest.restart
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(stream_log(t, restart, q, tx));
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+    });
+    let mut r = Response::new(StreamBody::new(body).boxed_unsync());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    Ok(r)
+}
+
+/// Reads a CRI log file as it grows: whole records only, decoded into lines.
+struct LogReader {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+    buf: Vec<u8>,
+    decoder: Decoder,
+}
+
+impl LogReader {
+    fn new(path: PathBuf) -> LogReader {
+        LogReader {
+            path,
+            file: None,
+            buf: Vec::new(),
+            decoder: Decoder::default(),
+        }
+    }
+
+    /// Opens the file at its end (attach: only what is written from now on).
+    async fn at_end(path: PathBuf) -> LogReader {
+        let mut r = LogReader::new(path);
+        if let Ok(mut f) = tokio::fs::File::open(&r.path).await
+            && tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::End(0))
+                .await
+                .is_ok()
+        {
+            r.file = Some(f);
+        }
+        r
+    }
+
+    /// The lines written since the last call (a missing file has none yet).
+    async fn read_new(&mut self) -> Vec<LogLine> {
+        if self.file.is_none() {
+            self.file = tokio::fs::File::open(&self.path).await.ok();
+        }
+        let Some(f) = self.file.as_mut() else {
+            return Vec::new();
+        };
+        if f.read_to_end(&mut self.buf).await.is_err() {
+            return Vec::new();
+        }
+        let Some(end) = self.buf.iter().rposition(|b| *b == b'\n') else {
+            return Vec::new();
+        };
+        let rest = self.buf.split_off(end + 1);
+        let whole = std::mem::replace(&mut self.buf, rest);
+        whole
+            .split(|b| *b == b'\n')
+            .filter(|r| !r.is_empty())
+            .filter_map(|r| self.decoder.push(r))
+            .collect()
+    }
+}
+
+/// Sends rendered lines within `limitBytes`; false once the client is gone or the limit is
+/// reached.
+async fn send_lines(
+    tx: &mpsc::Sender<Bytes>,
+    lines: Vec<LogLine>,
+    q: &LogQuery,
+    left: &mut Option<u64>,
+) -> bool {
+    for l in lines {
+        let mut out = l.render(q.timestamps);
+        if let Some(n) = left {
+            if (out.len() as u64) >= *n {
+                out.truncate(*n as usize);
+                let _ = tx.send(out.into()).await;
+                return false;
+            }
+            *n -= out.len() as u64;
+        }
+        if tx.send(out.into()).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Streams one run's log; with `follow`, new lines until the run ends, then the next run's
+/// log if the container was already restarted.
+async fn stream_log(t: Target, mut restart: u32, q: LogQuery, tx: mpsc::Sender<Bytes>) {
+    let follow = q.follow && !q.previous;
+    let mut left = q.limit_bytes;
+    let mut reader = LogReader::new(t.log(restart));
+    let first = crate::logs::select(reader.read_new().await, &q);
+    if !send_lines(&tx, first, &q, &mut left).await || !follow {
+        return;
+    }
+    let since = |l: &LogLine| q.since.is_none_or(|s| l.time >= s);
+    loop {
+        let lines: Vec<LogLine> = reader.read_new().await.into_iter().filter(since).collect();
+        if !lines.is_empty() {
+            if !send_lines(&tx, lines, &q, &mut left).await {
+                return;
+            }
+            continue;
+        }
+        if tx.is_closed() || !t.pod_dir.exists() {
+            return;
+        }
+        let ended = matches!(shim::record(&t.pod_dir, &t.container, restart),
+            Ok(Some(r)) if r.finished_at.is_some());
+        if ended {
+            // the record is written after the log is complete: take what is left
+            let lines = reader.read_new().await.into_iter().filter(since).collect();
+            if !send_lines(&tx, lines, &q, &mut left).await {
+                return;
+            }
+            if !matches!(
+                shim::record(&t.pod_dir, &t.container, restart + 1),
+                Ok(Some(_))
+            ) {
+                return;
+            }
+            restart += 1;
+            reader = LogReader::new(t.log(restart));
+            continue;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+async fn streams(
+    state: &State,
+    exec: bool,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    params: &[(&str, &str)],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, HttpError> {
+    let q = StreamQuery::parse(params.iter().copied(), exec)
+        .map_err(|e| HttpError::bad(e.0.clone()))?;
+    let t = find(state, ns, pod, container).await?;
+    let run = latest_run(&t)?;
+    if run.finished_at.is_some() {
+        return Err(HttpError::bad(format!(
+            "container {container} is not running in pod {pod}"
+        )));
+    }
+    if !header_has(&req, header::UPGRADE, "websocket")
+        || !header_has(&req, header::CONNECTION, "upgrade")
+    {
+        return Err(HttpError::bad(
+            "unable to upgrade connection: only WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) is served, SPDY is not",
+        ));
+    }
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| HttpError::bad("missing Sec-WebSocket-Key"))?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let protocol = remotecommand::negotiate(offered).ok_or_else(|| {
+        HttpError::bad(format!(
+            "unable to upgrade connection: none of the requested subprotocols is supported ({})",
+            remotecommand::PROTOCOLS.join(", ")
+        ))
+    })?;
+    let cfg = state.cfg.clone();
+    let log = t.log(run.restart);
+    let id = run.id.clone();
+    let (pod_dir, name, restart) = (t.pod_dir.clone(), t.container.clone(), run.restart);
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        if exec {
+            session(ws, &q, |incoming, out| {
+                exec_process(&cfg, &id, &q, protocol, incoming, out)
+            })
+            .await;
+        } else {
+            session(ws, &q, |incoming, out| {
+                attach(log, &pod_dir, &name, restart, &q, incoming, out)
+            })
+            .await;
+        }
+    });
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = r.headers_mut();
+    h.remove(header::CONTENT_TYPE);
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderValue::from_static(protocol),
+    );
+    Ok(r)
+}
+
+/// One remotecommand session: a readiness message on the lowest output channel (as the
+/// kubelet sends it), the work, then the status on the error channel and the close.
+async fn session<F, Fut>(ws: Ws, q: &StreamQuery, work: F)
+where
+    F: FnOnce(SplitStream<Ws>, mpsc::Sender<Message>) -> Fut,
+    Fut: std::future::Future<Output = Result<i32, String>>,
+{
+    let (mut sink, incoming) = ws.split();
+    let (out, mut out_rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        // a normal closure (1000): client-go reads it as the streams' end of file
+        let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(normal))).await;
+        let _ = sink.close().await;
+    });
+    let first = if q.stdout {
+        STDOUT
+    } else if q.stderr {
+        STDERR
+    } else {
+        ERROR
+    };
+    let _ = out
+        .send(Message::binary(remotecommand::frame(first, b"")))
+        .await;
+    let outcome = work(incoming, out.clone()).await;
+    let status = remotecommand::status(&outcome).to_string();
+    let _ = out
+        .send(Message::binary(remotecommand::frame(
+            ERROR,
+            status.as_bytes(),
+        )))
+        .await;
+    drop(out);
+    let _ = writer.await;
+}
+
+/// A console socket of our own in a private directory, removed on drop.
+struct ConsoleSocket {
+    dir: PathBuf,
+    path: PathBuf,
+    listener: tokio::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    fn new(run_dir: &Path) -> std::io::Result<ConsoleSocket> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = run_dir
+            .join("exec")
+            .join(format!("{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("console.sock");
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        Ok(ConsoleSocket {
+            dir,
+            path,
+            listener,
+        })
+    }
+
+    /// The pty master the runtime sends.
+    async fn receive(&self) -> std::io::Result<OwnedFd> {
+        let (stream, _) = self.listener.accept().await?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        tokio::task::spawn_blocking(move || {
+            skiff_runtime::console::recv_fd(stream.as_raw_fd()).map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where the process's input goes.
+enum Input {
+    Pipe(tokio::process::ChildStdin),
+    Pty(std::sync::mpsc::Sender<Vec<u8>>),
+}
+
+/// Copies a pipe to a channel as messages.
+fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    channel: u8,
+    out: mpsc::Sender<Message>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let m = Message::binary(remotecommand::frame(channel, &buf[..n]));
+                    if out.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs the command in the container through `skiff runtime exec` and relays its stdio.
+async fn exec_process(
+    cfg: &Config,
+    id: &str,
+    q: &StreamQuery,
+    protocol: &str,
+    mut incoming: SplitStream<Ws>,
+    out: mpsc::Sender<Message>,
+) -> Result<i32, String> {
+    use std::process::Stdio;
+    let console = match q.tty {
+        true => Some(
+            ConsoleSocket::new(&cfg.run_dir)
+                .map_err(|e| format!("cannot make a console socket: {e}"))?,
+        ),
+        false => None,
+    };
+    let mut cmd = tokio::process::Command::new(&cfg.shim_exe);
+    cmd.arg("runtime")
+        .arg("--root")
+        .arg(cfg.runtime_root())
+        .arg("exec");
+    if let Some(c) = &console {
+        cmd.arg("--tty").arg("--console-socket").arg(&c.path);
+    }
+    cmd.arg(id).arg("--").args(&q.command);
+    let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+    cmd.stdin(piped(q.stdin && !q.tty))
+        .stdout(piped(q.stdout && !q.tty))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", cfg.shim_exe.display()))?;
+    tracing::info!(container = %id, command = ?q.command, tty = q.tty, "exec");
+    let mut pumps = Vec::new();
+    let mut runtime_err = child.stderr.take();
+    if q.stderr
+        && let Some(e) = runtime_err.take()
+    {
+        pumps.push(pump(e, STDERR, out.clone()));
+    }
+    if let Some(o) = child.stdout.take() {
+        pumps.push(pump(o, STDOUT, out.clone()));
+    }
+    let mut input = child.stdin.take().map(Input::Pipe);
+    let mut pty: Option<OwnedFd> = None;
+    if let Some(c) = &console {
+        let master = tokio::select! {
+            m = c.receive() => m.map_err(|e| format!("no terminal from the runtime: {e}"))?,
+            status = child.wait() => {
+                let mut msg = String::new();
+                if let Some(mut e) = runtime_err.take() {
+                    let _ = e.read_to_string(&mut msg).await;
+                }
+                return Err(format!("exec failed ({}): {}", status.map(|s| s.to_string()).unwrap_or_default(), msg.trim()));
+            }
+        };
+        let reader = master.try_clone().map_err(|e| e.to_string())?;
+        let writer = master.try_clone().map_err(|e| e.to_string())?;
+        let to_client = out.clone();
+        let (tx, rx) = mpsc::channel::<()>(1);
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::from(reader);
+            let mut buf = vec![0u8; 32 * 1024];
+            // EIO once every slave descriptor is closed (the process ended)
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0
+                    || to_client
+                        .blocking_send(Message::binary(remotecommand::frame(STDOUT, &buf[..n])))
+                        .is_err()
+                {
+                    break;
+                }
+            }
+            drop(tx);
+        });
+        let mut done = rx;
+        pumps.push(tokio::spawn(async move {
+            let _ = done.recv().await;
+        }));
+        if q.stdin {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::from(writer);
+                while let Ok(data) = rx.recv() {
+                    if f.write_all(&data).is_err() {
+                        return;
+                    }
+                }
+            });
+            input = Some(Input::Pty(tx));
+        }
+        pty = Some(master);
+    }
+    let mut client_gone = false;
+    let status = loop {
+        tokio::select! {
+            msg = incoming.next(), if !client_gone => match msg {
+                Some(Ok(Message::Binary(data))) => match remotecommand::decode(&data, protocol) {
+                    Ok(WsIn::Stdin(bytes)) => {
+                        let failed = match &mut input {
+                            Some(Input::Pipe(p)) => p.write_all(&bytes).await.is_err(),
+                            Some(Input::Pty(tx)) => tx.send(bytes).is_err(),
+                            None => false,
+                        };
+                        if failed {
+                            input = None;
+                        }
+                    }
+                    Ok(WsIn::Close(remotecommand::STDIN)) => {
+                        if matches!(input, Some(Input::Pipe(_))) {
+                            input = None;
+                        }
+                    }
+                    Ok(WsIn::Resize { width, height }) => {
+                        if let Some(m) = &pty {
+                            let _ = skiff_runtime::sys::set_winsize(m.as_raw_fd(), height, width);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "ignored message"),
+                },
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    // the client went away: end the process as the kubelet's stream does
+                    client_gone = true;
+                    let _ = child.start_kill();
+                }
+            },
+            status = child.wait() => break status,
+        }
+    };
+    drop(input);
+    drop(pty);
+    for p in pumps {
+        let _ = tokio::time::timeout(DRAIN, p).await;
+    }
+    let status = status.map_err(|e| e.to_string())?;
+    match status.code() {
+        Some(code) => Ok(code),
+        None => Err(format!("exec process ended by {status}")),
+    }
+}
+
+/// Attach: the container's output from now on, from its log as the shim writes it, until
+/// the container ends. (The shim gives containers no stdin: input is read and dropped.)
+async fn attach(
+    log: PathBuf,
+    pod_dir: &Path,
+    name: &str,
+    restart: u32,
+    q: &StreamQuery,
+    mut incoming: SplitStream<Ws>,
+    out: mpsc::Sender<Message>,
+) -> Result<i32, String> {
+    let mut reader = LogReader::at_end(log).await;
+    loop {
+        for l in reader.read_new().await {
+            let channel = match l.stream {
+                Stream::Stderr if !q.tty => STDERR,
+                _ => STDOUT,
+            };
+            let wanted = if channel == STDERR {
+                q.stderr
+            } else {
+                q.stdout
+            };
+            if wanted
+                && out
+                    .send(Message::binary(remotecommand::frame(channel, &l.text)))
+                    .await
+                    .is_err()
+            {
+                return Ok(0);
+            }
+        }
+        let ended = matches!(shim::record(pod_dir, name, restart),
+            Ok(Some(r)) if r.finished_at.is_some());
+        if ended || !pod_dir.exists() {
+            return Ok(0);
+        }
+        tokio::select! {
+            msg = incoming.next() => if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                return Ok(0);
+            },
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
