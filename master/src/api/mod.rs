@@ -404,10 +404,19 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
 
 /// A JSON response.
 pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
-    let mut r = (code, v.to_string()).into_response();
+    typed_response(code, v.to_string().into_bytes(), "application/json")
+}
+
+/// A response with `body` as it is and its content type.
+pub(crate) fn typed_response(
+    code: StatusCode,
+    body: Vec<u8>,
+    content_type: &'static str,
+) -> Response {
+    let mut r = (code, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
+        header::HeaderValue::from_static(content_type),
     );
     r
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::select::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::{Server, Target, json_response, object_key, semantics, services};
+use super::{Server, Target, json_response, object_key, semantics, services, typed_response};
 use crate::resources::{FieldError, PatchType, RESOURCES, ResourceInfo, find};
 use crate::store::{KeyValue, StoreError};
 
@@ -626,12 +626,7 @@ pub(crate) async fn list(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         body.extend_from_slice(item);
     }
     body.extend_from_slice(b"]}");
-    let mut r = (StatusCode::OK, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(r)
+    Ok(typed_response(StatusCode::OK, body, "application/json"))
 }
 
 /// Writes `new` over `kv` (CAS), handling generation, finalizers and services. `new` has
@@ -1399,12 +1394,11 @@ pub(crate) async fn delete_collection(ctx: &Ctx<'_>, body: &[u8]) -> Result<Resp
 /// `/openapi/v2`: an empty protobuf document (kubectl accepts it and validates on the
 /// server instead).
 pub(crate) fn openapi_v2() -> Response {
-    let mut r = (StatusCode::OK, Vec::<u8>::new()).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
-    );
-    r
+    typed_response(
+        StatusCode::OK,
+        Vec::new(),
+        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+    )
 }
 
 /// Creates the bootstrap namespaces and the `kubernetes` Service when missing.
