@@ -120,3 +120,72 @@ pub fn start(client: &kube::Client, cfg: &Arc<Config>) -> Result<Vec<tokio::task
     }
     Ok(tasks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(services: ServiceOptions, pod_network: bool) -> Config {
+        Config {
+            server: "https://127.0.0.1:6443".into(),
+            token: "t".into(),
+            ca_file: "/ca".into(),
+            node_name: "n1".into(),
+            root_dir: "/r".into(),
+            run_dir: "/run/x".into(),
+            log_dir: "/l".into(),
+            node_ip: "10.0.0.5".parse().unwrap(),
+            cgroup_prefix: "skiff".into(),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            shim_exe: "/skiff".into(),
+            insecure_registries: vec![],
+            cluster_dns: Some("10.96.0.10".parse().unwrap()),
+            cluster_domain: "cluster.local".into(),
+            pod_network: pod_network.then(|| crate::network::BridgeOptions {
+                bridge: "skiff0".into(),
+                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                mtu: 1500,
+            }),
+            listen_port: 10250,
+            services,
+        }
+    }
+
+    #[test]
+    fn rules_follow_the_node() {
+        let on = ServiceOptions {
+            proxy: true,
+            dns: true,
+            ..Default::default()
+        };
+        let no_dns = ServiceOptions {
+            dns: false,
+            ..on.clone()
+        };
+        // (options, pod network, node-local IPs, cluster CIDRs)
+        let cases: [(ServiceOptions, bool, &[&str], &[&str]); 3] = [
+            (on.clone(), true, &["10.96.0.10"], &["10.244.0.0/16"]),
+            (no_dns, true, &[], &["10.244.0.0/16"]),
+            (on, false, &["10.96.0.10"], &[]),
+        ];
+        for (opts, net, local, cidrs) in cases {
+            let r = rules_config(&cfg(opts.clone(), net));
+            let ctx = format!("{opts:?} pod network {net}");
+            assert_eq!(r.node_name, "n1", "{ctx}");
+            assert_eq!(
+                r.nodeport_addresses,
+                NodePortAddresses::Only(vec!["10.0.0.5".parse().unwrap()]),
+                "{ctx}"
+            );
+            let want: Vec<IpAddr> = local.iter().map(|s| s.parse().unwrap()).collect();
+            assert_eq!(r.node_local_ips, want, "{ctx}");
+            let want: Vec<Cidr> = cidrs.iter().map(|s| s.parse().unwrap()).collect();
+            assert_eq!(r.cluster_cidrs, want, "{ctx}");
+            assert_eq!(
+                r.service_cidrs,
+                vec!["10.96.0.0/12".parse::<Cidr>().unwrap()],
+                "{ctx}"
+            );
+        }
+    }
+}

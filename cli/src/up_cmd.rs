@@ -211,5 +211,14 @@ mod tests {
         ] {
             assert!(dbg.contains(want), "{want} not in {dbg}");
         }
+        // what the agent tests in the host's namespace pass
+        let mut argv = agent_argv(&up, "10.9.0.2".parse().unwrap(), "tok");
+        argv.extend(["--proxy=false".into(), "--dns=false".into()]);
+        let a = AgentCli::try_parse_from(argv).unwrap().args;
+        let dbg = format!("{a:?}");
+        assert!(
+            dbg.contains("proxy: false") && dbg.contains("dns: false"),
+            "{dbg}"
+        );
     }
 }

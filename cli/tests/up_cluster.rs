@@ -4,6 +4,7 @@
 //! curl on the NodePort at the node IP reaching every replica, names resolved in a pod, and a
 //! restart of `skiff up` adopting everything. Needs root, kubectl, curl, umoci and
 //! busybox-static; the host's network is never touched.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
