@@ -41,6 +41,8 @@ pub struct Config {
     pub pod_network: Option<crate::network::BridgeOptions>,
     /// Port of the logs/exec endpoint on the node IP (default 10250; 0: any free port).
     pub listen_port: u16,
+    /// The Service proxy and cluster DNS the agent runs in-process.
+    pub services: crate::services::ServiceOptions,
 }
 
 impl Config {

@@ -33,6 +33,8 @@ pub mod remotecommand;
 pub mod sandbox;
 /// The HTTPS endpoint on port 10250: container logs, exec and attach for the master.
 pub mod server;
+/// The Service proxy and cluster DNS as tasks of the agent.
+pub mod services;
 /// The per-pod shim process (the skiff binary re-executed) and the agent's client for it.
 pub mod shim;
 /// Pod status as Kubernetes reports it, computed from the containers' records.
@@ -62,6 +64,7 @@ pub async fn run(
     tracing::info!(node = %cfg.node_name, "node registered");
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
     let endpoint = tokio::spawn(server::serve(listener, tls, cfg.clone(), client.clone()));
+    let node_services = services::start(&client, &cfg)?;
     tracing::info!(port = cfg.listen_port, "logs/exec endpoint listening");
     let (c, pcfg) = (client.clone(), cfg.clone());
     // pods wait for the pod network (the Node's podCIDR); a shutdown meanwhile still ends
@@ -80,5 +83,6 @@ pub async fn run(
     pods.abort();
     heartbeat.abort();
     endpoint.abort();
+    node_services.iter().for_each(|t| t.abort());
     result
 }

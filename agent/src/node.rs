@@ -499,6 +499,7 @@ mod tests {
             cluster_domain: "cluster.local".into(),
             pod_network: None,
             listen_port: 10250,
+            services: Default::default(),
         }
     }
 

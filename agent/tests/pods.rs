@@ -63,8 +63,13 @@ struct TestNode {
 
 impl TestNode {
     fn new(server: &api_common::TestServer, name: &str) -> TestNode {
-        // the host's network is not the tests' to change: no bridge network here
-        TestNode::with_args(server, name, &["--pod-network", "none"])
+        // the host's network is not the tests' to change: no bridge network, no Service
+        // proxy (nftables) or cluster DNS address here
+        TestNode::with_args(
+            server,
+            name,
+            &["--pod-network", "none", "--proxy=false", "--dns=false"],
+        )
     }
 
     fn with_args(server: &api_common::TestServer, name: &str, extra: &[&str]) -> TestNode {
@@ -1018,7 +1023,14 @@ async fn bridge_network_in_node_netns() {
     let mut node = TestNode::with_args(
         &c.server,
         "n-net",
-        &["--pod-network", "bridge", "--pod-mtu", "1400"],
+        &[
+            "--pod-network",
+            "bridge",
+            "--pod-mtu",
+            "1400",
+            "--proxy=false",
+            "--dns=false",
+        ],
     );
     let nodes: Api<Node> = Api::all(c.client.clone());
     api_common::wait_for("node registered", Duration::from_secs(30), || async {

@@ -43,7 +43,8 @@ pub struct AgentArgs {
     /// Registry allowed over plain HTTP (loopback registries always are); repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
-    /// Cluster DNS server for ClusterFirst pods (default: pods use the host's resolv.conf).
+    /// Cluster DNS server for ClusterFirst pods (default: 10.96.0.10 with --dns, else pods
+    /// use the host's resolv.conf).
     #[arg(long)]
     cluster_dns: Option<IpAddr>,
     /// Cluster domain.
@@ -65,7 +66,46 @@ pub struct AgentArgs {
     /// Port of the logs/exec endpoint (HTTPS on the node IP; 0: any free port).
     #[arg(long, default_value_t = 10250)]
     listen_port: u16,
+    #[command(flatten)]
+    services: NodeServiceArgs,
 }
+
+/// The in-process Service proxy and cluster DNS (`skiff agent` and `skiff up`).
+#[derive(Args, Debug, Clone)]
+pub struct NodeServiceArgs {
+    /// Run the Service proxy (nftables, NodePorts on the node IP) inside the agent.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+        default_missing_value = "true")]
+    pub proxy: bool,
+    /// Serve cluster DNS at --cluster-dns (default 10.96.0.10, on the dummy link skiff-dns).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+        default_missing_value = "true")]
+    pub dns: bool,
+    /// The Service CIDR (the master's --service-cidr): its unallocated addresses are dropped.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: ipnet::IpNet,
+}
+
+impl NodeServiceArgs {
+    /// The agent's options, and the cluster DNS address pods get: `--cluster-dns`, or the
+    /// default 10.96.0.10 when the agent serves DNS itself.
+    pub fn options(
+        &self,
+        cluster_dns: Option<IpAddr>,
+    ) -> (skiff_agent::services::ServiceOptions, Option<IpAddr>) {
+        let dns = cluster_dns.or(self.dns.then_some(IpAddr::from(DEFAULT_CLUSTER_DNS)));
+        let opts = skiff_agent::services::ServiceOptions {
+            proxy: self.proxy,
+            dns: self.dns,
+            service_cidr: self.service_cidr,
+            ..Default::default()
+        };
+        (opts, dns)
+    }
+}
+
+/// The cluster DNS Service's address (kube-system/kube-dns).
+pub const DEFAULT_CLUSTER_DNS: [u8; 4] = [10, 96, 0, 10];
 
 /// `--pod-network`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +117,7 @@ enum PodNetworkKind {
 }
 
 /// The local address the kernel would use to reach the server (no packet is sent).
-fn route_source(server: &str) -> Result<IpAddr> {
+pub(crate) fn route_source(server: &str) -> Result<IpAddr> {
     let rest = server.split_once("://").map(|(_, r)| r).unwrap_or(server);
     let hostport = rest.split('/').next().unwrap_or(rest);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
@@ -95,9 +135,8 @@ fn route_source(server: &str) -> Result<IpAddr> {
     Ok(sock.local_addr()?.ip())
 }
 
-/// Runs the agent until SIGINT/SIGTERM.
-pub fn main(a: AgentArgs) -> Result<i32> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// The agent's configuration from its arguments (directories created).
+pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
     let node_name = match a.node_name {
         Some(n) => n,
         None => nix::unistd::gethostname()
@@ -112,6 +151,7 @@ pub fn main(a: AgentArgs) -> Result<i32> {
     for d in [&a.root_dir, &a.run_dir, &a.log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
+    let (services, cluster_dns) = a.services.options(a.cluster_dns);
     let config = skiff_agent::Config {
         server: a.server,
         token: a.token,
@@ -125,7 +165,7 @@ pub fn main(a: AgentArgs) -> Result<i32> {
         cgroup_root: a.cgroup_root,
         shim_exe: std::env::current_exe().context("cannot find the skiff binary")?,
         insecure_registries: a.insecure_registries,
-        cluster_dns: a.cluster_dns,
+        cluster_dns,
         cluster_domain: a.cluster_domain,
         pod_network: (a.pod_network == PodNetworkKind::Bridge).then_some(
             skiff_agent::network::BridgeOptions {
@@ -135,17 +175,18 @@ pub fn main(a: AgentArgs) -> Result<i32> {
             },
         ),
         listen_port: a.listen_port,
+        services,
     };
+    Ok(config)
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub fn main(a: AgentArgs) -> Result<i32> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = config(a)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
+        let shutdown = crate::master_cmd::shutdown_signal()?;
         skiff_agent::run(config, shutdown).await?;
         anyhow::Ok(())
     })?;

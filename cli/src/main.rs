@@ -9,6 +9,7 @@ mod proxy_cmd;
 mod run_cmd;
 mod runtime_cmd;
 mod terminal;
+mod up_cmd;
 
 use std::path::Path;
 
@@ -42,6 +43,8 @@ enum Command {
     Proxy(proxy_cmd::ProxyArgs),
     /// Cluster DNS: Service and pod records, other names forwarded upstream.
     Dns(dns_cmd::DnsArgs),
+    /// A one-node cluster in one process: master, agent, Service proxy and cluster DNS.
+    Up(up_cmd::UpArgs),
     /// Internal: the per-pod shim the agent starts.
     #[command(name = "__shim", hide = true)]
     Shim(agent_cmd::ShimArgs),
@@ -85,6 +88,7 @@ fn main() {
             Command::Agent(a) => agent_cmd::main(a),
             Command::Proxy(a) => proxy_cmd::main(a),
             Command::Dns(a) => dns_cmd::main(a),
+            Command::Up(a) => up_cmd::main(a),
             Command::Shim(a) => agent_cmd::shim(a),
         };
         match result {

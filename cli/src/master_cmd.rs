@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Args, ValueEnum};
+use skiff_master::controllers::ControllerError;
 use skiff_master::store::Store;
 
 /// Where the master keeps the cluster's objects.
@@ -149,79 +150,109 @@ async fn open_store(args: &MasterArgs) -> Result<Arc<dyn Store>> {
     }
 }
 
-/// Runs the master until SIGINT/SIGTERM.
-pub fn main(args: MasterArgs) -> Result<i32> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// A running master: the API server and, unless `--no-controllers`, the scheduler and
+/// controllers.
+pub(crate) struct Master {
+    /// The API server.
+    pub handle: skiff_master::api::ServerHandle,
+    /// The controllers' task.
+    pub controllers: Option<tokio::task::JoinHandle<Result<(), ControllerError>>>,
+}
+
+impl Master {
+    /// Stops the controllers and the API server.
+    pub async fn stop(self) {
+        if let Some(c) = self.controllers {
+            c.abort();
+        }
+        self.handle.shutdown().await;
+    }
+}
+
+/// Opens the store, starts the API server and the controllers; returns once it serves.
+pub(crate) async fn start(args: &MasterArgs) -> Result<Master> {
     let node_port_range = parse_range(&args.node_port_range)?;
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-        let store = open_store(&args).await?;
-        let handle = skiff_master::api::serve(skiff_master::api::Config {
-            data_dir: args.data_dir.clone(),
-            listen: args.listen,
-            service_cidr: args.service_cidr.clone(),
-            node_port_range,
-            store,
-        })
-        .await
-        .context("cannot start the API server")?;
-        handle.set_default_toleration_seconds(args.default_toleration_seconds);
-        let controllers = if args.no_controllers {
-            None
-        } else {
-            let settings = skiff_master::controllers::Settings {
-                lease_duration: args.leader_elect_lease_duration,
-                cluster_cidr: args.cluster_cidr.clone(),
-                node_cidr_mask: args.node_cidr_mask_size,
-                node_monitor_grace_period: std::time::Duration::from_secs(
-                    args.node_monitor_grace_period,
-                ),
-                default_toleration_seconds: args.default_toleration_seconds,
-                eviction_rate: args.node_eviction_rate,
-                apiserver_address: skiff_master::controllers::endpoints::advertise_address(
-                    handle.addr,
-                ),
-                ..Default::default()
-            };
-            let client = skiff_master::controllers::client_from_kubeconfig(&handle.kubeconfig)
-                .await
-                .context("cannot connect the controllers to the API server")?;
-            let ctx = skiff_master::controllers::Context {
-                client,
-                settings: Arc::new(settings),
-            };
-            if args.leader_elect.unwrap_or(args.store == StoreKind::Etcd) {
-                let mut election =
-                    skiff_master::controllers::leader::ElectionConfig::from_settings(&ctx.settings);
-                election.renew_deadline = args.leader_elect_renew_deadline;
-                election.retry_period = args.leader_elect_retry_period;
-                election
-                    .validate()
-                    .context("invalid leader election flags")?;
-                Some(tokio::spawn(
-                    skiff_master::controllers::leader::run_elected(ctx, election),
-                ))
-            } else {
-                Some(tokio::spawn(skiff_master::controllers::run(ctx)))
-            }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let store = open_store(args).await?;
+    let handle = skiff_master::api::serve(skiff_master::api::Config {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        service_cidr: args.service_cidr.clone(),
+        node_port_range,
+        store,
+    })
+    .await
+    .context("cannot start the API server")?;
+    handle.set_default_toleration_seconds(args.default_toleration_seconds);
+    let controllers = if args.no_controllers {
+        None
+    } else {
+        let settings = skiff_master::controllers::Settings {
+            lease_duration: args.leader_elect_lease_duration,
+            cluster_cidr: args.cluster_cidr.clone(),
+            node_cidr_mask: args.node_cidr_mask_size,
+            node_monitor_grace_period: std::time::Duration::from_secs(
+                args.node_monitor_grace_period,
+            ),
+            default_toleration_seconds: args.default_toleration_seconds,
+            eviction_rate: args.node_eviction_rate,
+            apiserver_address: skiff_master::controllers::endpoints::advertise_address(handle.addr),
+            ..Default::default()
         };
-        eprintln!(
-            "skiff master: serving https://{} (kubeconfig: {})",
-            handle.addr,
-            handle.kubeconfig.display()
-        );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
+        let client = skiff_master::controllers::client_from_kubeconfig(&handle.kubeconfig)
+            .await
+            .context("cannot connect the controllers to the API server")?;
+        let ctx = skiff_master::controllers::Context {
+            client,
+            settings: Arc::new(settings),
+        };
+        if args.leader_elect.unwrap_or(args.store == StoreKind::Etcd) {
+            let mut election =
+                skiff_master::controllers::leader::ElectionConfig::from_settings(&ctx.settings);
+            election.renew_deadline = args.leader_elect_renew_deadline;
+            election.retry_period = args.leader_elect_retry_period;
+            election
+                .validate()
+                .context("invalid leader election flags")?;
+            Some(tokio::spawn(
+                skiff_master::controllers::leader::run_elected(ctx, election),
+            ))
+        } else {
+            Some(tokio::spawn(skiff_master::controllers::run(ctx)))
+        }
+    };
+    Ok(Master {
+        handle,
+        controllers,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    Ok(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        if let Some(c) = controllers {
-            c.abort();
-        }
-        handle.shutdown().await;
+    })
+}
+
+/// Runs the master until SIGINT/SIGTERM.
+pub fn main(args: MasterArgs) -> Result<i32> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let master = start(&args).await?;
+        eprintln!(
+            "skiff master: serving https://{} (kubeconfig: {})",
+            master.handle.addr,
+            master.handle.kubeconfig.display()
+        );
+        shutdown_signal()?.await;
+        master.stop().await;
         Ok(0)
     })
 }

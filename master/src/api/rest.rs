@@ -1421,21 +1421,45 @@ pub(crate) async fn bootstrap(server: &Server, service_ip: Ipv4Addr) -> Result<(
         }
     }
     let svc = find("", "services").ok_or_else(|| ApiError::internal("services not served"))?;
-    if server
-        .store
-        .get(&object_key(svc, Some("default"), "kubernetes"))
-        .await?
-        .is_none()
-    {
-        let obj = json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"type": "ClusterIP", "clusterIP": service_ip.to_string(),
-                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
-                     "sessionAffinity": "None"}
-        });
-        match create_object(server, svc, Some("default"), obj, false, None).await {
+    let kubernetes = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": service_ip.to_string(),
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+                 "sessionAffinity": "None"}
+    });
+    // the cluster DNS Service at the CIDR's tenth address, as kubeadm makes it; every agent
+    // serves that address itself (docs/network.md), so it selects no pods of ours
+    let dns_ip = Ipv4Addr::from(u32::from(service_ip).wrapping_add(9));
+    let kube_dns = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS",
+                                "kubernetes.io/cluster-service": "true"}},
+        "spec": {"type": "ClusterIP", "clusterIP": dns_ip.to_string(),
+                 "selector": {"k8s-app": "kube-dns"},
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}],
+                 "sessionAffinity": "None"}
+    });
+    let (net, len) = server.service_net;
+    let in_net = u32::from(dns_ip) & (u32::MAX << (32 - len)) == u32::from(net)
+        && u32::from(dns_ip) != u32::from(net) | !(u32::MAX << (32 - len));
+    for (ns, name, obj) in [
+        ("default", "kubernetes", Some(kubernetes)),
+        ("kube-system", "kube-dns", in_net.then_some(kube_dns)),
+    ] {
+        let Some(obj) = obj else { continue };
+        if server
+            .store
+            .get(&object_key(svc, Some(ns), name))
+            .await?
+            .is_some()
+        {
+            continue;
+        }
+        match create_object(server, svc, Some(ns), obj, false, None).await {
             Ok(_) => {}
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => return Err(e),

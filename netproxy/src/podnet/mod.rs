@@ -12,6 +12,7 @@
 //! All netlink work runs on threads that joined the namespace concerned ([`netns`]).
 
 pub mod ipam;
+pub mod local;
 pub mod netns;
 pub mod nft;
 pub mod routes;

@@ -98,6 +98,10 @@ pub struct RulesConfig {
     pub service_cidrs: Vec<Cidr>,
     /// Masquerade all traffic to ClusterIPs (`--masquerade-all`).
     pub masquerade_all: bool,
+    /// ClusterIPs a listener on this node serves itself (the cluster DNS on the agent's
+    /// dummy link, NodeLocal DNSCache style): their Services get no rules at all (no DNAT,
+    /// no rejection when they have no endpoints) and the address is never dropped.
+    pub node_local_ips: Vec<IpAddr>,
 }
 
 impl Default for RulesConfig {
@@ -109,6 +113,7 @@ impl Default for RulesConfig {
             cluster_cidrs: Vec::new(),
             service_cidrs: Vec::new(),
             masquerade_all: false,
+            node_local_ips: Vec::new(),
         }
     }
 }
@@ -463,7 +468,17 @@ fn base_chains(t: &mut Table, cfg: &RulesConfig) {
             "reject".into(),
         ],
     );
-    let mut check = vec![format!("{ip} daddr @{CLUSTER_IPS} reject")];
+    let local: Vec<String> = cfg
+        .node_local_ips
+        .iter()
+        .filter(|a| Family::of(a) == fam)
+        .map(IpAddr::to_string)
+        .collect();
+    let mut check = Vec::new();
+    if !local.is_empty() {
+        check.push(format!("{ip} daddr {{ {} }} return", local.join(", ")));
+    }
+    check.push(format!("{ip} daddr @{CLUSTER_IPS} reject"));
     for c in cfg
         .service_cidrs
         .iter()
@@ -539,6 +554,14 @@ fn desired_family(
         );
         let svc_slices = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         for sp in service_ports(svc, family) {
+            if sp
+                .cluster_ips
+                .iter()
+                .all(|a| cfg.node_local_ips.contains(a))
+            {
+                // served on the node itself (cluster DNS): left to the local listener
+                continue;
+            }
             let eps = port_endpoints(&sp, svc_slices, family, &cfg.node_name);
             service_port_rules(&mut t, &sp, &eps, cfg);
         }

@@ -143,6 +143,48 @@ fn ruleset_table() {
             ..Case::default()
         },
         Case {
+            name: "a node-local ClusterIP (cluster DNS): no DNAT, no rejection, never dropped",
+            services: vec![
+                svc(
+                    json!({"metadata": {"namespace": "kube-system", "name": "kube-dns"},
+                    "spec": {"clusterIP": "10.96.0.10", "ports": [
+                        {"name": "dns", "port": 53, "protocol": "UDP"},
+                        {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}}),
+                ),
+                svc(json!({"metadata": {"namespace": "ns", "name": "web"},
+                    "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}]}})),
+            ],
+            cfg: RulesConfig {
+                node_local_ips: vec!["10.96.0.10".parse().unwrap()],
+                service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+                ..cfg()
+            },
+            elements: vec![
+                (
+                    "no-endpoint-services",
+                    "10.96.0.20 . tcp . 80",
+                    "goto reject-chain",
+                ),
+                ("cluster-ips", "10.96.0.20", ""),
+            ],
+            absent: vec![
+                ("no-endpoint-services", "10.96.0.10 . udp . 53"),
+                ("no-endpoint-services", "10.96.0.10 . tcp . 53"),
+                ("service-ips", "10.96.0.10 . udp . 53"),
+                ("cluster-ips", "10.96.0.10"),
+            ],
+            chains: vec![(
+                "cluster-ips-check",
+                vec![
+                    "ip daddr { 10.96.0.10 } return",
+                    "ip daddr @cluster-ips reject",
+                    "ip daddr 10.96.0.0/12 drop",
+                ],
+            )],
+            no_chains: vec!["service-kube-system/kube-dns/udp/dns"],
+            ..Case::default()
+        },
+        Case {
             name: "no endpoints: ClusterIP and NodePort rejected at once",
             services: vec![web(json!({"type": "NodePort",
                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]}))],
