@@ -17,6 +17,8 @@ pub mod error;
 pub mod images;
 /// CRI-format container log lines.
 pub mod logs;
+/// Prometheus metrics at `/metrics`: pod start latency, worker syncs, pods per phase.
+pub mod metrics;
 /// The pod network: the node bridge from the podCIDR, host-gw routes kept in sync with Nodes.
 pub mod network;
 /// Node registration, status (capacity, conditions) and the Lease heartbeat.

@@ -290,6 +290,15 @@ async fn handle(state: Arc<State>, authed: bool, req: Request<Incoming>) -> Resp
     let _e = span.enter();
     let result = match (&method, segs.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok")),
+        (&Method::GET, ["metrics"]) => crate::metrics::global()
+            .encode()
+            .map(|t| {
+                let mut r = text(StatusCode::OK, t);
+                let ct = header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE);
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+                r
+            })
+            .map_err(HttpError::internal),
         (&Method::GET, ["containerLogs", ns, pod, c]) => {
             container_logs(&state, ns, pod, c, &params).await
         }

@@ -171,13 +171,20 @@ impl Worker {
                 }
                 Some(p) => self.pod = p,
             }
+            let pass = Instant::now();
             if self.pod.metadata.deletion_timestamp.is_some() {
-                match self.terminate().await {
+                let r = self.terminate().await;
+                crate::metrics::global().observe_sync("terminate", pass.elapsed());
+                match r {
                     Ok(()) => return,
                     Err(e) => tracing::warn!(error = %e, "pod termination failed, retrying"),
                 }
-            } else if let Err(e) = self.sync().await {
-                tracing::warn!(error = %e, "pod sync failed");
+            } else {
+                let r = self.sync().await;
+                crate::metrics::global().observe_sync("sync", pass.elapsed());
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "pod sync failed");
+                }
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
@@ -704,6 +711,8 @@ impl Worker {
             &facts,
             &Time(k8s_openapi::jiff::Timestamp::now()),
         );
+        let seen = k8s_openapi::jiff::Timestamp::now().duration_since(self.start_time.0);
+        crate::metrics::global().observe_pod(&self.pod, &st, seen.try_into().unwrap_or_default());
         let current = self.pod.status.clone().unwrap_or_default();
         if !status::differs(&st, &current) {
             self.sent = Some(st);
@@ -840,6 +849,7 @@ impl Worker {
     /// Removes containers, writable layers, the shim, the sandbox, cgroups, volumes, logs
     /// and the pod's run dir.
     async fn remove(&self) -> Result<()> {
+        crate::metrics::global().forget_pod(&self.uid);
         let shared = self.shared.clone();
         let uid = self.uid.clone();
         let sandbox = self.sandbox.clone();

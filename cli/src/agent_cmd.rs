@@ -14,8 +14,17 @@ pub struct AgentArgs {
     #[arg(long)]
     server: String,
     /// Node token (the master's DATA_DIR/node-token).
-    #[arg(long, env = "SKIFF_NODE_TOKEN", hide_env_values = true)]
-    token: String,
+    #[arg(
+        long,
+        env = "SKIFF_NODE_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding the node token, read at start (instead of --token; a service can start
+    /// before the master on the same machine has written it: the agent waits for it).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// Cluster CA certificate (the master's DATA_DIR/ca.crt).
     #[arg(long, default_value = "/etc/skiff/ca.crt")]
     ca_file: PathBuf,
@@ -135,6 +144,26 @@ pub(crate) fn route_source(server: &str) -> Result<IpAddr> {
     Ok(sock.local_addr()?.ip())
 }
 
+/// Reads the node token from `path`, waiting up to a minute for it to appear (the master of
+/// a one-node install writes it when it first starts).
+fn read_token_file(path: &std::path::Path) -> Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot read {}", path.display()));
+            }
+            Err(_) => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("the token file {} did not appear", path.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// The agent's configuration from its arguments (directories created).
 pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
     let node_name = match a.node_name {
@@ -148,13 +177,18 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         Some(ip) => ip,
         None => route_source(&a.server)?,
     };
+    let token = match (a.token, &a.token_file) {
+        (Some(t), _) => t,
+        (None, Some(path)) => read_token_file(path)?,
+        (None, None) => anyhow::bail!("give --token or --token-file"),
+    };
     for d in [&a.root_dir, &a.run_dir, &a.log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let (services, cluster_dns) = a.services.options(a.cluster_dns);
     let config = skiff_agent::Config {
         server: a.server,
-        token: a.token,
+        token,
         ca_file: a.ca_file,
         node_name,
         root_dir: a.root_dir,

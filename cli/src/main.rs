@@ -2,25 +2,44 @@
 //! library crates. Started as `skiff-runc` (a symlink) it is exactly `skiff runtime`.
 
 mod agent_cmd;
+mod config_file;
 mod dns_cmd;
 mod image_cmd;
+mod install_cmd;
 mod master_cmd;
 mod proxy_cmd;
 mod run_cmd;
 mod runtime_cmd;
 mod terminal;
 mod up_cmd;
+mod uninstall_ops;
 
 use std::path::Path;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// skiff: a small Kubernetes for bare-metal Linux workers.
 #[derive(Parser, Debug)]
 #[command(name = "skiff", version, about, propagate_version = true)]
 struct Cli {
+    /// Config file with defaults for `master` and `agent` flags (see docs/install.md); flags
+    /// on the command line win over it. A missing default file is ignored.
+    #[arg(long, global = true, value_name = "FILE", default_value = config_file::DEFAULT_PATH)]
+    config: std::path::PathBuf,
+    /// Log line format on stderr: `text` for people, `json` (one object a line) for collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line (timestamp, level, target, fields, span).
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,6 +64,13 @@ enum Command {
     Dns(dns_cmd::DnsArgs),
     /// A one-node cluster in one process: master, agent, Service proxy and cluster DNS.
     Up(up_cmd::UpArgs),
+    /// Install skiff on this machine: binary, systemd units, /etc/skiff/config.yaml; starts
+    /// a one-node cluster, or with --server a worker that joins one.
+    Install(install_cmd::InstallArgs),
+    /// Remove every trace of skiff: services, pods, cgroups, mounts, nftables, bridge, files.
+    Uninstall(install_cmd::UninstallArgs),
+    /// Print a shell completion script: `skiff completion bash > /etc/bash_completion.d/skiff`.
+    Completion(CompletionArgs),
     /// Internal: the per-pod shim the agent starts.
     #[command(name = "__shim", hide = true)]
     Shim(agent_cmd::ShimArgs),
@@ -53,14 +79,45 @@ enum Command {
     Reap(run_cmd::ReapArgs),
 }
 
+/// `skiff completion`.
+#[derive(clap::Args, Debug)]
+struct CompletionArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
+}
+
+/// The completion script of `skiff` for `shell`.
+fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut out);
+    out
+}
+
 /// Logging for the non-runtime commands: warnings to stderr, `SKIFF_LOG` to change it.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libcgroups=error"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().with_current_span(true).init(),
+    }
+}
+
+/// Parses the command line over the defaults of the config file; exits on a usage error.
+fn parse_cli() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = match config_file::command_with_config(Cli::command(), &args) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            eprintln!("skiff: {:#}", anyhow::Error::from(e));
+            std::process::exit(2);
+        }
+    };
+    let matches = cmd.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn main() {
@@ -72,10 +129,10 @@ fn main() {
     let code = if name == "skiff-runc" || name == "runc" {
         runtime_cmd::main(runtime_cmd::RuntimeCli::parse())
     } else {
-        let cli = Cli::parse();
+        let cli = parse_cli();
         // the shim logs to its own copy of stderr (it lends fds 1 and 2 to containers)
         if !matches!(cli.command, Command::Runtime(_) | Command::Shim(_)) {
-            init_logging();
+            init_logging(cli.log_format);
         }
         let result = match cli.command {
             Command::Runtime(rt) => Ok(runtime_cmd::main(rt)),
@@ -90,6 +147,15 @@ fn main() {
             Command::Dns(a) => dns_cmd::main(a),
             Command::Up(a) => up_cmd::main(a),
             Command::Shim(a) => agent_cmd::shim(a),
+            Command::Install(a) => install_cmd::install(a, completion_script),
+            Command::Uninstall(a) => install_cmd::uninstall(a),
+            Command::Completion(a) => {
+                use std::io::Write;
+                std::io::stdout()
+                    .write_all(&completion_script(a.shell))
+                    .map(|()| 0)
+                    .map_err(anyhow::Error::from)
+            }
         };
         match result {
             Ok(code) => code,

@@ -9,6 +9,8 @@ pub mod api;
 pub mod certs;
 /// Scheduler and controllers: reconcilers over watch-fed caches, run by the leader.
 pub mod controllers;
+/// Prometheus metrics of the API server and its store (`/metrics`).
+pub mod metrics;
 /// Kinds served: group/version/resource table, defaulting, validation, patches, tables.
 pub mod resources;
 /// The `Store` trait and its backends (embedded redb, etcd).

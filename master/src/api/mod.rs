@@ -3,6 +3,7 @@
 //! `discovery`, Service IP/port allocation in `services`.
 
 mod discovery;
+mod measure;
 mod proxy;
 mod rest;
 /// Label selectors and field selectors (also used by the controllers).
@@ -122,6 +123,8 @@ pub(crate) struct Server {
     pub(crate) default_toleration_seconds: std::sync::atomic::AtomicI64,
     /// TLS to the agents' logs/exec endpoints, with the kubelet client certificate.
     pub(crate) kubelet_tls: proxy::KubeletTls,
+    /// Request, watch and store metrics (`/metrics`).
+    pub(crate) metrics: Arc<crate::metrics::ApiMetrics>,
 }
 
 /// A running server.
@@ -198,8 +201,13 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     })?;
     let kubeconfig = certs::write_kubeconfig(&config.data_dir, &creds, addr.port())?;
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(crate::metrics::ApiMetrics::new());
     let server = Arc::new(Server {
-        store: config.store.clone(),
+        store: Arc::new(crate::metrics::MeasuredStore::new(
+            config.store.clone(),
+            metrics.clone(),
+        )),
+        metrics,
         admin_token: creds.admin_token.clone(),
         node_token: creds.node_token.clone(),
         service_net,
@@ -248,7 +256,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
                         let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let server = server.clone();
                             async move {
-                                Ok::<_, std::convert::Infallible>(handle(server, req.map(Body::new)).await)
+                                Ok::<_, std::convert::Infallible>(measure::handle(server, req.map(Body::new)).await)
                             }
                         });
                         let builder = hyper_util::server::conn::auto::Builder::new(
@@ -501,6 +509,7 @@ async fn handle(server: Arc<Server>, req: Request<Body>) -> Response {
             return (StatusCode::OK, "ok").into_response();
         }
         ["version"] if get => return json_response(StatusCode::OK, &discovery::version()),
+        ["metrics"] if get => return measure::metrics(&server, identity),
         ["openapi", "v2"] if get => return rest::openapi_v2(),
         ["openapi", "v3", ..] if get => return ApiError::no_route().into_response(),
         ["api"] | ["apis"] if get => {

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# The Debian VM test: skiff on a real machine with systemd and cgroup v2 (issue 8).
+#
+# Builds (once; cached) a Debian 12 "bookworm" minbase disk image with debootstrap, boots it
+# under QEMU with the guest's own kernel and initrd, shares the host-built `skiff` binary,
+# kubectl, a busybox image and the runtime's test binaries over 9p (read-only), and inside the
+# guest, over ssh:
+#   1. `skiff install` (the README's install path): both units must become `active`;
+#   2. the runtime's privileged tests (runtime/tests/*, cli/tests/runtime_cli.rs) run as root;
+#   3. the one-node cluster runs a pod with CPU and memory limits, and the limits are read back
+#      from the pod's cgroup v2 files (`cpu.max`, `memory.max`);
+#   4. `skiff uninstall` leaves no unit, cgroup, mount, bridge or nftables table behind.
+#
+# Run as root from the repository: `tests/vm/run.sh` (it builds what it needs with cargo first).
+# Environment:
+#   SKIFF_VM_CACHE   where the image, kernel, initrd and ssh key are kept (/var/cache/skiff-vm)
+#   SKIFF_VM_ACCEL   `tcg` (default: software emulation, 6-15x slower; /dev/kvm on the build
+#                    machines is a paravirtual device Debian's kernels cannot use) or `kvm`
+#                    (`-accel kvm -cpu host`, for machines with real KVM such as GitHub's runners)
+#   SKIFF_VM_MIRROR  Debian mirror for debootstrap (http://deb.debian.org/debian)
+#   SKIFF_VM_KEEP=1  leave the VM running at the end (ssh command printed) to look around
+# Needs: debootstrap, e2fsprogs, qemu-system-x86 (from bookworm-backports on bookworm hosts,
+# matching their qemu-utils), openssh-client, umoci, busybox-static; installed with apt-get when
+# missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+started=$(date +%s)
+log() { echo "[vm +$(($(date +%s) - started))s] $*" >&2; }
+
+[ "$(id -u)" -eq 0 ] || { echo "$0: debootstrap, mounts and the install need root" >&2; exit 1; }
+
+cache=${SKIFF_VM_CACHE:-/var/cache/skiff-vm}
+accel=${SKIFF_VM_ACCEL:-tcg}
+mirror=${SKIFF_VM_MIRROR:-http://deb.debian.org/debian}
+packages=systemd,systemd-sysv,udev,dbus,kmod,linux-image-amd64,iproute2,openssh-server,nftables,busybox-static,libseccomp2,ca-certificates
+# bump when the image's content changes: the cached image is rebuilt
+image_version="1 $packages"
+
+# --- tools -----------------------------------------------------------------------------------
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v umoci >/dev/null || need+=(umoci)
+[ -x /bin/busybox ] || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ] || ! command -v qemu-system-x86_64 >/dev/null; then
+    log "installing ${need[*]} qemu-system-x86"
+    export DEBIAN_FRONTEND=noninteractive
+    . /etc/os-release
+    if [ "${VERSION_CODENAME:-}" = bookworm ] && [ ! -f /etc/apt/sources.list.d/bookworm-backports.sources ]; then
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$mirror" > /etc/apt/sources.list.d/bookworm-backports.sources
+    fi
+    apt-get update -qq
+    [ ${#need[@]} -eq 0 ] || apt-get install -y --no-install-recommends "${need[@]}"
+    if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+        apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-x86
+    else
+        apt-get install -y --no-install-recommends qemu-system-x86
+    fi
+fi
+
+# --- the image (cached) ----------------------------------------------------------------------
+mkdir -p "$cache"
+if [ ! -f "$cache/id_ed25519" ]; then
+    ssh-keygen -q -t ed25519 -N '' -f "$cache/id_ed25519"
+fi
+if [ "$(cat "$cache/image.version" 2>/dev/null)" != "$image_version" ] || [ ! -f "$cache/disk.img" ]; then
+    log "building the bookworm image (debootstrap, about 90 s)"
+    rootfs="$cache/rootfs.new"
+    rm -rf "$rootfs" "$cache/disk.img" "$cache/image.version"
+    debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
+        { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+    echo skiff-vm > "$rootfs/etc/hostname"
+    printf '127.0.0.1 localhost\n127.0.1.1 skiff-vm\n' > "$rootfs/etc/hosts"
+    printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\nhost /mnt/host 9p trans=virtio,version=9p2000.L,msize=262144,ro,nofail 0 0\n' > "$rootfs/etc/fstab"
+    mkdir -p "$rootfs/mnt/host" "$rootfs/root/.ssh"
+    cp "$cache/id_ed25519.pub" "$rootfs/root/.ssh/authorized_keys"
+    chmod 700 "$rootfs/root/.ssh"; chmod 600 "$rootfs/root/.ssh/authorized_keys"
+    printf '[Match]\nName=en*\n[Network]\nDHCP=yes\n' > "$rootfs/etc/systemd/network/20-wired.network"
+    chroot "$rootfs" systemctl enable systemd-networkd ssh >/dev/null 2>&1
+    chroot "$rootfs" passwd -d root >/dev/null
+    # the kernel and initrd boot the guest directly (virtio and ext4 are modules: initrd needed)
+    cp "$rootfs"/boot/vmlinuz-* "$cache/vmlinuz"
+    cp "$rootfs"/boot/initrd.img-* "$cache/initrd.img"
+    truncate -s 4G "$cache/disk.img"
+    mkfs.ext4 -q -F -d "$rootfs" "$cache/disk.img"
+    rm -rf "$rootfs"
+    echo "$image_version" > "$cache/image.version"
+    log "image built"
+fi
+
+# --- what the guest gets: binaries, kubectl, a busybox image ---------------------------------
+work=$(mktemp -d /tmp/skiff-vm.XXXXXX)
+qemu_pid=
+cleanup() {
+    if [ -n "$qemu_pid" ] && [ "${SKIFF_VM_KEEP:-0}" != 1 ]; then
+        kill "$qemu_pid" 2>/dev/null || true
+        wait "$qemu_pid" 2>/dev/null || true
+    fi
+    [ "${SKIFF_VM_KEEP:-0}" = 1 ] || rm -rf "$work"
+}
+trap cleanup EXIT
+share="$work/share"
+mkdir -p "$share/tests"
+
+log "building skiff and the runtime's test binaries"
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+cargo build -p skiff >&2
+tests_json=$(cargo test -p skiff-runtime -p skiff --test cgroups --test rootfs --test seccomp --test runtime_cli \
+    --no-run --message-format=json 2>/dev/null)
+echo "$tests_json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | while read -r exe; do
+    cp "$exe" "$share/tests/$(basename "$exe" | sed 's/-[0-9a-f]*$//')"
+done
+ls "$share/tests" >&2
+cp target/debug/skiff "$share/skiff"
+kubectl=$(ls /usr/lib/google-cloud-sdk/bin/kubectl.1.3* 2>/dev/null | sort -V | tail -1 || true)
+[ -n "$kubectl" ] || kubectl=$(command -v kubectl || true)
+[ -n "$kubectl" ] || { echo "$0: kubectl is needed (the kubectl package)" >&2; exit 1; }
+cp "$kubectl" "$share/kubectl"
+# the test binaries find skiff where cargo built it: the guest gets a link at that path
+echo "$repo/target/debug/skiff" > "$share/skiff.path"
+
+log "building a busybox image (OCI layout)"
+umoci init --layout "$work/oci" >/dev/null
+umoci new --image "$work/oci:vm" >/dev/null
+umoci unpack --image "$work/oci:vm" "$work/bundle" >/dev/null
+mkdir -p "$work/bundle/rootfs/bin"
+cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
+for app in sh sleep cat; do ln -sf busybox "$work/bundle/rootfs/bin/$app"; done
+umoci repack --image "$work/oci:vm" "$work/bundle" >/dev/null
+umoci config --image "$work/oci:vm" --config.cmd /bin/sh >/dev/null
+tar -C "$work/oci" -cf "$share/busybox-oci.tar" .
+
+# --- boot ------------------------------------------------------------------------------------
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 10022)
+case "$accel" in
+    kvm) accel_args=(-accel kvm -cpu host) ;;
+    tcg) accel_args=(-accel tcg,thread=multi -cpu max) ;;
+    *) echo "$0: SKIFF_VM_ACCEL is kvm or tcg" >&2; exit 1 ;;
+esac
+log "booting (accel $accel, ssh on 127.0.0.1:$port)"
+qemu-system-x86_64 "${accel_args[@]}" -smp 2 -m 3072 -nographic -no-reboot \
+    -kernel "$cache/vmlinuz" -initrd "$cache/initrd.img" \
+    -append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.unified_cgroup_hierarchy=1" \
+    -drive "file=$cache/disk.img,if=virtio,format=raw,snapshot=on" \
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
+    -virtfs "local,path=$share,mount_tag=host,security_model=none,readonly=on" \
+    -serial "file:$work/console.log" -monitor none >"$work/qemu.log" 2>&1 &
+qemu_pid=$!
+
+ssh_opts=(-i "$cache/id_ed25519" -p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+    -o LogLevel=ERROR -o ConnectTimeout=5 -o BatchMode=yes)
+guest() { ssh "${ssh_opts[@]}" root@127.0.0.1 "$@"; }
+deadline=$(($(date +%s) + 600))
+until guest true 2>/dev/null; do
+    if ! kill -0 "$qemu_pid" 2>/dev/null; then
+        tail -30 "$work/console.log" >&2; cat "$work/qemu.log" >&2
+        echo "$0: qemu exited" >&2; exit 1
+    fi
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+        tail -30 "$work/console.log" >&2; echo "$0: no ssh after 600 s" >&2; exit 1
+    fi
+    sleep 2
+done
+log "ssh is up"
+guest 'systemctl is-system-running --wait >/dev/null || true; mountpoint -q /mnt/host || mount /mnt/host'
+guest 'test "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs' || { echo "$0: the guest has no pure cgroup v2" >&2; exit 1; }
+log "systemd $(guest systemctl is-system-running || true), cgroup v2 controllers: $(guest cat /sys/fs/cgroup/cgroup.controllers)"
+
+# --- 1. install ------------------------------------------------------------------------------
+log "skiff install"
+guest '/mnt/host/skiff install' >&2
+for unit in skiff-master skiff-agent; do
+    state=$(guest systemctl is-active "$unit" || true)
+    [ "$state" = active ] || { guest journalctl -u "$unit" --no-pager | tail -40 >&2; echo "$0: $unit is $state" >&2; exit 1; }
+done
+log "skiff-master and skiff-agent are active"
+
+# --- 2. the runtime's privileged tests -------------------------------------------------------
+guest "mkdir -p \$(dirname \$(cat /mnt/host/skiff.path)) && ln -sf /usr/local/bin/skiff \$(cat /mnt/host/skiff.path)"
+failed=0
+for t in $(ls "$share/tests"); do
+    log "runtime tests: $t"
+    if ! guest "cd /tmp && /mnt/host/tests/$t --test-threads=2 2>&1" > "$work/test-$t.log"; then
+        failed=1
+        tail -40 "$work/test-$t.log" >&2
+    fi
+    grep -E '^test result' "$work/test-$t.log" >&2 || true
+done
+[ "$failed" -eq 0 ] || { echo "$0: runtime tests failed in the VM" >&2; exit 1; }
+
+# --- 3. a pod with limits on the one-node cluster --------------------------------------------
+log "pod with cpu and memory limits"
+guest 'skiff image import /mnt/host/busybox-oci.tar --name localhost/busybox >/dev/null'
+guest 'export KUBECONFIG=/etc/skiff/admin.kubeconfig K=/mnt/host/kubectl
+    for i in $(seq 120); do $K get node skiff-vm -o jsonpath="{.status.conditions[?(@.type==\"Ready\")].status}" 2>/dev/null | grep -qx True && break; sleep 1; done
+    $K wait --for=condition=Ready node/skiff-vm --timeout=10s
+    cat <<EOF | $K apply -f -
+apiVersion: v1
+kind: Pod
+metadata: {name: limited}
+spec:
+  containers:
+  - name: c
+    image: localhost/busybox:vm
+    imagePullPolicy: Never
+    command: ["/bin/sleep", "3600"]
+    resources:
+      limits: {cpu: 500m, memory: 64Mi}
+EOF
+    $K wait --for=condition=Ready pod/limited --timeout=180s' >&2
+uid=$(guest 'KUBECONFIG=/etc/skiff/admin.kubeconfig /mnt/host/kubectl get pod limited -o jsonpath={.metadata.uid}')
+# Guaranteed QoS (limits = requests): /sys/fs/cgroup/skiff/pod<uid>/<container>
+cg=$(guest "find /sys/fs/cgroup/skiff/pod$uid -mindepth 1 -maxdepth 1 -type d | head -1")
+cpu=$(guest "cat $cg/cpu.max")
+mem=$(guest "cat $cg/memory.max")
+log "container cgroup $cg: cpu.max=\"$cpu\" memory.max=\"$mem\""
+[ "$cpu" = "50000 100000" ] || { echo "$0: cpu.max is \"$cpu\", want \"50000 100000\"" >&2; exit 1; }
+[ "$mem" = "67108864" ] || { echo "$0: memory.max is \"$mem\", want 67108864" >&2; exit 1; }
+
+# the master's /metrics counted that pod's creation
+guest 'KUBECONFIG=/etc/skiff/admin.kubeconfig /mnt/host/kubectl get --raw /metrics' > "$work/metrics.txt"
+grep -q '^apiserver_request_total{verb="create",group="",resource="pods",subresource="",code="201"} ' "$work/metrics.txt" ||
+    { grep apiserver_request_total "$work/metrics.txt" | head >&2; echo "$0: the pod's create is not in /metrics" >&2; exit 1; }
+
+# --- 4. uninstall ----------------------------------------------------------------------------
+log "skiff uninstall"
+guest 'skiff uninstall' >&2
+left=$(guest 'ls /etc/systemd/system/skiff-* /usr/local/bin/skiff /var/lib/skiff /run/skiff /sys/fs/cgroup/skiff 2>/dev/null; grep -c " /var/lib/skiff\| /run/skiff" /proc/self/mountinfo; ip link show skiff0 2>/dev/null; nft list tables | grep skiff' || true)
+[ "$left" = 0 ] || { echo "$0: uninstall left: $left" >&2; exit 1; }
+
+if [ "${SKIFF_VM_KEEP:-0}" = 1 ]; then
+    log "the VM keeps running: ssh ${ssh_opts[*]} root@127.0.0.1 (qemu pid $qemu_pid)"
+fi
+log "passed: install, units active, runtime tests, cgroup v2 limits, uninstall"
