@@ -14,6 +14,8 @@ pub mod endpoints_core;
 pub mod events;
 /// The garbage collector: ownerReferences cascades (background, foreground, orphan).
 pub mod gc;
+/// The Job controller: pods to completions, backoff, deadlines, suspend, TTL.
+pub mod job;
 /// Leader election through a coordination.k8s.io Lease; only the leader runs the controllers.
 pub mod leader;
 /// Node IPAM: a podCIDR per Node out of the cluster CIDR.
@@ -52,6 +54,8 @@ pub struct Settings {
     /// Where the `kubernetes` Service's Endpoints point (the API server's advertised
     /// address); `None` leaves them alone.
     pub apiserver_address: Option<std::net::SocketAddr>,
+    /// Base of the delay before a Job's failed pod is replaced, doubled per failure (10 s).
+    pub job_backoff: Duration,
 }
 
 impl Default for Settings {
@@ -66,6 +70,7 @@ impl Default for Settings {
             lease_duration: Duration::from_secs(15),
             component: "skiff-controller-manager".into(),
             apiserver_address: None,
+            job_backoff: Duration::from_secs(10),
         }
     }
 }
@@ -145,6 +150,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     set.spawn(endpoints::run(ctx.clone()));
     set.spawn(nodeipam::run(ctx.clone()));
     set.spawn(nodelifecycle::run(ctx.clone()));
+    set.spawn(job::run(ctx.clone()));
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}
