@@ -4,6 +4,8 @@
 //! its own process against its own API; with several masters on one etcd only the holder of
 //! the leader Lease runs them.
 
+/// The CronJob controller: Jobs on a cron schedule, concurrency, history limits.
+pub mod cronjob;
 /// The Deployment controller: ReplicaSets per template, rollouts, revisions, status.
 pub mod deployment;
 /// Endpoints and EndpointSlices of Services with selectors (and the `kubernetes` Service's).
@@ -56,6 +58,8 @@ pub struct Settings {
     pub apiserver_address: Option<std::net::SocketAddr>,
     /// Base of the delay before a Job's failed pod is replaced, doubled per failure (10 s).
     pub job_backoff: Duration,
+    /// The clock of time-driven controllers (the CronJob schedule); tests move it.
+    pub clock: fn() -> chrono::DateTime<chrono::Utc>,
 }
 
 impl Default for Settings {
@@ -71,6 +75,7 @@ impl Default for Settings {
             component: "skiff-controller-manager".into(),
             apiserver_address: None,
             job_backoff: Duration::from_secs(10),
+            clock: chrono::Utc::now,
         }
     }
 }
@@ -151,6 +156,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     set.spawn(nodeipam::run(ctx.clone()));
     set.spawn(nodelifecycle::run(ctx.clone()));
     set.spawn(job::run(ctx.clone()));
+    set.spawn(cronjob::run(ctx.clone()));
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}

@@ -197,6 +197,7 @@ pub(crate) fn validate(kind: &str, obj: &Value, errs: &mut Errors) {
             validation::workload(kind, obj, errs);
             job_spec_rules(&spec, "spec", errs);
         }
+        "CronJob" => cronjob(obj, &spec, errs),
         "DaemonSet" => {
             validation::workload(kind, obj, errs);
             if let Some(t) = spec.pointer("/updateStrategy/type") {
@@ -208,6 +209,57 @@ pub(crate) fn validate(kind: &str, obj: &Value, errs: &mut Errors) {
         }
         _ => {}
     }
+}
+
+fn cronjob(obj: &Value, spec: &Value, errs: &mut Errors) {
+    use crate::controllers::cronjob::core::{parse_schedule, parse_zone};
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name.len() > 52 {
+        errs.invalid(
+            "metadata.name",
+            &json!(name),
+            "must be no more than 52 characters",
+        );
+    }
+    match spec.get("schedule") {
+        Some(Value::String(s)) if !s.is_empty() => {
+            if let Err(e) = parse_schedule(s) {
+                errs.invalid("spec.schedule", &json!(s), &e);
+            }
+        }
+        _ => errs.required("spec.schedule"),
+    }
+    if let Some(tz) = spec.get("timeZone").filter(|v| !v.is_null()) {
+        if let Err(e) = parse_zone(tz.as_str()) {
+            errs.invalid("spec.timeZone", tz, &e);
+        }
+    }
+    if let Some(p) = spec.get("concurrencyPolicy") {
+        let allowed = ["Allow", "Forbid", "Replace"];
+        if !p.as_str().is_some_and(|s| allowed.contains(&s)) {
+            errs.not_supported("spec.concurrencyPolicy", p, &allowed);
+        }
+    }
+    for f in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        non_negative(spec, "spec", f, errs);
+    }
+    let js = spec
+        .pointer("/jobTemplate/spec")
+        .cloned()
+        .unwrap_or(Value::Null);
+    job_spec_rules(&js, "spec.jobTemplate.spec", errs);
+    validation::pod_spec(
+        js.pointer("/template/spec"),
+        "spec.jobTemplate.spec.template.spec",
+        errs,
+    );
 }
 
 /// Fields that may not change on update.
@@ -516,6 +568,32 @@ mod tests {
         for (kind, obj, want) in cases {
             assert_eq!(Value::Array(cells(kind, &obj, now())), want, "{kind}");
             assert_eq!(columns(kind).len(), want.as_array().unwrap().len() + 1);
+        }
+    }
+
+    #[test]
+    fn cronjob_validation() {
+        let cj = |schedule: &str, tz: Value| {
+            json!({"metadata": {"name": "c"}, "spec": {
+            "schedule": schedule, "timeZone": tz,
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "i"}]}}}}}})
+        };
+        let cases = vec![
+            (cj("*/1 * * * *", Value::Null), vec![]),
+            (cj("@hourly", json!("Europe/Berlin")), vec![]),
+            (cj("every minute", Value::Null), vec!["spec.schedule"]),
+            (cj("* * * * * *", Value::Null), vec!["spec.schedule"]),
+            (
+                cj("* * * * *", json!("Nowhere/Else")),
+                vec!["spec.timeZone"],
+            ),
+        ];
+        for (obj, want) in cases {
+            let mut errs = Errors::default();
+            validate("CronJob", &obj, &mut errs);
+            let got: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(got, want, "{obj}");
         }
     }
 
