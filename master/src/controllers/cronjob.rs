@@ -139,7 +139,12 @@ async fn reconcile(cj: Arc<CronJob>, st: Arc<State>) -> Result<Action, Controlle
             Err(e) => {
                 let msg = format!("Error creating job: {}", api_message(&e));
                 notes.push((EventType::Warning, "FailedCreate", msg));
-                flush(&st, &cj, notes);
+                events::record_all(
+                    &st.ctx.client,
+                    COMPONENT,
+                    events::reference(cj.as_ref()),
+                    notes,
+                );
                 return Err(e.into());
             }
         }
@@ -161,30 +166,13 @@ async fn reconcile(cj: Arc<CronJob>, st: Arc<State>) -> Result<Action, Controlle
             )
             .await?;
     }
-    flush(&st, &cj, notes);
+    events::record_all(
+        &st.ctx.client,
+        COMPONENT,
+        events::reference(cj.as_ref()),
+        notes,
+    );
     Ok(plan
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
-}
-
-/// Records Events off the sync path.
-fn flush(st: &State, cj: &CronJob, notes: Vec<(EventType, &'static str, String)>) {
-    if notes.is_empty() {
-        return;
-    }
-    let client = st.ctx.client.clone();
-    let reference = events::reference(cj);
-    tokio::spawn(async move {
-        for (kind, reason, message) in notes {
-            events::record(
-                &client,
-                COMPONENT,
-                reference.clone(),
-                kind,
-                reason,
-                &message,
-            )
-            .await;
-        }
-    });
 }

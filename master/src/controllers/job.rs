@@ -315,23 +315,7 @@ async fn sync(st: &State, job: &Job, key: &str, now: Timestamp) -> Result<Action
             )
             .await?;
     }
-    if !notes.is_empty() {
-        let client = st.ctx.client.clone();
-        let reference = events::reference(job);
-        tokio::spawn(async move {
-            for (kind, reason, message) in notes {
-                events::record(
-                    &client,
-                    COMPONENT,
-                    reference.clone(),
-                    kind,
-                    reason,
-                    &message,
-                )
-                .await;
-            }
-        });
-    }
+    events::record_all(&st.ctx.client, COMPONENT, events::reference(job), notes);
     if let Some(msg) = failure {
         return Err(ControllerError::Invalid(format!("{key}: {msg}")));
     }

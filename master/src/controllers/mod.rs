@@ -6,6 +6,8 @@
 
 /// The CronJob controller: Jobs on a cron schedule, concurrency, history limits.
 pub mod cronjob;
+/// The DaemonSet controller: a pod per eligible node, rolling updates.
+pub mod daemonset;
 /// The Deployment controller: ReplicaSets per template, rollouts, revisions, status.
 pub mod deployment;
 /// Endpoints and EndpointSlices of Services with selectors (and the `kubernetes` Service's).
@@ -157,6 +159,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     set.spawn(nodelifecycle::run(ctx.clone()));
     set.spawn(job::run(ctx.clone()));
     set.spawn(cronjob::run(ctx.clone()));
+    set.spawn(daemonset::run(ctx.clone()));
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}
