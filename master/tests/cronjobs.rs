@@ -134,6 +134,27 @@ async fn cronjob_starts_jobs_on_schedule() {
             "{table}"
         );
     }
+    // Discovery (aggregated for 1.27+): names, short names, categories, verbs.
+    for version in ["1.27", "1.32"] {
+        let out = cluster
+            .server
+            .ok(version, &["api-resources", "-o", "wide"])
+            .await;
+        for (name, short, group) in [
+            ("jobs", "", "batch/v1"),
+            ("cronjobs", "cj", "batch/v1"),
+            ("daemonsets", "ds", "apps/v1"),
+        ] {
+            let line = out
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("{name} in {out}"));
+            assert!(
+                line.contains(group) && line.contains(short) && line.contains("all"),
+                "{line}"
+            );
+        }
+    }
     let all = cluster.kubectl(&["get", "jobs,cronjobs"]).await;
     assert!(
         all.contains("job.batch/tick-") && all.contains("cronjob.batch/tick"),
