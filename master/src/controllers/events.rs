@@ -56,6 +56,25 @@ pub async fn record(
     }
 }
 
+/// Records `notes` (type, reason, message) about `involved` off the caller's path, as
+/// upstream's broadcaster does, so a burst of changes is not slowed by calls per Event.
+pub fn record_all(
+    client: &kube::Client,
+    component: &'static str,
+    involved: ObjectReference,
+    notes: Vec<(EventType, &'static str, String)>,
+) {
+    if notes.is_empty() {
+        return;
+    }
+    let client = client.clone();
+    tokio::spawn(async move {
+        for (kind, reason, message) in notes {
+            record(&client, component, involved.clone(), kind, reason, &message).await;
+        }
+    });
+}
+
 async fn try_record(
     client: &kube::Client,
     component: &str,

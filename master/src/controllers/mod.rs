@@ -4,6 +4,10 @@
 //! its own process against its own API; with several masters on one etcd only the holder of
 //! the leader Lease runs them.
 
+/// The CronJob controller: Jobs on a cron schedule, concurrency, history limits.
+pub mod cronjob;
+/// The DaemonSet controller: a pod per eligible node, rolling updates.
+pub mod daemonset;
 /// The Deployment controller: ReplicaSets per template, rollouts, revisions, status.
 pub mod deployment;
 /// Endpoints and EndpointSlices of Services with selectors (and the `kubernetes` Service's).
@@ -14,6 +18,8 @@ pub mod endpoints_core;
 pub mod events;
 /// The garbage collector: ownerReferences cascades (background, foreground, orphan).
 pub mod gc;
+/// The Job controller: pods to completions, backoff, deadlines, suspend, TTL.
+pub mod job;
 /// Leader election through a coordination.k8s.io Lease; only the leader runs the controllers.
 pub mod leader;
 /// Node IPAM: a podCIDR per Node out of the cluster CIDR.
@@ -52,6 +58,10 @@ pub struct Settings {
     /// Where the `kubernetes` Service's Endpoints point (the API server's advertised
     /// address); `None` leaves them alone.
     pub apiserver_address: Option<std::net::SocketAddr>,
+    /// Base of the delay before a Job's failed pod is replaced, doubled per failure (10 s).
+    pub job_backoff: Duration,
+    /// The clock of time-driven controllers (the CronJob schedule); tests move it.
+    pub clock: fn() -> chrono::DateTime<chrono::Utc>,
 }
 
 impl Default for Settings {
@@ -66,6 +76,8 @@ impl Default for Settings {
             lease_duration: Duration::from_secs(15),
             component: "skiff-controller-manager".into(),
             apiserver_address: None,
+            job_backoff: Duration::from_secs(10),
+            clock: chrono::Utc::now,
         }
     }
 }
@@ -145,6 +157,9 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     set.spawn(endpoints::run(ctx.clone()));
     set.spawn(nodeipam::run(ctx.clone()));
     set.spawn(nodelifecycle::run(ctx.clone()));
+    set.spawn(job::run(ctx.clone()));
+    set.spawn(cronjob::run(ctx.clone()));
+    set.spawn(daemonset::run(ctx.clone()));
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 /// Sets `obj[key] = value` when the key is absent or null.
-fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
+pub(super) fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
     match obj.get(key) {
         None | Some(Value::Null) => {
             obj.insert(key.to_string(), value);
@@ -14,7 +14,10 @@ fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
 }
 
 /// The object at `key`, created (as `{}`) when absent.
-fn child<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
+pub(super) fn child<'a>(
+    obj: &'a mut Map<String, Value>,
+    key: &str,
+) -> Option<&'a mut Map<String, Value>> {
     if !matches!(obj.get(key), Some(Value::Object(_))) {
         obj.insert(key.to_string(), Value::Object(Map::new()));
     }
@@ -101,6 +104,7 @@ pub(crate) fn apply(kind: &str, obj: &mut Value) {
                 set_default(status, "phase", json!("Active"));
             }
         }
+        "Job" | "CronJob" | "DaemonSet" => super::workloads::defaults(kind, root),
         "Secret" => set_default(root, "type", json!("Opaque")),
         "Node" => {
             if let Some(status) = root.get_mut("status").and_then(Value::as_object_mut) {

@@ -170,6 +170,39 @@ pub const RESOURCES: &[ResourceInfo] = &[
         subresources: &["status", "scale"],
     },
     ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        namespaced: true,
+        short_names: &["ds"],
+        categories: ALL,
+        subresources: &["status"],
+    },
+    ResourceInfo {
+        group: "batch",
+        version: "v1",
+        kind: "Job",
+        plural: "jobs",
+        singular: "job",
+        namespaced: true,
+        short_names: &[],
+        categories: ALL,
+        subresources: &["status"],
+    },
+    ResourceInfo {
+        group: "batch",
+        version: "v1",
+        kind: "CronJob",
+        plural: "cronjobs",
+        singular: "cronjob",
+        namespaced: true,
+        short_names: &["cj"],
+        categories: ALL,
+        subresources: &["status"],
+    },
+    ResourceInfo {
         group: "discovery.k8s.io",
         version: "v1",
         kind: "EndpointSlice",
@@ -262,3 +295,5 @@ mod table;
 mod typed;
 /// Validation of objects, worded as the apiserver words it.
 mod validation;
+/// Jobs, CronJobs and DaemonSets: defaults, validation, immutable fields, table columns.
+pub mod workloads;

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::validation::{self, Errors};
 use super::{
     FieldError, PatchError, PatchType, ResourceInfo, apply, defaults, strategic, table, typed,
+    workloads,
 };
 
 /// Defaulting + validation for a new object (body already parsed; apiVersion/kind checked;
@@ -130,6 +131,7 @@ fn validate(info: &ResourceInfo, obj: &Value, errs: &mut Errors) {
         "Pod" => validation::pod_spec(obj.get("spec"), "spec", errs),
         "Deployment" | "ReplicaSet" => validation::workload(info.kind, obj, errs),
         "Service" => validation::service(obj, errs),
+        "Job" | "CronJob" | "DaemonSet" => workloads::validate(info.kind, obj, errs),
         "Secret" => {
             if let Some(data) = obj.get("data").and_then(Value::as_object) {
                 for k in data.keys() {
@@ -263,6 +265,7 @@ fn immutable(info: &ResourceInfo, old: &Value, new: &Value, errs: &mut Errors) {
             }
         }
         "Pod" => pod_update(old, new, errs),
+        "Job" | "CronJob" | "DaemonSet" => workloads::immutable(info.kind, old, new, errs),
         "Secret" | "ConfigMap" if old.get("immutable") == Some(&Value::Bool(true)) => {
             for field in ["data", "binaryData", "stringData"] {
                 if old.get(field) != new.get(field) {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 /// A column: name, type, format, priority (0 normal, 1 wide).
-type Column = (&'static str, &'static str, &'static str, u8);
+pub(crate) type Column = (&'static str, &'static str, &'static str, u8);
 
 const NAME: Column = ("Name", "string", "name", 0);
 const AGE: Column = ("Age", "string", "", 0);
@@ -84,6 +84,7 @@ fn columns(kind: &str) -> Vec<Column> {
             ("Name", "string", "name", 1),
         ],
         "Lease" => vec![NAME, s("Holder"), AGE],
+        "Job" | "CronJob" | "DaemonSet" => super::workloads::columns(kind),
         "EndpointSlice" => vec![NAME, s("AddressType"), s("Ports"), s("Endpoints"), AGE],
         _ => vec![NAME, AGE],
     }
@@ -158,7 +159,7 @@ pub(crate) fn human_duration(seconds: i64) -> String {
     format!("{}y", hours / 24 / 365)
 }
 
-fn since(ts: Option<&Value>, now: DateTime<Utc>) -> String {
+pub(crate) fn since(ts: Option<&Value>, now: DateTime<Utc>) -> String {
     match ts
         .and_then(Value::as_str)
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
@@ -168,11 +169,11 @@ fn since(ts: Option<&Value>, now: DateTime<Utc>) -> String {
     }
 }
 
-fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
+pub(crate) fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
 }
 
-fn int_at(v: &Value, ptr: &str) -> i64 {
+pub(crate) fn int_at(v: &Value, ptr: &str) -> i64 {
     v.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
 }
 
@@ -188,7 +189,7 @@ fn or_none(s: String) -> String {
 }
 
 /// A label selector rendered as kubectl does (`app=nginx,tier in (a,b)`).
-fn selector_string(sel: Option<&Value>) -> String {
+pub(crate) fn selector_string(sel: Option<&Value>) -> String {
     let Some(sel) = sel else {
         return "<none>".into();
     };
@@ -218,7 +219,7 @@ fn selector_string(sel: Option<&Value>) -> String {
     or_none(parts.join(","))
 }
 
-fn map_selector(sel: Option<&Value>) -> String {
+pub(crate) fn map_selector(sel: Option<&Value>) -> String {
     let Some(m) = sel.and_then(Value::as_object) else {
         return "<none>".into();
     };
@@ -230,7 +231,7 @@ fn map_selector(sel: Option<&Value>) -> String {
     or_none(parts.join(","))
 }
 
-fn containers_images(o: &Value, ptr: &str) -> (String, String) {
+pub(crate) fn containers_images(o: &Value, ptr: &str) -> (String, String) {
     let cs = arr(o, ptr);
     let names: Vec<&str> = cs.iter().map(|c| str_at(c, "/name")).collect();
     let images: Vec<&str> = cs.iter().map(|c| str_at(c, "/image")).collect();
@@ -628,6 +629,7 @@ fn cells(kind: &str, o: &Value, now: DateTime<Utc>) -> Vec<Value> {
         "ServiceAccount" => vec![json!(arr(o, "/secrets").len()), age],
         "Event" => return event_cells(o, now),
         "Lease" => vec![json!(str_at(o, "/spec/holderIdentity")), age],
+        "Job" | "CronJob" | "DaemonSet" => super::workloads::cells(kind, o, now),
         "EndpointSlice" => endpointslice_cells(o, now),
         _ => vec![age],
     };

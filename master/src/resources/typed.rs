@@ -1,7 +1,8 @@
 //! Round trips through the k8s-openapi types: type checking and unknown-field detection.
 
 use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet},
+    apps::v1::{DaemonSet, Deployment, ReplicaSet},
+    batch::v1::{CronJob, Job},
     coordination::v1::Lease,
     core::v1::{
         ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
@@ -41,6 +42,9 @@ pub(crate) fn round_trip(info: &ResourceInfo, obj: &Value) -> Option<Result<Valu
         "ReplicaSet" => trip::<ReplicaSet>(v),
         "EndpointSlice" => trip::<EndpointSlice>(v),
         "Lease" => trip::<Lease>(v),
+        "Job" => trip::<Job>(v),
+        "CronJob" => trip::<CronJob>(v),
+        "DaemonSet" => trip::<DaemonSet>(v),
         _ => return None,
     })
 }

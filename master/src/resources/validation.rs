@@ -480,7 +480,7 @@ fn port_name(n: &str, field: &str, errs: &mut Errors) {
     }
 }
 
-/// Validates a workload (Deployment/ReplicaSet) spec: selector, template, replicas.
+/// Validates a workload (Deployment/ReplicaSet/DaemonSet/Job) spec: selector, template, replicas.
 pub(crate) fn workload(kind: &str, obj: &Value, errs: &mut Errors) {
     let spec = obj.get("spec");
     let selector = spec.and_then(|s| s.get("selector"));
@@ -532,7 +532,11 @@ pub(crate) fn workload(kind: &str, obj: &Value, errs: &mut Errors) {
         );
     }
     pod_spec(template.get("spec"), "spec.template.spec", errs);
-    if let Some(rp) = template.pointer("/spec/restartPolicy") {
+    // A Job's restart policies are checked with its own rules.
+    if let Some(rp) = template
+        .pointer("/spec/restartPolicy")
+        .filter(|_| kind != "Job")
+    {
         if rp.as_str() != Some("Always") {
             errs.not_supported("spec.template.spec.restartPolicy", rp, &["Always"]);
         }

@@ -1,6 +1,7 @@
 //! A master with its controllers and simulated nodes, for controller tests that need no
 //! agent: each simulated node is a Node object with capacity, a Lease renewed every second,
-//! and a loop (a stand-in kubelet) that marks the pods bound to it Running and Ready.
+//! and a loop (a stand-in kubelet) that marks the pods bound to it Running and Ready, and ends
+//! those annotated with [`RESULT_ANNOTATION`] after they ran.
 //! `SimCluster::stop_node` stops both, as if the machine died.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -210,6 +211,45 @@ impl Drop for SimCluster {
     }
 }
 
+/// A pod annotation telling simulated nodes to end the pod, after it ran, with this phase
+/// (`Succeeded` or `Failed`), as a container that exits 0 or 1 would.
+pub const RESULT_ANNOTATION: &str = "sim.skiff.io/result";
+
+/// Ends a running pod with `result` (`Succeeded`: exit 0, else exit 1), as the kubelet
+/// reports a container that exited and is not restarted.
+async fn terminate(api: &Api<Pod>, pod: &Pod, result: &str) {
+    let ok = result == "Succeeded";
+    let now = chrono::Utc::now().to_rfc3339();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let containers: Vec<_> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            json!({
+                "name": c.name, "image": c.image, "imageID": "", "ready": false,
+                "restartCount": 0, "started": false,
+                "state": {"terminated": {"exitCode": if ok { 0 } else { 1 },
+                                         "reason": if ok { "Completed" } else { "Error" },
+                                         "startedAt": now, "finishedAt": now}},
+            })
+        })
+        .collect();
+    let status = json!({"status": {
+        "phase": if ok { "Succeeded" } else { "Failed" },
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+        ],
+        "containerStatuses": containers,
+    }});
+    let _ = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await;
+}
+
 /// Renews the node's Lease every second, posts Ready=True when the node's Ready condition
 /// says otherwise, and marks its bound pods Running and Ready, while `alive`.
 async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<AtomicBool>) {
@@ -259,7 +299,20 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
                         .is_some_and(|c| {
                             c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
                         });
+                    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                    if matches!(phase, Some("Succeeded" | "Failed")) {
+                        continue;
+                    }
                     if running && ready {
+                        // A pod told to end ends after one pass of running.
+                        if let Some(result) = pod
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(RESULT_ANNOTATION))
+                        {
+                            terminate(&api, &pod, result).await;
+                        }
                         continue;
                     }
                     // A pod that has an IP keeps it.

@@ -47,10 +47,15 @@ pub fn controller_of(refs: Option<&Vec<OwnerReference>>) -> Option<&OwnerReferen
     refs?.iter().find(|r| r.controller == Some(true))
 }
 
-/// A controller ownerReference to an `apps/v1` object of `kind`.
+/// A controller ownerReference to an object of `kind` (`batch/v1` for Jobs and CronJobs,
+/// else `apps/v1`).
 pub fn controller_ref(kind: &str, name: &str, uid: &str) -> OwnerReference {
+    let api_version = match kind {
+        "Job" | "CronJob" => "batch/v1",
+        _ => "apps/v1",
+    };
     OwnerReference {
-        api_version: "apps/v1".into(),
+        api_version: api_version.into(),
         kind: kind.into(),
         name: name.into(),
         uid: uid.into(),
