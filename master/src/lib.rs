@@ -9,6 +9,8 @@ pub mod api;
 pub mod certs;
 /// Scheduler and controllers: reconcilers over watch-fed caches, run by the leader.
 pub mod controllers;
+/// The resource metrics collector (metrics-server's scraping of the agents) and its cache.
+pub mod metrics_collector;
 /// Kinds served: group/version/resource table, defaulting, validation, patches, tables.
 pub mod resources;
 /// The `Store` trait and its backends (embedded redb, etcd).

@@ -3,6 +3,8 @@
 //! `discovery`, Service IP/port allocation in `services`.
 
 mod discovery;
+/// `metrics.k8s.io/v1beta1` from the metrics collector's cache.
+pub mod metrics;
 mod proxy;
 mod rest;
 /// Label selectors and field selectors (also used by the controllers).
@@ -122,6 +124,8 @@ pub(crate) struct Server {
     pub(crate) default_toleration_seconds: std::sync::atomic::AtomicI64,
     /// TLS to the agents' logs/exec endpoints, with the kubelet client certificate.
     pub(crate) kubelet_tls: proxy::KubeletTls,
+    /// The resource metrics collector and its cache (metrics.k8s.io).
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// A running server.
@@ -167,6 +171,20 @@ impl ServerHandle {
             .store(seconds, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Replaces where the metrics collector gets its figures and how often (tests).
+    pub fn set_metrics_source(
+        &self,
+        source: Arc<dyn crate::metrics_collector::MetricsSource>,
+        interval: std::time::Duration,
+    ) {
+        self.server.metrics.set_source(source, interval);
+    }
+
+    /// Sets how often the metrics collector scrapes (15 s unless set).
+    pub fn set_metrics_interval(&self, interval: std::time::Duration) {
+        self.server.metrics.set_interval(interval);
+    }
+
     /// Waits until the server stops (it runs until shut down).
     pub async fn wait(self) {
         let _ = self.task.await;
@@ -207,6 +225,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         alloc_lock: tokio::sync::Mutex::new(()),
         shutdown: rx.clone(),
         default_toleration_seconds: std::sync::atomic::AtomicI64::new(300),
+        metrics: metrics::Metrics::new(kubelet_tls.clone()),
         kubelet_tls,
     });
     rest::bootstrap(&server, service_ip)
@@ -216,6 +235,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     let handle_server = server.clone();
     let ns_server = server.clone();
     let mut ns_rx = rx.clone();
+    let collector = tokio::spawn(metrics::run(server.clone(), rx.clone()));
     let task = tokio::spawn(async move {
         let controller = tokio::spawn(async move {
             loop {
@@ -269,6 +289,8 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         while conns.join_next().await.is_some() {}
         controller.abort();
         let _ = controller.await;
+        collector.abort();
+        let _ = collector.await;
         info!("api server stopped");
     });
     info!(%addr, "api server listening");
@@ -517,6 +539,14 @@ async fn handle(server: Arc<Server>, req: Request<Body>) -> Response {
                 Some(d) => json_response(StatusCode::OK, &d),
                 None => ApiError::no_route().into_response(),
             };
+        }
+        ["apis", metrics::GROUP, metrics::VERSION, rest @ ..] if get => {
+            if identity != Identity::Admin {
+                return ApiError::forbidden("metrics.k8s.io is for the admin").into_response();
+            }
+            return metrics::serve(&server, rest, &query)
+                .await
+                .unwrap_or_else(|e| e.into_response());
         }
         ["apis", g, v] if get => {
             return match discovery::resource_list(g, v) {
