@@ -240,13 +240,16 @@ pub struct Point<T> {
     pub usage: T,
 }
 
+/// A pod's figures: its containers by name, in the agent's order.
+pub type PodPoint = Point<Vec<(String, Usage)>>;
+
 /// The latest figures of every node and pod.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Snapshot {
     /// Per node name.
     pub nodes: HashMap<String, Point<Usage>>,
     /// Per (namespace, pod name): containers by name, in the agent's order.
-    pub pods: HashMap<(String, String), Point<Vec<(String, Usage)>>>,
+    pub pods: HashMap<(String, String), PodPoint>,
 }
 
 /// The previous cumulative CPU counter of something, to rate the next one against.

@@ -18,7 +18,7 @@ use super::rest::decode_kv;
 use super::status::ApiError;
 use super::{FieldSelector, LabelSelector, Server, json_response};
 use crate::metrics_collector::{
-    AgentSource, DEFAULT_INTERVAL, MetricsCache, MetricsSource, NodeTarget, Point, Usage,
+    AgentSource, DEFAULT_INTERVAL, MetricsCache, MetricsSource, NodeTarget, PodPoint, Point, Usage,
     collect_once,
 };
 use crate::resources::RESOURCES;
@@ -168,7 +168,7 @@ fn node_metrics(node: &Value, p: &Point<Usage>, now: DateTime<Utc>) -> Value {
            "window": window(p.window), "usage": usage(&p.usage)})
 }
 
-fn pod_metrics(pod: &Value, p: &Point<Vec<(String, Usage)>>, now: DateTime<Utc>) -> Value {
+fn pod_metrics(pod: &Value, p: &PodPoint, now: DateTime<Utc>) -> Value {
     let containers: Vec<Value> = p
         .usage
         .iter()

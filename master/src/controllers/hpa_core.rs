@@ -521,7 +521,7 @@ mod tests {
         }
     }
 
-    fn usage_of(list: &[(&str, f64)]) -> impl Fn(&str) -> Option<PodUsage> + '_ {
+    fn usage_of<'a>(list: &'a [(&'a str, f64)]) -> impl Fn(&str) -> Option<PodUsage> + 'a {
         move |n| {
             list.iter().find(|(p, _)| *p == n).map(|&(_, v)| PodUsage {
                 value: v,
