@@ -39,6 +39,8 @@ pub mod server;
 pub mod services;
 /// The per-pod shim process (the skiff binary re-executed) and the agent's client for it.
 pub mod shim;
+/// CPU and memory usage from cgroups: the kubelet's Summary API and resource metrics.
+pub mod stats;
 /// Pod status as Kubernetes reports it, computed from the containers' records.
 pub mod status;
 /// Pod volumes (emptyDir, hostPath, configMap, secret) and volumeMounts.

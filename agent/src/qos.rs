@@ -46,6 +46,8 @@ pub fn parse_quantity(q: &Quantity) -> Option<f64> {
     let n: f64 = num.parse().ok()?;
     let mult = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,
@@ -203,6 +205,8 @@ mod tests {
     fn quantities() {
         let q = |s: &str| parse_quantity(&Quantity(s.into()));
         assert_eq!(q("500m"), Some(0.5));
+        assert!((q("12345n").unwrap() - 12345e-9).abs() < 1e-15);
+        assert!((q("3u").unwrap() - 3e-6).abs() < 1e-15);
         assert_eq!(q("2"), Some(2.0));
         assert_eq!(q("64Mi"), Some(67_108_864.0));
         assert_eq!(q("1G"), Some(1e9));

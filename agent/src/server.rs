@@ -12,6 +12,7 @@
 //!   `skiff runtime --root <run-dir>/runtime exec` as a child process with piped stdio, or
 //!   with `--tty --console-socket` whose pty master comes back to us (resize through it).
 //!   Attach streams the container's output from its log as it is written.
+//! - `GET /stats/summary` and `GET /metrics/resource`: resource usage ([`crate::stats`]).
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -189,6 +190,7 @@ pub fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, ServerError> {
 struct State {
     cfg: Arc<Config>,
     client: kube::Client,
+    stats: Arc<crate::stats::Stats>,
 }
 
 /// Serves the endpoint on `listener` until the task is dropped.
@@ -199,8 +201,15 @@ pub async fn serve(
     client: kube::Client,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let state = Arc::new(State { cfg, client });
+    let reader = crate::stats::Reader::new(&cfg.cgroup_root, "/proc");
+    let stats = Arc::new(crate::stats::Stats::new(
+        reader,
+        &cfg.cgroup_prefix,
+        &cfg.node_name,
+    ));
     let mut conns = tokio::task::JoinSet::new();
+    conns.spawn(crate::stats::sample_loop(stats.clone(), client.clone()));
+    let state = Arc::new(State { cfg, client, stats });
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -302,6 +311,9 @@ async fn handle(state: Arc<State>, authed: bool, req: Request<Incoming>) -> Resp
         (&Method::GET, ["containerLogs", ns, pod, c]) => {
             container_logs(&state, ns, pod, c, &params).await
         }
+        (&Method::GET, ["stats", "summary"] | ["metrics", "resource"]) => {
+            stats(&state, segs[0] == "metrics").await
+        }
         (&Method::GET | &Method::POST, [verb @ ("exec" | "attach"), ns, pod, c]) => {
             streams(&state, *verb == "exec", ns, pod, c, &params, req).await
         }
@@ -314,6 +326,27 @@ async fn handle(state: Arc<State>, authed: bool, req: Request<Incoming>) -> Resp
         tracing::debug!(code = %e.code, message = %e.message, "kubelet request failed");
         text(e.code, e.message)
     })
+}
+
+/// `/stats/summary` (JSON) or `/metrics/resource` (Prometheus text).
+async fn stats(state: &State, prometheus: bool) -> Result<Response<Body>, HttpError> {
+    let summary = crate::stats::collect(&state.stats, &state.client)
+        .await
+        .map_err(|e| HttpError::internal(shim::error_chain(&e)))?;
+    let (body, kind) = if prometheus {
+        let text = crate::stats::resource_metrics(&summary);
+        (
+            Bytes::from(text),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    } else {
+        let json = serde_json::to_vec(&summary).map_err(HttpError::internal)?;
+        (Bytes::from(json), "application/json")
+    };
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+    Ok(r)
 }
 
 /// A container of a pod on this node.

@@ -1513,3 +1513,111 @@ async fn kubectl_exec_through_master_and_agent() {
         .await;
     assert_eq!(code, 403);
 }
+
+/// CPU time of a cgroup over `window`, in nanocores.
+async fn cgroup_rate(reader: &skiff_agent::stats::Reader, cg: &Path, window: Duration) -> u64 {
+    let t0 = std::time::Instant::now();
+    let a = reader.cgroup(cg).unwrap().cpu_ns;
+    // a measurement window, not synchronisation
+    tokio::time::sleep(window).await;
+    let b = reader.cgroup(cg).unwrap().cpu_ns;
+    ((b - a) as f64 / t0.elapsed().as_secs_f64()) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_burner_in_metrics_api_and_kubectl_top() {
+    let c = cluster().await;
+    c.server.handle.set_metrics_interval(Duration::from_secs(3));
+    let node = TestNode::new(&c.server, "n-top");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let mut p = pod("burn", "n-top", &c.image, "while :; do :; done", json!({}));
+    p.metadata.labels = Some([("app".to_string(), "burn".to_string())].into());
+    p.spec.as_mut().unwrap().containers[0].resources = Some(
+        serde_json::from_value(json!({"requests": {"cpu": "50m", "memory": "16Mi"}})).unwrap(),
+    );
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    let uid = created.metadata.uid.unwrap();
+    wait_pod(&pods, "burn", "Running", 60, &node, running_ready).await;
+    let reader = skiff_agent::stats::Reader::new("/sys/fs/cgroup", "/proc");
+    let pod_cg =
+        skiff_agent::qos::pod_cgroup(&node.prefix, skiff_agent::qos::QosClass::Burstable, &uid);
+    let cg = pod_cg.join(skiff_agent::worker::container_id(&uid, "c"));
+    // the metrics API has the pod once the collector rated it
+    let raw = |path: &'static str| {
+        let c = &c;
+        async move {
+            let out = kubectl_timed(c, "1.33", &["get", "--raw", path], None).await;
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+        }
+    };
+    let pm = api_common::wait_for("PodMetrics of burn", Duration::from_secs(60), || async {
+        raw("/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/burn").await
+    })
+    .await;
+    assert_eq!(pm["kind"], "PodMetrics");
+    assert_eq!(pm["metadata"]["labels"]["app"], "burn");
+    assert_eq!(pm["containers"][0]["name"], "c");
+    let q = |v: &serde_json::Value| {
+        skiff_agent::qos::parse_quantity(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+            v.as_str().unwrap().to_string(),
+        ))
+        .unwrap()
+    };
+    let served = q(&pm["containers"][0]["usage"]["cpu"]) * 1e9;
+    let measured = cgroup_rate(&reader, &cg, Duration::from_secs(2)).await as f64;
+    assert!(
+        measured > 1e8,
+        "the burner runs: {measured} nanocores from its cgroup"
+    );
+    // a busy loop on a shared machine: the served rate is of the same order as the cgroup's
+    assert!(
+        served > measured / 4.0 && served < measured * 4.0,
+        "served {served} vs cgroup {measured} nanocores"
+    );
+    let ws = reader.cgroup(&cg).unwrap().working_set as f64;
+    let served_mem = q(&pm["containers"][0]["usage"]["memory"]);
+    assert!(
+        (served_mem - ws).abs() <= 2.0 * 1024.0 * 1024.0,
+        "memory served {served_mem} vs cgroup {ws}"
+    );
+    // NodeMetrics, with label selectors
+    let nm =
+        raw("/apis/metrics.k8s.io/v1beta1/nodes?labelSelector=kubernetes.io%2Fhostname%3Dn-top")
+            .await
+            .unwrap();
+    assert_eq!(nm["items"][0]["metadata"]["name"], "n-top");
+    assert!(q(&nm["items"][0]["usage"]["cpu"]) > 0.0);
+    let none =
+        raw("/apis/metrics.k8s.io/v1beta1/namespaces/default/pods?labelSelector=app%3Dother")
+            .await
+            .unwrap();
+    assert_eq!(none["items"], json!([]));
+    // kubectl top, three versions
+    for v in ["1.27", "1.32", "1.33"] {
+        let c = &c;
+        let top = |args: &'static [&'static str]| async move {
+            let out = kubectl_timed(c, v, args, None).await;
+            assert!(
+                out.status.success(),
+                "kubectl {v} {args:?}: {}",
+                text(&out.stderr)
+            );
+            text(&out.stdout)
+        };
+        let out = top(&["top", "pod", "burn"]).await;
+        let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[0], "burn", "{v}: {out}");
+        let milli: u64 = row[1].trim_end_matches('m').parse().unwrap();
+        assert!(milli > 0, "{v}: {out}");
+        assert!(row[2].ends_with("Mi"), "{v}: {out}");
+        let out = top(&["top", "pod", "--containers", "-l", "app=burn"]).await;
+        let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(&row[..2], ["burn", "c"], "{v}: {out}");
+        let out = top(&["top", "node"]).await;
+        assert!(out.starts_with("NAME"), "{v}: {out}");
+        assert!(out.lines().any(|l| l.starts_with("n-top ")), "{v}: {out}");
+    }
+}

@@ -11,6 +11,8 @@ pub mod certs;
 pub mod controllers;
 /// Prometheus metrics of the API server and its store (`/metrics`).
 pub mod metrics;
+/// The resource metrics collector (metrics-server's scraping of the agents) and its cache.
+pub mod metrics_collector;
 /// Kinds served: group/version/resource table, defaulting, validation, patches, tables.
 pub mod resources;
 /// The `Store` trait and its backends (embedded redb, etcd).

@@ -73,12 +73,16 @@ pub fn api_group_list() -> Value {
             let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
             json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
         })
+        .chain([super::metrics::group_entry()])
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/api/v1`, `/apis/{group}/{version}`; None when not served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (super::metrics::GROUP, super::metrics::VERSION) {
+        return Some(super::metrics::resource_list());
+    }
     let rs: Vec<&ResourceInfo> = RESOURCES
         .iter()
         .filter(|r| r.group == group && r.version == version)
@@ -194,6 +198,7 @@ pub fn aggregated(core: bool, version: &str) -> Value {
                 "versions": [{"version": v, "resources": resources, "freshness": "Current"}]
             })
         })
+        .chain((!core).then(super::metrics::aggregated_item))
         .collect();
     json!({
         "kind": "APIGroupDiscoveryList",

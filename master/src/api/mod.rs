@@ -4,6 +4,8 @@
 
 mod discovery;
 mod measure;
+/// `metrics.k8s.io/v1beta1` from the metrics collector's cache.
+pub mod metrics;
 mod proxy;
 mod rest;
 /// Label selectors and field selectors (also used by the controllers).
@@ -125,6 +127,8 @@ pub(crate) struct Server {
     pub(crate) kubelet_tls: proxy::KubeletTls,
     /// Request, watch and store metrics (`/metrics`).
     pub(crate) metrics: Arc<crate::metrics::ApiMetrics>,
+    /// The resource metrics collector and its cache (metrics.k8s.io).
+    pub(crate) resource_metrics: metrics::Metrics,
 }
 
 /// A running server.
@@ -170,6 +174,20 @@ impl ServerHandle {
             .store(seconds, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Replaces where the metrics collector gets its figures and how often (tests).
+    pub fn set_metrics_source(
+        &self,
+        source: Arc<dyn crate::metrics_collector::MetricsSource>,
+        interval: std::time::Duration,
+    ) {
+        self.server.resource_metrics.set_source(source, interval);
+    }
+
+    /// Sets how often the metrics collector scrapes (15 s unless set).
+    pub fn set_metrics_interval(&self, interval: std::time::Duration) {
+        self.server.resource_metrics.set_interval(interval);
+    }
+
     /// Waits until the server stops (it runs until shut down).
     pub async fn wait(self) {
         let _ = self.task.await;
@@ -201,13 +219,13 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     })?;
     let kubeconfig = certs::write_kubeconfig(&config.data_dir, &creds, addr.port())?;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let metrics = Arc::new(crate::metrics::ApiMetrics::new());
+    let api_metrics = Arc::new(crate::metrics::ApiMetrics::new());
     let server = Arc::new(Server {
         store: Arc::new(crate::metrics::MeasuredStore::new(
             config.store.clone(),
-            metrics.clone(),
+            api_metrics.clone(),
         )),
-        metrics,
+        metrics: api_metrics,
         admin_token: creds.admin_token.clone(),
         node_token: creds.node_token.clone(),
         service_net,
@@ -215,6 +233,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         alloc_lock: tokio::sync::Mutex::new(()),
         shutdown: rx.clone(),
         default_toleration_seconds: std::sync::atomic::AtomicI64::new(300),
+        resource_metrics: metrics::Metrics::new(kubelet_tls.clone()),
         kubelet_tls,
     });
     rest::bootstrap(&server, service_ip)
@@ -224,6 +243,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     let handle_server = server.clone();
     let ns_server = server.clone();
     let mut ns_rx = rx.clone();
+    let collector = tokio::spawn(metrics::run(server.clone(), rx.clone()));
     let task = tokio::spawn(async move {
         let controller = tokio::spawn(async move {
             loop {
@@ -277,6 +297,8 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         while conns.join_next().await.is_some() {}
         controller.abort();
         let _ = controller.await;
+        collector.abort();
+        let _ = collector.await;
         info!("api server stopped");
     });
     info!(%addr, "api server listening");
@@ -535,6 +557,14 @@ async fn handle(server: Arc<Server>, req: Request<Body>) -> Response {
                 Some(d) => json_response(StatusCode::OK, &d),
                 None => ApiError::no_route().into_response(),
             };
+        }
+        ["apis", metrics::GROUP, metrics::VERSION, rest @ ..] if get => {
+            if identity != Identity::Admin {
+                return ApiError::forbidden("metrics.k8s.io is for the admin").into_response();
+            }
+            return metrics::serve(&server, rest, &query)
+                .await
+                .unwrap_or_else(|e| e.into_response());
         }
         ["apis", g, v] if get => {
             return match discovery::resource_list(g, v) {
