@@ -13,8 +13,14 @@ pub mod config;
 pub mod container;
 /// The crate-wide error type.
 pub mod error;
+/// Kubernetes Events the agent records about pods (component `kubelet`).
+pub mod events;
+/// Commands run inside a running container (exec probes and hooks), bounded and timed.
+pub mod exec;
 /// Images for pods: pull policies over the node's store, snapshot chains.
 pub mod images;
+/// Container lifecycle hooks (postStart, preStop): actions and the kubelet's messages.
+pub mod lifecycle;
 /// CRI-format container log lines.
 pub mod logs;
 /// The pod network: the node bridge from the podCIDR, host-gw routes kept in sync with Nodes.
