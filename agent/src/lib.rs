@@ -11,6 +11,8 @@
 pub mod config;
 /// Turning a pod's container into a runtime spec: command, env, mounts, resources.
 pub mod container;
+/// downwardAPI and projected volume files, written with the kubelet's atomic `..data` swap.
+pub mod downward;
 /// The crate-wide error type.
 pub mod error;
 /// Kubernetes Events the agent records about pods (component `kubelet`).

@@ -260,6 +260,10 @@ impl Worker {
             };
             views.push(v);
         }
+        let vol_dir = self.cfg().pod_volume_dir(&self.uid);
+        if let Err(e) = crate::volumes::refresh_downward(&self.pod, &vol_dir) {
+            tracing::warn!(error = %e, "cannot update downwardAPI volumes");
+        }
         if self.state == WorkerState::SandboxReady
             && init_views
                 .iter()
@@ -568,6 +572,10 @@ impl Worker {
         for v in spec.volumes.iter().flatten() {
             cms.extend(v.config_map.as_ref().map(|c| c.name.clone()));
             secrets.extend(v.secret.as_ref().and_then(|s| s.secret_name.clone()));
+            for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+                cms.extend(s.config_map.as_ref().map(|c| c.name.clone()));
+                secrets.extend(s.secret.as_ref().map(|c| c.name.clone()));
+            }
         }
         let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         for name in cms {

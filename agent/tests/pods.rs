@@ -1664,7 +1664,7 @@ async fn exec_probes_gate_ready_and_restart() {
     assert!(!cs.ready && cs.restart_count == 0, "{cs:?}");
     // each timed-out probe was killed: at most the one in flight is left
     let left = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 3517"])
+        .args(["-x", "-f", "sleep 3517"])
         .output()
         .unwrap();
     assert!(
@@ -1824,4 +1824,128 @@ async fn lifecycle_hooks_post_start_and_pre_stop() {
         "after-prestop\n",
         "the SIGTERM trap ran after preStop"
     );
+}
+
+/// A downwardAPI volume (labels, one label, name, a memory limit over a divisor) and a
+/// projected volume with a configMap: the main process reads them, and a label added later
+/// reaches the running container through the `..data` swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downward_api_volume_follows_labels() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-down");
+    wait_node_ready(&c.client, &node).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(c.client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "proj"}, "data": {"greeting": "hello"}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let mut p = pod(
+        "down",
+        "n-down",
+        &c.image,
+        "read l < /etc/podinfo/labels; echo \"labels $l\"; read n < /etc/podinfo/name; \
+         echo \"name $n\"; read m < /etc/podinfo/mem; echo \"mem $m\"; \
+         read g < /etc/proj/conf/greeting; echo \"greeting $g\"; read pn < /etc/proj/pod; echo \"proj $pn\"; \
+         while true; do read t < /etc/podinfo/tier; \
+         if [ \"$t\" = front ]; then echo \"saw tier $t\"; exec sleep 1000; fi; sleep 0.2; done",
+        json!({"volumes": [
+            {"name": "podinfo", "downwardAPI": {"items": [
+                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                {"path": "tier", "fieldRef": {"fieldPath": "metadata.labels['tier']"}},
+                {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                {"path": "mem", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"}}
+            ]}},
+            {"name": "proj", "projected": {"sources": [
+                {"configMap": {"name": "proj", "items": [{"key": "greeting", "path": "conf/greeting"}]}},
+                {"downwardAPI": {"items": [{"path": "pod", "fieldRef": {"fieldPath": "metadata.name"}}]}}
+            ]}}
+        ]}),
+    );
+    p.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    let ctr = &mut p.spec.as_mut().unwrap().containers[0];
+    ctr.resources = Some(serde_json::from_value(json!({"limits": {"memory": "64Mi"}})).unwrap());
+    ctr.volume_mounts = Some(
+        serde_json::from_value(json!([
+            {"name": "podinfo", "mountPath": "/etc/podinfo"},
+            {"name": "proj", "mountPath": "/etc/proj", "readOnly": true}
+        ]))
+        .unwrap(),
+    );
+    let uid = pods
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let log = node
+        .dir
+        .path()
+        .join(format!("log/default_down_{uid}/c/0.log"));
+    let nref = &node;
+    let wait_log = |want: &'static str| {
+        let log = log.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains(want) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {want:?} in the log:\n{text}\nlogs: {:?}\nagent: {}",
+                    std::fs::read_dir(log.parent().unwrap().parent().unwrap().parent().unwrap())
+                        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>()),
+                    nref.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    for want in [
+        "stdout F labels app=\"web\"",
+        "stdout F name down",
+        "stdout F mem 64",
+        "stdout F greeting hello",
+        "stdout F proj down",
+    ] {
+        wait_log(want).await;
+    }
+    let vol = node.dir.path().join(format!(
+        "root/pods/{uid}/volumes/kubernetes.io~downward-api/podinfo"
+    ));
+    assert_eq!(
+        std::fs::read_link(vol.join("labels")).unwrap(),
+        Path::new("..data/labels")
+    );
+    pods.patch(
+        "down",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}})),
+    )
+    .await
+    .unwrap();
+    wait_log("stdout F saw tier front").await;
+    assert_eq!(
+        std::fs::read_to_string(vol.join("labels")).unwrap(),
+        "app=\"web\"\ntier=\"front\""
+    );
+    pods.delete("down", &DeleteParams::default()).await.unwrap();
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
 }
