@@ -459,6 +459,32 @@ impl Worker {
         .await
     }
 
+    /// The Docker config documents of the pod's imagePullSecrets (the ServiceAccount's are
+    /// copied into the pod by the API server's admission, as in Kubernetes). A Secret that
+    /// cannot be read is skipped: the pull then goes without it, as the kubelet's.
+    async fn pull_secrets(&self) -> Vec<Vec<u8>> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.clone())
+            .collect();
+        let api: Api<Secret> = Api::namespaced(
+            self.shared.client.clone(),
+            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let mut secrets = Vec::new();
+        for name in names {
+            match api.get_opt(&name).await {
+                Ok(Some(s)) => secrets.push(s),
+                Ok(None) => tracing::warn!(secret = %name, "imagePullSecret not found"),
+                Err(e) => tracing::warn!(secret = %name, error = %e, "cannot read imagePullSecret"),
+            }
+        }
+        images::pull_auths(&secrets)
+    }
+
     /// Records an Event about this pod (best effort).
     async fn event(&self, container: Option<&str>, kind: events::Kind, reason: &str, msg: &str) {
         let ev = events::event(
@@ -683,7 +709,8 @@ impl Worker {
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| images::default_policy(&image).to_string());
-        let ready = Images::ensure(self.shared.images.clone(), image.clone(), policy)
+        let auths = self.pull_secrets().await;
+        let ready = Images::ensure(self.shared.images.clone(), image.clone(), policy, auths)
             .await
             .map_err(|e| (e.reason.to_string(), e.message))?;
         let cfg_err = |e: &dyn std::error::Error| {

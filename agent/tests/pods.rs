@@ -1949,3 +1949,86 @@ async fn downward_api_volume_follows_labels() {
     })
     .await;
 }
+
+/// A registry behind htpasswd basic auth: a pod without a pull secret gets ErrImagePull /
+/// ImagePullBackOff with the registry's refusal; with a `kubernetes.io/dockerconfigjson`
+/// Secret in imagePullSecrets it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_secrets_authenticate_the_pull() {
+    let c = cluster().await;
+    let images = tempfile::tempdir().unwrap();
+    let registry = common::TestRegistry::start_with_auth("puller", "s3cret");
+    let layout = common::busybox_layout(images.path());
+    registry.push(&layout.dir, "latest", "private/busybox:1", &[]);
+    let image = registry.reference("private/busybox:1");
+    let node = TestNode::new(&c.server, "n-pull");
+    wait_node_ready(&c.client, &node).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(c.client.clone(), "default");
+    let config = json!({"auths": {registry.addr(): {"username": "puller", "password": "s3cret"}}});
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "regcred"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {".dockerconfigjson": config.to_string()}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &pod("nocred", "n-pull", &image, "exec sleep 1000", json!({})),
+    )
+    .await
+    .unwrap();
+    let (reason, message) = wait_pod(&pods, "nocred", "a refused pull", 60, &node, |p| {
+        let w = container_status(p)?.state?.waiting?;
+        let reason = w.reason?;
+        (reason == "ErrImagePull" || reason == "ImagePullBackOff")
+            .then_some((reason, w.message.unwrap_or_default()))
+    })
+    .await;
+    assert!(
+        message.contains("401") || message.to_lowercase().contains("unauthorized"),
+        "{reason}: {message}"
+    );
+    // a pull with the secret makes the image present; IfNotPresent pods of it then run
+    // without one, as on a kubelet: the refusal is checked first
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "withcred",
+            "n-pull",
+            &image,
+            "exec sleep 1000",
+            json!({"imagePullSecrets": [{"name": "regcred"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_pod(
+        &pods,
+        "withcred",
+        "Running with the pull secret",
+        60,
+        &node,
+        |p| container_status(p)?.state?.running.map(|_| ()),
+    )
+    .await;
+    for name in ["nocred", "withcred"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
