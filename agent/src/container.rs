@@ -144,7 +144,8 @@ pub fn expand(s: &str, vars: &HashMap<String, String>) -> String {
     out
 }
 
-fn field_ref(pod: &Pod, facts: &PodFacts, path: &str) -> Result<String, ContainerError> {
+/// The value of a fieldRef (env and downwardAPI volumes).
+pub(crate) fn field_ref(pod: &Pod, facts: &PodFacts, path: &str) -> Result<String, ContainerError> {
     let m = &pod.metadata;
     let spec = pod.spec.clone().unwrap_or_default();
     let label = |map: &Option<BTreeMap<String, String>>, key: &str| {
@@ -190,7 +191,8 @@ fn field_ref(pod: &Pod, facts: &PodFacts, path: &str) -> Result<String, Containe
     })
 }
 
-fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> String {
+/// The value of a resourceFieldRef (`limits.memory`, …) over its divisor, rounded up.
+pub(crate) fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> String {
     let res = c.resources.clone().unwrap_or_default();
     let (kind, name) = resource.split_once('.').unwrap_or(("limits", resource));
     let map = if kind == "requests" {

@@ -4,7 +4,7 @@
 use oci_spec::image::ImageConfiguration;
 use skiff_rootfs::pull::{PullOptions, pull, unpack_image};
 use skiff_rootfs::reference::Reference;
-use skiff_rootfs::registry::{Registry, RegistryOptions};
+use skiff_rootfs::registry::{Registry, RegistryOptions, credentials_from_auth_file};
 use skiff_rootfs::snapshot::Snapshots;
 use skiff_rootfs::store::{ImageRecord, Store};
 
@@ -38,6 +38,8 @@ pub struct Images {
     /// Overlay snapshots.
     pub snaps: Snapshots,
     registry: Registry,
+    /// Registry options, for pulls with a pod's imagePullSecrets.
+    opts: RegistryOptions,
     /// Pulls one at a time, as the kubelet's default `serializeImagePulls`; two pods of the
     /// same image then share one download instead of colliding on its blobs.
     pulls: std::sync::Mutex<()>,
@@ -63,14 +65,16 @@ impl Images {
             image: root.display().to_string(),
             message: crate::shim::error_chain(e),
         };
+        let opts = RegistryOptions {
+            insecure_registries: insecure,
+            platform: format!("linux/{}", crate::node::go_arch()),
+            ..RegistryOptions::default()
+        };
         Ok(Images {
             store: Store::open(root).map_err(|e| err(&e))?,
             snaps: Snapshots::open(root).map_err(|e| err(&e))?,
-            registry: Registry::new(RegistryOptions {
-                insecure_registries: insecure,
-                platform: format!("linux/{}", crate::node::go_arch()),
-                ..RegistryOptions::default()
-            }),
+            registry: Registry::new(opts.clone()),
+            opts,
             pulls: std::sync::Mutex::new(()),
         })
     }
@@ -81,14 +85,17 @@ impl Images {
         images: std::sync::Arc<Images>,
         image: String,
         policy: String,
+        auths: Vec<Vec<u8>>,
     ) -> Result<Ready, ImageError> {
         let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || images.ensure_blocking(&handle, &image, &policy))
-            .await
-            .map_err(|e| ImageError {
-                reason: "ErrImagePull",
-                message: e.to_string(),
-            })?
+        tokio::task::spawn_blocking(move || {
+            images.ensure_blocking(&handle, &image, &policy, &auths)
+        })
+        .await
+        .map_err(|e| ImageError {
+            reason: "ErrImagePull",
+            message: e.to_string(),
+        })?
     }
 
     fn ensure_blocking(
@@ -96,6 +103,7 @@ impl Images {
         handle: &tokio::runtime::Handle,
         image: &str,
         policy: &str,
+        auths: &[Vec<u8>],
     ) -> Result<Ready, ImageError> {
         let _one_at_a_time = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
         let reference: Reference =
@@ -106,6 +114,21 @@ impl Images {
                     message: format!("Failed to apply default image tag \"{image}\": {e}"),
                 })?;
         let existing = self.store.get_image(&reference.to_string()).ok().flatten();
+        // the first pull secret with an entry for the image's registry, as the kubelet's
+        // keyring; without one the node's own client pulls anonymously
+        let creds = auths.iter().find_map(|doc| {
+            credentials_from_auth_file(doc, reference.registry())
+                .ok()
+                .flatten()
+        });
+        let with_secret = creds.map(|(u, p)| {
+            Registry::new(RegistryOptions {
+                username: Some(u),
+                password: Some(p),
+                ..self.opts.clone()
+            })
+        });
+        let registry = with_secret.as_ref().unwrap_or(&self.registry);
         let record = match (policy, existing) {
             ("Never", None) => {
                 return Err(ImageError {
@@ -120,7 +143,7 @@ impl Images {
                 .block_on(pull(
                     &self.store,
                     &self.snaps,
-                    &self.registry,
+                    registry,
                     &reference,
                     &PullOptions {
                         progress: false,
@@ -160,9 +183,77 @@ impl Images {
     }
 }
 
+/// The registry credentials of a pod's imagePullSecrets as Docker config documents
+/// (`{"auths": …}`): `kubernetes.io/dockerconfigjson` as it is, the legacy
+/// `kubernetes.io/dockercfg` (a bare map of registries) wrapped. Other types are skipped.
+pub fn pull_auths(secrets: &[k8s_openapi::api::core::v1::Secret]) -> Vec<Vec<u8>> {
+    secrets
+        .iter()
+        .filter_map(|s| {
+            // data, or stringData when the API server kept it as written
+            let get = |key: &str| {
+                s.data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|d| d.0.clone())
+                    .or_else(|| {
+                        s.string_data
+                            .as_ref()
+                            .and_then(|d| d.get(key))
+                            .map(|v| v.clone().into_bytes())
+                    })
+            };
+            match s.type_.as_deref() {
+                Some("kubernetes.io/dockerconfigjson") => get(".dockerconfigjson"),
+                Some("kubernetes.io/dockercfg") => get(".dockercfg").map(|d| {
+                    let mut doc = b"{\"auths\":".to_vec();
+                    doc.extend_from_slice(&d);
+                    doc.push(b'}');
+                    doc
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_secrets_to_credentials() {
+        use k8s_openapi::ByteString;
+        let secret = |t: &str, key: &str, v: &str| k8s_openapi::api::core::v1::Secret {
+            type_: Some(t.into()),
+            data: Some([(key.to_string(), ByteString(v.as_bytes().to_vec()))].into()),
+            ..Default::default()
+        };
+        // "dXNlcjpwYXNz" is base64("user:pass")
+        let secrets = [
+            secret("Opaque", "x", "{}"),
+            secret(
+                "kubernetes.io/dockercfg",
+                ".dockercfg",
+                r#"{"old.io": {"auth": "dXNlcjpwYXNz"}}"#,
+            ),
+            secret(
+                "kubernetes.io/dockerconfigjson",
+                ".dockerconfigjson",
+                r#"{"auths": {"127.0.0.1:5000": {"username": "u", "password": "p"}}}"#,
+            ),
+        ];
+        let auths = pull_auths(&secrets);
+        assert_eq!(auths.len(), 2);
+        let find = |reg: &str| {
+            auths
+                .iter()
+                .find_map(|d| credentials_from_auth_file(d, reg).ok().flatten())
+        };
+        assert_eq!(find("old.io"), Some(("user".into(), "pass".into())));
+        assert_eq!(find("127.0.0.1:5000"), Some(("u".into(), "p".into())));
+        assert_eq!(find("other.io"), None);
+    }
 
     #[test]
     fn default_pull_policy() {

@@ -11,10 +11,18 @@
 pub mod config;
 /// Turning a pod's container into a runtime spec: command, env, mounts, resources.
 pub mod container;
+/// downwardAPI and projected volume files, written with the kubelet's atomic `..data` swap.
+pub mod downward;
 /// The crate-wide error type.
 pub mod error;
+/// Kubernetes Events the agent records about pods (component `kubelet`).
+pub mod events;
+/// Commands run inside a running container (exec probes and hooks), bounded and timed.
+pub mod exec;
 /// Images for pods: pull policies over the node's store, snapshot chains.
 pub mod images;
+/// Container lifecycle hooks (postStart, preStop): actions and the kubelet's messages.
+pub mod lifecycle;
 /// CRI-format container log lines.
 pub mod logs;
 /// Prometheus metrics at `/metrics`: pod start latency, worker syncs, pods per phase.

@@ -1,7 +1,8 @@
 //! Container probes as the kubelet runs them: tcpSocket and httpGet from inside the pod's
 //! network namespace (a short-lived thread joins it with `setns`), with initialDelaySeconds,
-//! periodSeconds, timeoutSeconds, successThreshold and failureThreshold. Exec probes need
-//! the shim (not done yet) and count as failures with a message saying so.
+//! periodSeconds, timeoutSeconds, successThreshold and failureThreshold. Exec probes run in
+//! the container through the runtime (`crate::exec`, called by the worker); grpc probes are
+//! not supported and fail.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -97,7 +98,7 @@ pub fn run(
             (SocketAddr::new(ip, port), Some(req))
         })
     } else {
-        None // exec (and grpc) probes are not supported yet
+        None // exec runs through crate::exec in the worker; grpc is not supported
     };
     let Some((addr, http)) = target else {
         return false;

@@ -1,7 +1,8 @@
 //! Pod volumes on the host: emptyDir under `<root>/pods/<uid>/volumes/kubernetes.io~empty-dir/`,
 //! hostPath as given (created for `DirectoryOrCreate`/`FileOrCreate`), configMap and secret
 //! projected as files (items, modes) under `kubernetes.io~configmap/` and
-//! `kubernetes.io~secret/`; and the container's volumeMounts resolved to bind mounts
+//! `kubernetes.io~secret/`, downwardAPI and projected volumes under
+//! `kubernetes.io~downward-api/` and `kubernetes.io~projected/` (see `downward`); and the container's volumeMounts resolved to bind mounts
 //! (readOnly, subPath).
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,6 +57,39 @@ fn project(
         std::fs::write(&path, value).map_err(|e| Error::io("write", &path, e))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode as u32 & 0o777))
             .map_err(|e| Error::io("chmod", &path, e))?;
+    }
+    Ok(())
+}
+
+const DOWNWARD_API: &str = "kubernetes.io~downward-api";
+
+fn write(pod: &Pod, dir: &Path, files: &crate::downward::Files) -> Result<()> {
+    crate::downward::write_atomic(dir, files)
+        .map(|_| ())
+        .map_err(|e| config_err(pod, crate::shim::error_chain(&e)))
+}
+
+/// Rewrites the pod's downwardAPI volumes that were set up when their files changed
+/// (labels and annotations), with the atomic `..data` swap; the kubelet does this on its
+/// periodic sync.
+pub fn refresh_downward(pod: &Pod, volume_dir: &Path) -> Result<()> {
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(d) = &v.downward_api else { continue };
+        let p = volume_dir.join(DOWNWARD_API).join(&v.name);
+        if !p.join("..data").exists() {
+            continue; // not set up yet: the container start does it
+        }
+        let files = crate::downward::downward_files(
+            pod,
+            d.items.as_deref().unwrap_or(&[]),
+            d.default_mode.unwrap_or(0o644),
+        )
+        .map_err(|e| config_err(pod, e.to_string()))?;
+        if crate::downward::write_atomic(&p, &files)
+            .map_err(|e| config_err(pod, crate::shim::error_chain(&e)))?
+        {
+            tracing::info!(volume = %v.name, "downwardAPI volume updated");
+        }
     }
     Ok(())
 }
@@ -127,6 +161,22 @@ pub fn prepare(pod: &Pod, volume_dir: &Path, src: &EnvSources) -> Result<HashMap
                     ));
                 }
             }
+            p
+        } else if let Some(d) = &v.downward_api {
+            let p = volume_dir.join(DOWNWARD_API).join(&v.name);
+            let files = crate::downward::downward_files(
+                pod,
+                d.items.as_deref().unwrap_or(&[]),
+                d.default_mode.unwrap_or(0o644),
+            )
+            .map_err(|e| config_err(pod, e.to_string()))?;
+            write(pod, &p, &files)?;
+            p
+        } else if let Some(pr) = &v.projected {
+            let p = volume_dir.join("kubernetes.io~projected").join(&v.name);
+            let files = crate::downward::projected_files(pod, pr, src)
+                .map_err(|e| config_err(pod, e.to_string()))?;
+            write(pod, &p, &files)?;
             p
         } else if let Some(s) = &v.secret {
             let p = volume_dir.join("kubernetes.io~secret").join(&v.name);

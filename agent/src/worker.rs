@@ -21,7 +21,9 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::container::{self, EnvSources, SpecInputs};
 use crate::error::{Error, Result};
+use crate::events;
 use crate::images::{self, Images};
+use crate::lifecycle;
 use crate::probes;
 use crate::qos::{self, QosClass};
 use crate::sandbox::{self, PodNetwork, SandboxPaths};
@@ -265,6 +267,10 @@ impl Worker {
             };
             views.push(v);
         }
+        let vol_dir = self.cfg().pod_volume_dir(&self.uid);
+        if let Err(e) = crate::volumes::refresh_downward(&self.pod, &vol_dir) {
+            tracing::warn!(error = %e, "cannot update downwardAPI volumes");
+        }
         if self.state == WorkerState::SandboxReady
             && init_views
                 .iter()
@@ -335,12 +341,7 @@ impl Worker {
             .ok()
             .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
             .unwrap_or_default();
-        let ports: Vec<(String, i32)> = c
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| p.name.clone().map(|n| (n, p.container_port)))
-            .collect();
+        let ports = named_ports(c);
         let mut run = |kind: &'static str, p: &k8s_openapi::api::core::v1::Probe| {
             let key = (c.name.clone(), r.restart, kind);
             let st = self.probes.entry(key.clone()).or_default();
@@ -372,20 +373,28 @@ impl Worker {
             if kind == "startup" && startup_done {
                 continue;
             }
+            let before = self.probes.get(&key).and_then(|s| s.result);
             if due {
-                let netns = self.sandbox.netns.clone();
-                let ip = self.ips.first().copied();
-                let ports = ports.clone();
-                let probe = p.clone();
-                let ok =
-                    tokio::task::spawn_blocking(move || probes::run(&probe, netns, ip, &ports))
-                        .await
-                        .unwrap_or(false);
+                let (ok, message) = self.run_probe(c, &p, &ports).await;
+                if !ok {
+                    let text = format!("{} probe failed: {message}", probe_title(kind));
+                    self.event(Some(&c.name), events::Kind::Warning, "Unhealthy", &text)
+                        .await;
+                }
                 if let Some(st) = self.probes.get_mut(&key) {
                     probes::record(&p, st, ok, Instant::now());
                 }
             }
-            verdicts.insert(kind, self.probes.get(&key).and_then(|s| s.result));
+            let now = self.probes.get(&key).and_then(|s| s.result);
+            if now == Some(false) && before != Some(false) && kind != "readiness" {
+                let text = format!(
+                    "Container {} failed {kind} probe, will be restarted",
+                    c.name
+                );
+                self.event(Some(&c.name), events::Kind::Normal, "Killing", &text)
+                    .await;
+            }
+            verdicts.insert(kind, now);
         }
         let failed = |k: &str| verdicts.get(k) == Some(&Some(false));
         if failed("startup") || failed("liveness") {
@@ -403,6 +412,98 @@ impl Worker {
         c.readiness_probe
             .as_ref()
             .map(|_| verdicts.get("readiness").copied().flatten() == Some(true))
+    }
+
+    /// Runs one probe of container `c` once: exec in the container through the runtime,
+    /// tcpSocket and httpGet from the pod's network namespace. Returns the verdict and, for
+    /// a failure, what the kubelet's Unhealthy event says.
+    async fn run_probe(
+        &self,
+        c: &Container,
+        p: &k8s_openapi::api::core::v1::Probe,
+        ports: &[(String, i32)],
+    ) -> (bool, String) {
+        if let Some(cmd) = p.exec.as_ref().and_then(|e| e.command.clone()) {
+            let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+            return match self.exec_in(&c.name, &cmd, timeout).await {
+                Ok(o) => (o.success(), o.describe(&cmd)),
+                Err(e) => (false, shim::error_chain(&e)),
+            };
+        }
+        let netns = self.sandbox.netns.clone();
+        let ip = self.ips.first().copied();
+        let ports = ports.to_vec();
+        let probe = p.clone();
+        let ok = tokio::task::spawn_blocking(move || probes::run(&probe, netns, ip, &ports))
+            .await
+            .unwrap_or(false);
+        let what = if p.http_get.is_some() {
+            "HTTP probe failed"
+        } else if p.tcp_socket.is_some() {
+            "TCP connection failed"
+        } else {
+            "probe type not supported"
+        };
+        (ok, what.to_string())
+    }
+
+    /// Runs `cmd` in the pod's container `name` with a timeout.
+    async fn exec_in(
+        &self,
+        name: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> std::result::Result<crate::exec::Outcome, crate::exec::ExecError> {
+        let cfg = self.cfg();
+        crate::exec::run(
+            &cfg.shim_exe,
+            &cfg.runtime_root(),
+            &cfg.run_dir.join("exec"),
+            &container_id(&self.uid, name),
+            cmd,
+            timeout,
+        )
+        .await
+    }
+
+    /// The Docker config documents of the pod's imagePullSecrets (the ServiceAccount's are
+    /// copied into the pod by the API server's admission, as in Kubernetes). A Secret that
+    /// cannot be read is skipped: the pull then goes without it, as the kubelet's.
+    async fn pull_secrets(&self) -> Vec<Vec<u8>> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.clone())
+            .collect();
+        let api: Api<Secret> = Api::namespaced(
+            self.shared.client.clone(),
+            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let mut secrets = Vec::new();
+        for name in names {
+            match api.get_opt(&name).await {
+                Ok(Some(s)) => secrets.push(s),
+                Ok(None) => tracing::warn!(secret = %name, "imagePullSecret not found"),
+                Err(e) => tracing::warn!(secret = %name, error = %e, "cannot read imagePullSecret"),
+            }
+        }
+        images::pull_auths(&secrets)
+    }
+
+    /// Records an Event about this pod (best effort).
+    async fn event(&self, container: Option<&str>, kind: events::Kind, reason: &str, msg: &str) {
+        let ev = events::event(
+            &self.pod,
+            container,
+            kind,
+            reason,
+            msg,
+            &self.cfg().node_name,
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        events::record(&self.shared.client, ev).await;
     }
 
     fn previous(&self, name: &str, restart: u32) -> Option<RunRecord> {
@@ -504,6 +605,10 @@ impl Worker {
         for v in spec.volumes.iter().flatten() {
             cms.extend(v.config_map.as_ref().map(|c| c.name.clone()));
             secrets.extend(v.secret.as_ref().and_then(|s| s.secret_name.clone()));
+            for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+                cms.extend(s.config_map.as_ref().map(|c| c.name.clone()));
+                secrets.extend(s.secret.as_ref().map(|c| c.name.clone()));
+            }
         }
         let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         for name in cms {
@@ -582,7 +687,7 @@ impl Worker {
             }
             Err((reason, message)) => {
                 tracing::warn!(container = %c.name, %reason, %message, "cannot start container");
-                if reason == "StartError" {
+                if reason == "StartError" || reason == POST_START_HOOK_ERROR {
                     // the shim recorded the failed run; the restart policy takes it from here
                     if let Ok(Some(r)) = shim::record(&self.dir, &c.name, restart) {
                         view.restart_count = restart as i32;
@@ -611,7 +716,8 @@ impl Worker {
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| images::default_policy(&image).to_string());
-        let ready = Images::ensure(self.shared.images.clone(), image.clone(), policy)
+        let auths = self.pull_secrets().await;
+        let ready = Images::ensure(self.shared.images.clone(), image.clone(), policy, auths)
             .await
             .map_err(|e| (e.reason.to_string(), e.message))?;
         let cfg_err = |e: &dyn std::error::Error| {
@@ -689,11 +795,160 @@ impl Worker {
                         )
                     })?;
                 tracing::info!(container = %c.name, restart, pid = rec.pid, "container started");
+                if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    self.post_start(c, h, restart).await?;
+                }
                 Ok(rec)
             }
             Response::Error { message } => Err(("StartError".into(), message)),
             Response::Ok => Err(("RunContainerError".into(), "unexpected shim answer".into())),
         }
+    }
+
+    /// Runs the postStart hook of the container just started; on failure the container is
+    /// killed (`FailedPostStartHook`) and its run ends, as the kubelet does.
+    async fn post_start(
+        &self,
+        c: &Container,
+        h: &k8s_openapi::api::core::v1::LifecycleHandler,
+        restart: u32,
+    ) -> std::result::Result<(), (String, String)> {
+        // the kubelet gives postStart no timeout of its own; a hook that hangs holds the
+        // container in ContainerCreating until the pod's grace period would run out twice
+        let budget = Duration::from_secs(self.grace_seconds().max(30) * 2);
+        let Err(msg) = self.run_hook(c, h, budget).await else {
+            return Ok(());
+        };
+        self.hook_failed(c, "FailedPostStartHook", &msg).await;
+        self.event(
+            Some(&c.name),
+            events::Kind::Normal,
+            "Killing",
+            "FailedPostStartHook",
+        )
+        .await;
+        let id = container_id(&self.uid, &c.name);
+        if let Ok(mut ctr) = self.runtime().load(&id)
+            && let Err(e) = ctr.kill(Signal::SIGKILL, true)
+        {
+            tracing::warn!(container = %id, error = %e, "cannot kill the container");
+        }
+        // the shim records the exit; the run then shows as terminated
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && shim::record(&self.dir, &c.name, restart)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.exit_code.is_none())
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err((POST_START_HOOK_ERROR.into(), msg))
+    }
+
+    /// Runs one lifecycle handler for container `c` within `budget`; `Err` carries the
+    /// kubelet's event message.
+    async fn run_hook(
+        &self,
+        c: &Container,
+        h: &k8s_openapi::api::core::v1::LifecycleHandler,
+        budget: Duration,
+    ) -> std::result::Result<(), String> {
+        let pod = self.pod.metadata.name.as_deref().unwrap_or_default();
+        let ns = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        match lifecycle::action(h, budget).map_err(|e| e.to_string())? {
+            lifecycle::Action::Exec(cmd) => match self.exec_in(&c.name, &cmd, budget).await {
+                Ok(o) if o.success() => Ok(()),
+                Ok(o) => {
+                    let out = String::from_utf8_lossy(&o.output).into_owned();
+                    let error = match o.exit_code {
+                        Some(code) => {
+                            format!("command '{}' exited with {code}: {out}", cmd.join(" "))
+                        }
+                        None => o.describe(&cmd),
+                    };
+                    Err(lifecycle::exec_failure(
+                        &cmd, &c.name, pod, ns, &self.uid, &error, &out,
+                    ))
+                }
+                Err(e) => Err(lifecycle::exec_failure(
+                    &cmd,
+                    &c.name,
+                    pod,
+                    ns,
+                    &self.uid,
+                    &shim::error_chain(&e),
+                    "",
+                )),
+            },
+            lifecycle::Action::HttpGet(p) => {
+                let (ok, what) = self.run_probe(c, &p, &named_ports(c)).await;
+                if ok {
+                    Ok(())
+                } else {
+                    Err(lifecycle::http_failure(&c.name, pod, ns, &self.uid, &what))
+                }
+            }
+            lifecycle::Action::Sleep(d) => {
+                tokio::time::sleep(d.min(budget)).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the preStop hooks of the running containers (together) within `grace`;
+    /// returns the grace left for the stop signal.
+    async fn pre_stop(&self, running: &[(String, String)], grace: Duration) -> Duration {
+        let started = Instant::now();
+        let containers = self.containers();
+        let hooks: Vec<_> = running
+            .iter()
+            .filter_map(|(_, n)| containers.iter().find(|c| &c.name == n))
+            .filter_map(|c| {
+                c.lifecycle
+                    .as_ref()
+                    .and_then(|l| l.pre_stop.clone())
+                    .map(|h| (c.clone(), h))
+            })
+            .collect();
+        if hooks.is_empty() {
+            return grace;
+        }
+        let runs = hooks.iter().map(|(c, h)| async move {
+            let result = match tokio::time::timeout(grace, self.run_hook(c, h, grace)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "PreStopHook failed: the hook of container {:?} ran over the grace period",
+                    c.name
+                )),
+            };
+            if let Err(msg) = result {
+                self.hook_failed(c, "FailedPreStopHook", &msg).await;
+            }
+        });
+        futures::future::join_all(runs).await;
+        lifecycle::grace_after_prestop(grace, started.elapsed())
+    }
+
+    /// Logs a failed hook and records its Warning event (`reason`).
+    async fn hook_failed(&self, c: &Container, reason: &str, msg: &str) {
+        tracing::info!(container = %c.name, %reason, message = %msg, "lifecycle hook failed");
+        self.event(Some(&c.name), events::Kind::Warning, reason, msg)
+            .await;
+    }
+
+    fn grace_seconds(&self) -> u64 {
+        self.pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30)
+            .max(0) as u64
     }
 
     async fn send_status(&mut self, init: &[ContainerView], views: &[ContainerView]) -> Result<()> {
@@ -784,6 +1039,7 @@ impl Worker {
             })
         };
         if !grace.is_zero() {
+            let grace = self.pre_stop(&running, grace).await;
             signal(Signal::SIGTERM);
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline && !all_exited(&running) {
@@ -805,18 +1061,7 @@ impl Worker {
         if self.state != WorkerState::Terminating {
             self.transition(WorkerState::Terminating)?;
         }
-        let grace = self
-            .pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or_else(|| {
-                self.pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds)
-            })
-            .unwrap_or(30)
-            .max(0) as u64;
+        let grace = self.grace_seconds();
         tracing::info!(grace, "stopping pod");
         self.stop_all(Duration::from_secs(grace)).await;
         self.transition(WorkerState::Terminated)?;
@@ -866,6 +1111,27 @@ impl Worker {
         names.dedup();
         let rt = self.runtime();
         Self::blocking(move || cleanup(&shared, &rt, &uid, &names, Some(&sandbox))).await
+    }
+}
+
+/// Waiting reason of a container whose postStart hook failed (the kubelet's).
+const POST_START_HOOK_ERROR: &str = "PostStartHookError";
+
+/// The container's named ports.
+fn named_ports(c: &Container) -> Vec<(String, i32)> {
+    c.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone().map(|n| (n, p.container_port)))
+        .collect()
+}
+
+/// "Liveness", "Readiness" or "Startup", as the kubelet's probe events name them.
+fn probe_title(kind: &str) -> &'static str {
+    match kind {
+        "liveness" => "Liveness",
+        "startup" => "Startup",
+        _ => "Readiness",
     }
 }
 

@@ -1621,3 +1621,534 @@ async fn cpu_burner_in_metrics_api_and_kubectl_top() {
         assert!(out.lines().any(|l| l.starts_with("n-top ")), "{v}: {out}");
     }
 }
+
+async fn pod_events(client: &kube::Client, pod: &str) -> Vec<k8s_openapi::api::core::v1::Event> {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    api.list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(pod))
+        .collect()
+}
+
+/// Waits for a restart of the pod's container and checks the run before was SIGKILLed.
+async fn assert_killed_and_restarted(pods: &Api<Pod>, name: &str, node: &TestNode) {
+    let cs = wait_pod(
+        pods,
+        name,
+        "a restart by the liveness probe",
+        60,
+        node,
+        |p| {
+            let cs = container_status(p)?;
+            (cs.restart_count >= 1).then_some(cs)
+        },
+    )
+    .await;
+    let last = cs.last_state.unwrap().terminated.unwrap();
+    assert_eq!((last.exit_code, last.signal), (137, Some(9)));
+}
+
+fn exec_probe(cmd: &str, extra: serde_json::Value) -> k8s_openapi::api::core::v1::Probe {
+    let mut p = json!({"exec": {"command": ["sh", "-c", cmd]}});
+    json_patch_merge(&mut p, &extra);
+    serde_json::from_value(p).unwrap()
+}
+
+/// Exec probes run in the container through the runtime (`sh` found through the default
+/// PATH the image lacks): readiness flips Ready when a file appears; a failing liveness
+/// probe restarts the container with the kubelet's Unhealthy and Killing events; an exec
+/// over its timeoutSeconds is killed and counts as a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_probes_gate_ready_and_restart() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-exec");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let mut ready = pod(
+        "exec-ready",
+        "n-exec",
+        &c.image,
+        "mkdir -p /tmp; sleep 3; touch /tmp/ready; exec sleep 1000",
+        json!({}),
+    );
+    ready.spec.as_mut().unwrap().containers[0].readiness_probe = Some(exec_probe(
+        "test -f /tmp/ready",
+        json!({"periodSeconds": 1, "failureThreshold": 1}),
+    ));
+    pods.create(&PostParams::default(), &ready).await.unwrap();
+    let mut live = pod(
+        "exec-live",
+        "n-exec",
+        &c.image,
+        "mkdir -p /tmp; touch /tmp/healthy; sleep 3; rm /tmp/healthy; exec sleep 1000",
+        json!({}),
+    );
+    live.spec.as_mut().unwrap().containers[0].liveness_probe = Some(exec_probe(
+        "test -f /tmp/healthy",
+        json!({"initialDelaySeconds": 1, "periodSeconds": 1, "failureThreshold": 2}),
+    ));
+    pods.create(&PostParams::default(), &live).await.unwrap();
+    // a readiness exec over its timeout: killed each time, so they never pile up
+    let mut slow = pod(
+        "exec-slow",
+        "n-exec",
+        &c.image,
+        "exec sleep 1000",
+        json!({}),
+    );
+    slow.spec.as_mut().unwrap().containers[0].readiness_probe = Some(exec_probe(
+        "exec sleep 3517",
+        json!({"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1}),
+    ));
+    pods.create(&PostParams::default(), &slow).await.unwrap();
+
+    wait_pod(
+        &pods,
+        "exec-ready",
+        "Running and not ready",
+        60,
+        &node,
+        |p| {
+            let cs = container_status(p)?;
+            (cs.state.as_ref()?.running.is_some() && !cs.ready).then_some(())
+        },
+    )
+    .await;
+    wait_pod(
+        &pods,
+        "exec-ready",
+        "Ready by the exec probe",
+        60,
+        &node,
+        running_ready,
+    )
+    .await;
+    assert_eq!(
+        container_status(&pods.get("exec-ready").await.unwrap())
+            .unwrap()
+            .restart_count,
+        0
+    );
+
+    assert_killed_and_restarted(&pods, "exec-live", &node).await;
+    let has = |evs: &[k8s_openapi::api::core::v1::Event], reason: &str| {
+        evs.iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .count()
+    };
+    let (live, slow) = api_common::wait_for("probe events", Duration::from_secs(30), || async {
+        let live = pod_events(&c.client, "exec-live").await;
+        let slow = pod_events(&c.client, "exec-slow").await;
+        (has(&live, "Unhealthy") >= 1 && has(&live, "Killing") >= 1 && has(&slow, "Unhealthy") >= 3)
+            .then_some((live, slow))
+    })
+    .await;
+    let unhealthy = live
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Unhealthy"))
+        .unwrap();
+    assert_eq!(unhealthy.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        unhealthy.involved_object.field_path.as_deref(),
+        Some("spec.containers{c}")
+    );
+    assert!(
+        unhealthy
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with("Liveness probe failed: "),
+        "{unhealthy:?}"
+    );
+    let killing = live
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Killing"))
+        .unwrap();
+    assert_eq!(
+        killing.message.as_deref(),
+        Some("Container c failed liveness probe, will be restarted")
+    );
+    for e in slow
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Unhealthy"))
+    {
+        assert_eq!(
+            e.message.as_deref(),
+            Some("Readiness probe failed: command \"sh -c exec sleep 3517\" timed out")
+        );
+    }
+    let cs = container_status(&pods.get("exec-slow").await.unwrap()).unwrap();
+    assert!(!cs.ready && cs.restart_count == 0, "{cs:?}");
+    // each timed-out probe was killed: at most the one in flight is left
+    let left = std::process::Command::new("pgrep")
+        .args(["-x", "-f", "sleep 3517"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&left.stdout).lines().count() <= 1,
+        "probe processes left: {}",
+        text(&left.stdout)
+    );
+    for name in ["exec-ready", "exec-live", "exec-slow"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
+
+/// postStart holds the container in ContainerCreating until it returns and its file is seen
+/// by the main process; a failing postStart kills the container (FailedPostStartHook);
+/// preStop runs before SIGTERM on deletion and writes where the test reads it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_hooks_post_start_and_pre_stop() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-hooks");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let out = tempfile::tempdir().unwrap();
+    let mut hooked = pod(
+        "hooked",
+        "n-hooks",
+        &c.image,
+        "until [ -f /data/post ]; do sleep 0.1; done; read l < /data/post; echo \"main saw $l\"; \
+         trap 'if [ -f /out/prestop ]; then echo after-prestop > /out/term; fi; exit 0' TERM; \
+         while true; do sleep 0.2; done",
+        json!({
+            "terminationGracePeriodSeconds": 10,
+            "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "out", "hostPath": {"path": out.path(), "type": "Directory"}}
+            ]
+        }),
+    );
+    let ctr = &mut hooked.spec.as_mut().unwrap().containers[0];
+    ctr.volume_mounts = Some(
+        serde_json::from_value(json!([
+            {"name": "data", "mountPath": "/data"},
+            {"name": "out", "mountPath": "/out"}
+        ]))
+        .unwrap(),
+    );
+    ctr.lifecycle = Some(
+        serde_json::from_value(json!({
+            "postStart": {"exec": {"command": ["sh", "-c", "sleep 2; echo hook > /data/post"]}},
+            "preStop": {"exec": {"command": ["sh", "-c", "echo bye > /out/prestop"]}}
+        }))
+        .unwrap(),
+    );
+    let uid = pods
+        .create(&PostParams::default(), &hooked)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let mut bad = pod(
+        "badhook",
+        "n-hooks",
+        &c.image,
+        "exec sleep 1000",
+        json!({"restartPolicy": "Never"}),
+    );
+    bad.spec.as_mut().unwrap().containers[0].lifecycle = Some(
+        serde_json::from_value(
+            json!({"postStart": {"exec": {"command": ["sh", "-c", "echo nope; exit 3"]}}}),
+        )
+        .unwrap(),
+    );
+    pods.create(&PostParams::default(), &bad).await.unwrap();
+
+    // Running only once postStart returned: its file is there when Running shows
+    wait_pod(&pods, "hooked", "Running", 60, &node, |p| {
+        container_status(p)?.state?.running.map(|_| ())
+    })
+    .await;
+    let post = node
+        .dir
+        .path()
+        .join("root/pods")
+        .join(&uid)
+        .join("volumes/kubernetes.io~empty-dir/data/post");
+    assert_eq!(std::fs::read_to_string(&post).unwrap(), "hook\n");
+    let log = node
+        .dir
+        .path()
+        .join(format!("log/default_hooked_{uid}/c/0.log"));
+    api_common::wait_for(
+        "the main process saw the hook's file",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("stdout F main saw hook")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // a failing postStart: killed, and with restartPolicy Never the pod fails
+    let cs = wait_pod(&pods, "badhook", "terminated by its hook", 60, &node, |p| {
+        let cs = container_status(p)?;
+        cs.state.as_ref()?.terminated.as_ref()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then_some(cs)
+    })
+    .await;
+    assert_eq!(cs.state.unwrap().terminated.unwrap().exit_code, 137);
+    let ev = api_common::wait_for(
+        "FailedPostStartHook event",
+        Duration::from_secs(30),
+        || async {
+            pod_events(&c.client, "badhook")
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("FailedPostStartHook"))
+        },
+    )
+    .await;
+    let msg = ev.message.unwrap();
+    assert!(
+        msg.starts_with("Exec lifecycle hook ([sh -c echo nope; exit 3]) for Container \"c\" in Pod \"badhook_default(")
+            && msg.ends_with("failed - error: command 'sh -c echo nope; exit 3' exited with 3: nope\n, message: \"nope\\n\""),
+        "{msg}"
+    );
+
+    // preStop before SIGTERM, within the grace period
+    for name in ["hooked", "badhook"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(60), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("prestop")).unwrap(),
+        "bye\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("term")).unwrap(),
+        "after-prestop\n",
+        "the SIGTERM trap ran after preStop"
+    );
+}
+
+/// A downwardAPI volume (labels, one label, name, a memory limit over a divisor) and a
+/// projected volume with a configMap: the main process reads them, and a label added later
+/// reaches the running container through the `..data` swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downward_api_volume_follows_labels() {
+    let c = cluster().await;
+    let node = TestNode::new(&c.server, "n-down");
+    wait_node_ready(&c.client, &node).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(c.client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "proj"}, "data": {"greeting": "hello"}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let mut p = pod(
+        "down",
+        "n-down",
+        &c.image,
+        "read l < /etc/podinfo/labels; echo \"labels $l\"; read n < /etc/podinfo/name; \
+         echo \"name $n\"; read m < /etc/podinfo/mem; echo \"mem $m\"; \
+         read g < /etc/proj/conf/greeting; echo \"greeting $g\"; read pn < /etc/proj/pod; echo \"proj $pn\"; \
+         while true; do read t < /etc/podinfo/tier; \
+         if [ \"$t\" = front ]; then echo \"saw tier $t\"; exec sleep 1000; fi; sleep 0.2; done",
+        json!({"volumes": [
+            {"name": "podinfo", "downwardAPI": {"items": [
+                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                {"path": "tier", "fieldRef": {"fieldPath": "metadata.labels['tier']"}},
+                {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                {"path": "mem", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"}}
+            ]}},
+            {"name": "proj", "projected": {"sources": [
+                {"configMap": {"name": "proj", "items": [{"key": "greeting", "path": "conf/greeting"}]}},
+                {"downwardAPI": {"items": [{"path": "pod", "fieldRef": {"fieldPath": "metadata.name"}}]}}
+            ]}}
+        ]}),
+    );
+    p.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    let ctr = &mut p.spec.as_mut().unwrap().containers[0];
+    ctr.resources = Some(serde_json::from_value(json!({"limits": {"memory": "64Mi"}})).unwrap());
+    ctr.volume_mounts = Some(
+        serde_json::from_value(json!([
+            {"name": "podinfo", "mountPath": "/etc/podinfo"},
+            {"name": "proj", "mountPath": "/etc/proj", "readOnly": true}
+        ]))
+        .unwrap(),
+    );
+    let uid = pods
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let log = node
+        .dir
+        .path()
+        .join(format!("log/default_down_{uid}/c/0.log"));
+    let nref = &node;
+    let wait_log = |want: &'static str| {
+        let log = log.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains(want) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {want:?} in the log:\n{text}\nlogs: {:?}\nagent: {}",
+                    std::fs::read_dir(log.parent().unwrap().parent().unwrap().parent().unwrap())
+                        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>()),
+                    nref.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    for want in [
+        "stdout F labels app=\"web\"",
+        "stdout F name down",
+        "stdout F mem 64",
+        "stdout F greeting hello",
+        "stdout F proj down",
+    ] {
+        wait_log(want).await;
+    }
+    let vol = node.dir.path().join(format!(
+        "root/pods/{uid}/volumes/kubernetes.io~downward-api/podinfo"
+    ));
+    assert_eq!(
+        std::fs::read_link(vol.join("labels")).unwrap(),
+        Path::new("..data/labels")
+    );
+    pods.patch(
+        "down",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}})),
+    )
+    .await
+    .unwrap();
+    wait_log("stdout F saw tier front").await;
+    assert_eq!(
+        std::fs::read_to_string(vol.join("labels")).unwrap(),
+        "app=\"web\"\ntier=\"front\""
+    );
+    pods.delete("down", &DeleteParams::default()).await.unwrap();
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
+
+/// A registry behind htpasswd basic auth: a pod without a pull secret gets ErrImagePull /
+/// ImagePullBackOff with the registry's refusal; with a `kubernetes.io/dockerconfigjson`
+/// Secret in imagePullSecrets it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_secrets_authenticate_the_pull() {
+    let c = cluster().await;
+    let images = tempfile::tempdir().unwrap();
+    let registry = common::TestRegistry::start_with_auth("puller", "s3cret");
+    let layout = common::busybox_layout(images.path());
+    registry.push(&layout.dir, "latest", "private/busybox:1", &[]);
+    let image = registry.reference("private/busybox:1");
+    let node = TestNode::new(&c.server, "n-pull");
+    wait_node_ready(&c.client, &node).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(c.client.clone(), "default");
+    let config = json!({"auths": {registry.addr(): {"username": "puller", "password": "s3cret"}}});
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "regcred"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {".dockerconfigjson": config.to_string()}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &pod("nocred", "n-pull", &image, "exec sleep 1000", json!({})),
+    )
+    .await
+    .unwrap();
+    let (reason, message) = wait_pod(&pods, "nocred", "a refused pull", 60, &node, |p| {
+        let w = container_status(p)?.state?.waiting?;
+        let reason = w.reason?;
+        (reason == "ErrImagePull" || reason == "ImagePullBackOff")
+            .then_some((reason, w.message.unwrap_or_default()))
+    })
+    .await;
+    assert!(
+        message.contains("401") || message.to_lowercase().contains("unauthorized"),
+        "{reason}: {message}"
+    );
+    // a pull with the secret makes the image present; IfNotPresent pods of it then run
+    // without one, as on a kubelet: the refusal is checked first
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "withcred",
+            "n-pull",
+            &image,
+            "exec sleep 1000",
+            json!({"imagePullSecrets": [{"name": "regcred"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_pod(
+        &pods,
+        "withcred",
+        "Running with the pull secret",
+        60,
+        &node,
+        |p| container_status(p)?.state?.running.map(|_| ()),
+    )
+    .await;
+    for name in ["nocred", "withcred"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}

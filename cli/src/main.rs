@@ -11,8 +11,8 @@ mod proxy_cmd;
 mod run_cmd;
 mod runtime_cmd;
 mod terminal;
-mod up_cmd;
 mod uninstall_ops;
+mod up_cmd;
 
 use std::path::Path;
 

@@ -283,7 +283,8 @@ fn ready(node: &Value) -> bool {
 /// The collector: scrapes every Ready node each interval until `shutdown` changes.
 pub(crate) async fn run(server: Arc<Server>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
-        let interval = Duration::from_millis(server.resource_metrics.interval_ms.load(Ordering::Relaxed));
+        let interval =
+            Duration::from_millis(server.resource_metrics.interval_ms.load(Ordering::Relaxed));
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep(interval) => {}

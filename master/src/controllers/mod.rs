@@ -18,10 +18,10 @@ pub mod endpoints_core;
 pub mod events;
 /// The garbage collector: ownerReferences cascades (background, foreground, orphan).
 pub mod gc;
-/// The Job controller: pods to completions, backoff, deadlines, suspend, TTL.
-pub mod job;
 /// The pure core of the HorizontalPodAutoscaler: replica calculation, behavior, bounds.
 pub mod hpa_core;
+/// The Job controller: pods to completions, backoff, deadlines, suspend, TTL.
+pub mod job;
 /// Leader election through a coordination.k8s.io Lease; only the leader runs the controllers.
 pub mod leader;
 /// Node IPAM: a podCIDR per Node out of the cluster CIDR.
