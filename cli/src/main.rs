@@ -16,7 +16,9 @@ mod up_cmd;
 
 use std::path::Path;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use runtime_cmd::LogFormat;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// skiff: a small Kubernetes for bare-metal Linux workers.
 #[derive(Parser, Debug)]
@@ -27,19 +29,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE", default_value = config_file::DEFAULT_PATH)]
     config: std::path::PathBuf,
     /// Log line format on stderr: `text` for people, `json` (one object a line) for collectors.
+    /// One type with `skiff runtime --log-format` (runc's flag): clap shares the argument.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-/// `--log-format`.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object a line (timestamp, level, target, fields, span).
-    Json,
 }
 
 #[derive(Subcommand, Debug)]

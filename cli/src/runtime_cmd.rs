@@ -49,9 +49,12 @@ pub struct RuntimeCli {
     command: Verb,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
+/// `--log-format`, of `skiff runtime` and (the same argument) of every skiff command.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object a line (timestamp, level, target, fields, span).
     Json,
 }
 

@@ -164,8 +164,8 @@ fn run(tool: &str, args: &[&str]) -> Result<bool> {
     }
 }
 
-/// Deletes skiff's nftables tables (Service proxy and pod network), the node bridge and the
-/// host-gw routes between nodes, on the host. Problems are added to `problems`.
+/// Deletes skiff's nftables tables (Service proxy and pod network), the node bridge, the
+/// cluster DNS link and the host-gw routes between nodes, on the host. Problems are added to `problems`.
 pub fn remove_network(bridge: &str, problems: &mut Vec<String>) {
     let proxy_table = skiff_netproxy::proxy::rules::RulesConfig::default().table;
     let tables = [
@@ -181,10 +181,13 @@ pub fn remove_network(bridge: &str, problems: &mut Vec<String>) {
             problems.push(format!("nftables table {family} {table}: {e:#}"));
         }
     }
-    if Path::new("/sys/class/net").join(bridge).exists()
-        && let Err(e) = run("ip", &["link", "delete", bridge])
-    {
-        problems.push(format!("bridge {bridge}: {e:#}"));
+    // the node bridge, and the link that holds the node-local cluster DNS address
+    for link in [bridge, skiff_netproxy::podnet::local::DEFAULT_LINK] {
+        if Path::new("/sys/class/net").join(link).exists()
+            && let Err(e) = run("ip", &["link", "delete", link])
+        {
+            problems.push(format!("link {link}: {e:#}"));
+        }
     }
     let proto = skiff_netproxy::podnet::routes::ROUTE_PROTOCOL.to_string();
     if let Err(e) = run("ip", &["-4", "route", "flush", "proto", &proto]) {

@@ -558,7 +558,8 @@ async fn handle(server: Arc<Server>, req: Request<Body>) -> Response {
                 None => ApiError::no_route().into_response(),
             };
         }
-        ["apis", metrics::GROUP, metrics::VERSION, rest @ ..] if get => {
+        // the group's resource list is discovery's (below); its resources are the collector's
+        ["apis", metrics::GROUP, metrics::VERSION, rest @ ..] if get && !rest.is_empty() => {
             if identity != Identity::Admin {
                 return ApiError::forbidden("metrics.k8s.io is for the admin").into_response();
             }
