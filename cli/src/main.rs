@@ -161,3 +161,51 @@ fn main() {
     };
     std::process::exit(code);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--log-format` is one clap argument for skiff and for `skiff runtime` (runc's flag):
+    /// both parse, wherever the flag stands, and the value reaches both.
+    #[test]
+    fn log_format_is_shared_with_the_runtime() {
+        for (args, want) in [
+            (
+                &["skiff", "runtime", "--root", "/r", "list"][..],
+                LogFormat::Text,
+            ),
+            (
+                &[
+                    "skiff",
+                    "runtime",
+                    "--log-format",
+                    "json",
+                    "--root",
+                    "/r",
+                    "list",
+                ][..],
+                LogFormat::Json,
+            ),
+            (
+                &[
+                    "skiff",
+                    "--log-format",
+                    "json",
+                    "runtime",
+                    "--root",
+                    "/r",
+                    "list",
+                ][..],
+                LogFormat::Json,
+            ),
+            (
+                &["skiff", "dns", "--log-format", "json"][..],
+                LogFormat::Json,
+            ),
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.log_format, want, "{args:?}");
+        }
+    }
+}
