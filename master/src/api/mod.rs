@@ -6,6 +6,8 @@ mod discovery;
 mod measure;
 /// `metrics.k8s.io/v1beta1` from the metrics collector's cache.
 pub mod metrics;
+/// Kubernetes protobuf request bodies decoded to JSON (client-go's typed clients send them).
+pub mod protobuf;
 mod proxy;
 mod rest;
 /// Label selectors and field selectors (also used by the controllers).

@@ -122,7 +122,7 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
     obj.get("metadata")?.get(field)?.as_str()
 }
 
-/// Parses a request body (JSON, or YAML when the content type says so).
+/// Parses a request body: JSON, or YAML or Kubernetes protobuf when the content type says so.
 fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -133,6 +133,10 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
             .map_err(|e| ApiError::bad_request(format!("body is not UTF-8: {e}")))?;
         serde_saphyr::from_str(text)
             .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?
+    } else if super::protobuf::is_protobuf(ct) {
+        super::protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!("the protobuf body could not be decoded: {e}"))
+        })?
     } else if ct.starts_with("application/json") || ct.is_empty() || ct == "*/*" {
         serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
@@ -142,7 +146,7 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct})"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct})"
             ),
         ));
     };
@@ -1120,8 +1124,8 @@ fn delete_options(ctx: &Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError>
     let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        decode_body(ctx.headers, body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {}", e.message)))?
     };
     let grace = b
         .get("gracePeriodSeconds")
