@@ -172,6 +172,11 @@ fn pod_spec_json() -> Value {
     })
 }
 
+fn always(mut spec: Value) -> Value {
+    spec["restartPolicy"] = json!("Always");
+    spec
+}
+
 fn meta_json(name: &str) -> Value {
     json!({"name": name, "labels": {"app": name}})
 }
@@ -441,7 +446,8 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Value)> {
                                 "target": {"type": "Utilization", "averageUtilization": 50}}}],
                             "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
                                 "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]}}},
-                   "status": {}}),
+                   // desiredReplicas is not omitempty in Go: JSON has it even when 0
+                   "status": {"desiredReplicas": 0}}),
         ),
         (
             "autoscaling/v1 HorizontalPodAutoscaler (kubectl autoscale)",
@@ -638,7 +644,12 @@ async fn server_takes_protobuf_like_json() {
                     spec: Some(apps::DeploymentSpec {
                         replicas: Some(0),
                         selector: selector("pb"),
-                        template: template("pb"),
+                        template: template("pb").map(|mut t| {
+                            if let Some(spec) = t.spec.as_mut() {
+                                spec.restart_policy = some("Always");
+                            }
+                            t
+                        }),
                         ..Default::default()
                     }),
                     status: Some(apps::DeploymentStatus::default()),
@@ -646,7 +657,8 @@ async fn server_takes_protobuf_like_json() {
             ),
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "js"},
                    "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "pb"}},
-                            "template": {"metadata": {"labels": {"app": "pb"}}, "spec": pod_spec_json()}}}),
+                            "template": {"metadata": {"name": "pb", "labels": {"app": "pb"}},
+                                         "spec": always(pod_spec_json())}}}),
         ),
         (
             "/api/v1/namespaces/default/services",
@@ -823,4 +835,224 @@ async fn malformed_protobuf_is_rejected_and_nothing_stored() {
         .admin("GET", "/api/v1/namespaces/default/configmaps", "", b"")
         .await;
     assert_eq!(list["items"], json!([]), "nothing stored");
+}
+
+// --- the real kubectl ------------------------------------------------------------------
+
+/// Creates an object with kubectl's typed client (protobuf from 1.32 on) and the same object
+/// from `--dry-run=client -o json` through `create -f` (JSON), then compares what is stored
+/// at each JSON pointer.
+async fn same_as_json(s: &TestServer, v: &str, args: &[&str], url: &str, pointers: &[&str]) {
+    let with = |name: &str| -> Vec<String> {
+        args.iter()
+            .map(|a| {
+                if *a == "{}" {
+                    name.to_string()
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect()
+    };
+    let pb = with("pb");
+    let pb: Vec<&str> = pb.iter().map(String::as_str).collect();
+    s.ok(v, &pb).await;
+    let mut js = with("js");
+    let at = js.iter().position(|a| a == "--").unwrap_or(js.len());
+    js.splice(
+        at..at,
+        ["--dry-run=client".into(), "-o".into(), "json".into()],
+    );
+    let js: Vec<&str> = js.iter().map(String::as_str).collect();
+    let manifest = s.ok(v, &js).await;
+    let file = s.dir.path().join(format!("{}.json", args[1]));
+    std::fs::write(&file, manifest).unwrap();
+    s.ok(v, &["create", "-f", file.to_str().unwrap()]).await;
+    let (code, a) = s.admin("GET", &format!("{url}/pb"), "", b"").await;
+    assert_eq!(code, 200, "{v} {args:?}: {a}");
+    let (_, b) = s.admin("GET", &format!("{url}/js"), "", b"").await;
+    // kubectl names containers and labels after the object: compare with the names swapped
+    let a: Value = serde_json::from_str(&a.to_string().replace("\"pb\"", "\"js\"")).unwrap();
+    for p in pointers {
+        assert!(a.pointer(p).is_some(), "{v} {args:?}: {p} missing in {a}");
+        assert_eq!(a.pointer(p), b.pointer(p), "{v} {args:?}: {p}");
+    }
+}
+
+async fn kubectl_typed_clients(v: &str) {
+    let s = start().await;
+    let ns = "/api/v1/namespaces/default";
+    same_as_json(
+        &s,
+        v,
+        &[
+            "create",
+            "job",
+            "{}",
+            "--image=busybox",
+            "--",
+            "sh",
+            "-c",
+            "exit 0",
+        ],
+        "/apis/batch/v1/namespaces/default/jobs",
+        &[
+            "/spec/template/spec",
+            "/spec/backoffLimit",
+            "/spec/completions",
+        ],
+    )
+    .await;
+    same_as_json(
+        &s,
+        v,
+        &[
+            "create",
+            "deployment",
+            "{}",
+            "--image=busybox",
+            "--replicas=2",
+            "--port=8080",
+        ],
+        "/apis/apps/v1/namespaces/default/deployments",
+        &["/spec/replicas", "/spec/template/spec", "/spec/strategy"],
+    )
+    .await;
+    same_as_json(
+        &s,
+        v,
+        &[
+            "create",
+            "configmap",
+            "{}",
+            "--from-literal=a=b",
+            "--from-literal=c=d",
+        ],
+        &format!("{ns}/configmaps"),
+        &["/data"],
+    )
+    .await;
+    same_as_json(
+        &s,
+        v,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "{}",
+            "--from-literal=a=b\x01\u{e9}",
+        ],
+        &format!("{ns}/secrets"),
+        &["/data", "/type"],
+    )
+    .await;
+    same_as_json(
+        &s,
+        v,
+        &["create", "service", "clusterip", "{}", "--tcp=80:8080"],
+        &format!("{ns}/services"),
+        &["/spec/ports", "/spec/type"],
+    )
+    .await;
+    same_as_json(
+        &s,
+        v,
+        &["create", "serviceaccount", "{}"],
+        &format!("{ns}/serviceaccounts"),
+        &["/kind"],
+    )
+    .await;
+    let (_, sec) = s.admin("GET", &format!("{ns}/secrets/pb"), "", b"").await;
+    assert_eq!(sec["data"]["a"], "YgHDqQ==", "{v}: secret bytes");
+
+    s.ok(v, &["create", "namespace", "pbns"]).await;
+    let (code, _) = s.admin("GET", "/api/v1/namespaces/pbns", "", b"").await;
+    assert_eq!(code, 200, "{v}: namespace");
+
+    s.ok(
+        v,
+        &[
+            "create",
+            "cronjob",
+            "cj",
+            "--image=busybox",
+            "--schedule=*/5 * * * *",
+            "--",
+            "true",
+        ],
+    )
+    .await;
+    s.ok(v, &["create", "job", "fromcj", "--from=cronjob/cj"])
+        .await;
+    let (code, j) = s
+        .admin(
+            "GET",
+            "/apis/batch/v1/namespaces/default/jobs/fromcj",
+            "",
+            b"",
+        )
+        .await;
+    assert_eq!(code, 200, "{v}: {j}");
+    assert_eq!(
+        j["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual",
+        "{v}: {j}"
+    );
+    assert_eq!(
+        j["metadata"]["ownerReferences"][0]["kind"], "CronJob",
+        "{v}: {j}"
+    );
+    assert_eq!(
+        j["spec"]["template"]["spec"]["containers"][0]["command"],
+        json!(["true"]),
+        "{v}"
+    );
+
+    s.ok(
+        v,
+        &[
+            "expose",
+            "deployment",
+            "pb",
+            "--port=80",
+            "--target-port=8080",
+            "--name=exp",
+        ],
+    )
+    .await;
+    let (_, svc) = s.admin("GET", &format!("{ns}/services/exp"), "", b"").await;
+    assert_eq!(svc["spec"]["selector"]["app"], "pb", "{v}: {svc}");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080, "{v}: {svc}");
+
+    s.ok(v, &["run", "runpod", "--image=busybox", "--restart=Never"])
+        .await;
+    let (code, pod) = s.admin("GET", &format!("{ns}/pods/runpod"), "", b"").await;
+    assert_eq!(code, 200, "{v}: {pod}");
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+
+    s.ok(v, &["scale", "deployment", "pb", "--replicas=0"])
+        .await;
+    let (_, d) = s
+        .admin(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/pb",
+            "",
+            b"",
+        )
+        .await;
+    assert_eq!(d["spec"]["replicas"], 0, "{v}");
+}
+
+#[tokio::test]
+async fn kubectl_1_27_typed_clients() {
+    kubectl_typed_clients("1.27").await;
+}
+
+#[tokio::test]
+async fn kubectl_1_32_typed_clients() {
+    kubectl_typed_clients("1.32").await;
+}
+
+#[tokio::test]
+async fn kubectl_1_33_typed_clients() {
+    kubectl_typed_clients("1.33").await;
 }
