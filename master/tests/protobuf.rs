@@ -767,6 +767,42 @@ async fn server_takes_protobuf_like_json() {
         .await;
     assert_eq!(d["spec"]["replicas"], 3);
 
+    // pods/binding in protobuf, as the scheduler's typed client sends it
+    let pod = envelope(
+        "v1",
+        "Pod",
+        &core::Pod {
+            metadata: meta("bindme"),
+            spec: pod_spec(),
+            status: None,
+        },
+    );
+    let (code, v) = post(&s, "/api/v1/namespaces/default/pods", &pod).await;
+    assert_eq!(code, 201, "{v}");
+    let binding = envelope(
+        "v1",
+        "Binding",
+        &core::Binding {
+            metadata: meta("bindme"),
+            target: Some(core::ObjectReference {
+                kind: some("Node"),
+                name: some("n1"),
+                ..Default::default()
+            }),
+        },
+    );
+    let (code, v) = post(
+        &s,
+        "/api/v1/namespaces/default/pods/bindme/binding",
+        &binding,
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    let (_, p) = s
+        .admin("GET", "/api/v1/namespaces/default/pods/bindme", "", b"")
+        .await;
+    assert_eq!(p["spec"]["nodeName"], "n1", "{p}");
+
     // a delete with protobuf DeleteOptions
     let body = envelope(
         "v1",
