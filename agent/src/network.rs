@@ -107,6 +107,22 @@ pub async fn start(client: &kube::Client, cfg: &Arc<Config>) -> Result<Box<dyn P
     Ok(Box::new(Bridge(net)))
 }
 
+/// Whether watch event `ev` calls for a route sync, tracking in `ready` whether the
+/// reflector's store holds a full list yet. Events of the initial list only fill the store;
+/// its end (`InitDone`) and every later change trigger a sync. (Awaiting the store's
+/// `wait_until_ready` inside the loop instead would never return: the store only becomes
+/// ready while this loop polls the stream.)
+fn triggers_sync(ev: &watcher::Event<Node>, ready: &mut bool) -> bool {
+    match ev {
+        watcher::Event::Init | watcher::Event::InitApply(_) => false,
+        watcher::Event::InitDone => {
+            *ready = true;
+            true
+        }
+        watcher::Event::Apply(_) | watcher::Event::Delete(_) => *ready,
+    }
+}
+
 /// Keeps the host-gw routes in line with the Nodes: after every change seen by the watch,
 /// and every minute (routes someone else removed come back).
 async fn sync_routes(client: kube::Client, net: Arc<BridgeNetwork>) {
@@ -114,10 +130,10 @@ async fn sync_routes(client: kube::Client, net: Arc<BridgeNetwork>) {
     let (reader, writer) = reflector::store();
     let mut events = reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
-        .touched_objects()
         .boxed();
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     let mut last: Option<Vec<NodeRoute>> = None;
+    let mut ready = false;
     loop {
         let forced = tokio::select! {
             ev = events.next() => match ev {
@@ -125,13 +141,18 @@ async fn sync_routes(client: kube::Client, net: Arc<BridgeNetwork>) {
                     tracing::warn!(error = %e, "node watch failed, retrying");
                     continue;
                 }
-                Some(Ok(_)) => false,
+                Some(Ok(ev)) => {
+                    if !triggers_sync(&ev, &mut ready) {
+                        continue;
+                    }
+                    false
+                }
                 None => return,
             },
             _ = tick.tick() => true,
         };
-        if reader.wait_until_ready().await.is_err() {
-            return;
+        if !ready {
+            continue;
         }
         let mut nodes: Vec<NodeRoute> = reader
             .state()
@@ -164,6 +185,29 @@ async fn sync_routes(client: kube::Client, net: Arc<BridgeNetwork>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syncs_after_the_initial_list_and_on_changes() {
+        let n = || Node::default();
+        let mut ready = false;
+        let steps = [
+            (watcher::Event::Init, false),
+            (watcher::Event::InitApply(n()), false),
+            (watcher::Event::InitApply(n()), false),
+            (watcher::Event::InitDone, true),
+            (watcher::Event::Apply(n()), true),
+            (watcher::Event::Delete(n()), true),
+            // a relist after a broken watch: quiet until its end
+            (watcher::Event::Init, false),
+            (watcher::Event::InitApply(n()), false),
+            (watcher::Event::InitDone, true),
+        ];
+        for (i, (ev, want)) in steps.iter().enumerate() {
+            assert_eq!(triggers_sync(ev, &mut ready), *want, "step {i}");
+        }
+        let mut not_ready = false;
+        assert!(!triggers_sync(&watcher::Event::Apply(n()), &mut not_ready));
+    }
 
     #[test]
     fn routes_from_nodes() {

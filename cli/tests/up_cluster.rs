@@ -156,37 +156,11 @@ impl Drop for Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let rt = skiff_runtime::Runtime::new(self.path("run/runtime"));
-        for c in rt.list().unwrap_or_default() {
-            let _ = c.delete(true);
-        }
-        if let Ok(pods) = std::fs::read_dir(self.path("run/pods")) {
-            for p in pods.flatten() {
-                if let Some(pid) = std::fs::read_to_string(p.path().join("shim.pid"))
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-        let mut mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(|m| PathBuf::from(m.replace("\\040", " ")))
-            .filter(|m| m.starts_with(self.dir.path()))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = skiff_agent::qos::remove_cgroup(
+        // shims, pod processes, mounts and cgroups (the harness's teardown)
+        skiff_testsupport::teardown::remove_node_state(
+            self.dir.path(),
             Path::new("/sys/fs/cgroup"),
-            Path::new(&format!("/{}", self.prefix)),
+            &self.prefix,
         );
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])

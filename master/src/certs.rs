@@ -353,11 +353,32 @@ pub fn kubelet_client_tls(
     Ok(cfg)
 }
 
-/// Writes `DIR/admin.kubeconfig` for `https://127.0.0.1:port` with the admin token.
-pub fn write_kubeconfig(dir: &Path, creds: &Credentials, port: u16) -> Result<PathBuf, CertsError> {
+/// The API server URL of the admin kubeconfig for a server bound to `addr`: the bound
+/// address itself, or loopback when it listens on all addresses (a master bound to one LAN
+/// address is not reachable on 127.0.0.1, and its own controllers use this file).
+pub fn kubeconfig_server(addr: std::net::SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        match addr.ip() {
+            IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V6(_) => IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+        }
+    } else {
+        addr.ip()
+    };
+    format!("https://{}", std::net::SocketAddr::new(ip, addr.port()))
+}
+
+/// Writes `DIR/admin.kubeconfig` for the server bound to `addr` ([`kubeconfig_server`])
+/// with the admin token.
+pub fn write_kubeconfig(
+    dir: &Path,
+    creds: &Credentials,
+    addr: std::net::SocketAddr,
+) -> Result<PathBuf, CertsError> {
     let ca = base64::engine::general_purpose::STANDARD.encode(creds.ca_pem.as_bytes());
+    let server = kubeconfig_server(addr);
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\ncurrent-context: skiff\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\ncurrent-context: skiff\n",
         creds.admin_token
     );
     let path = dir.join("admin.kubeconfig");
@@ -391,4 +412,22 @@ pub fn server_tls_config(
         .map_err(|e| pem_err(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_server_is_the_bound_address_or_loopback() {
+        for (addr, want) in [
+            ("0.0.0.0:6443", "https://127.0.0.1:6443"),
+            ("127.0.0.1:41000", "https://127.0.0.1:41000"),
+            ("10.77.0.1:6443", "https://10.77.0.1:6443"),
+            ("[::]:6443", "https://[::1]:6443"),
+            ("[fd00::1]:6443", "https://[fd00::1]:6443"),
+        ] {
+            assert_eq!(kubeconfig_server(addr.parse().unwrap()), want, "{addr}");
+        }
+    }
 }

@@ -219,7 +219,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         addr: config.listen,
         source,
     })?;
-    let kubeconfig = certs::write_kubeconfig(&config.data_dir, &creds, addr.port())?;
+    let kubeconfig = certs::write_kubeconfig(&config.data_dir, &creds, addr)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let api_metrics = Arc::new(crate::metrics::ApiMetrics::new());
     let server = Arc::new(Server {

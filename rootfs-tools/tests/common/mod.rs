@@ -84,15 +84,21 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// An open registry.
     pub fn start() -> TestRegistry {
-        TestRegistry::start_inner(None)
+        TestRegistry::start_inner(None, "127.0.0.1")
+    }
+
+    /// An open registry listening on `ip` (an address of this network namespace, so other
+    /// namespaces reach it), not on loopback.
+    pub fn start_at(ip: &str) -> TestRegistry {
+        TestRegistry::start_inner(None, ip)
     }
 
     /// A registry that wants basic auth as `user`/`pass` (htpasswd, bcrypt).
     pub fn start_with_auth(user: &str, pass: &str) -> TestRegistry {
-        TestRegistry::start_inner(Some((user.to_string(), pass.to_string())))
+        TestRegistry::start_inner(Some((user.to_string(), pass.to_string())), "127.0.0.1")
     }
 
-    fn start_inner(creds: Option<(String, String)>) -> TestRegistry {
+    fn start_inner(creds: Option<(String, String)>, ip: &str) -> TestRegistry {
         require("docker-registry", "docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("storage");
@@ -112,7 +118,7 @@ impl TestRegistry {
         // registry exits and we try another.
         let mut last_log = String::new();
         for _ in 0..5 {
-            let addr = format!("127.0.0.1:{}", free_port());
+            let addr = format!("{ip}:{}", free_port());
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,

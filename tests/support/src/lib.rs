@@ -9,14 +9,21 @@
 
 /// OCI bundles: a busybox-static rootfs and a `runc spec`-default `config.json`.
 pub mod bundle;
+/// A multi-node cluster on one machine: a LAN namespace with the master, one namespace per
+/// agent, all torn down on drop.
+pub mod cluster;
 /// The console socket: receives a pty master over `SCM_RIGHTS` and talks to it.
 pub mod console;
 /// Host-side probes: privileges, namespaces, mounts and the cgroup files of a process.
 pub mod host;
+/// Network namespaces a test owns, and starting processes inside them.
+pub mod netns;
 /// The driver for a runc-compatible command line with a private `--root` per test.
 pub mod runtime;
 /// The crate's only unsafe code: taking ownership of a file descriptor received in a message.
 mod sys;
+/// Removing an agent's leftovers: shims, pod processes, mounts and cgroups under a prefix.
+pub mod teardown;
 /// Polling a condition with a deadline instead of sleeping.
 pub mod wait;
 
