@@ -18,9 +18,12 @@ use crate::store::KeyValue;
 pub(crate) const CAPACITY: usize = 4096;
 
 /// Rendered event lines by (revision, key, event type).
+type Lines = BTreeMap<(u64, String, &'static str), Bytes>;
+
+/// The shared event lines of one server.
 #[derive(Debug, Default)]
 pub(crate) struct WatchLines {
-    lines: Mutex<BTreeMap<(u64, String, &'static str), Bytes>>,
+    lines: Mutex<Lines>,
 }
 
 impl WatchLines {
@@ -46,7 +49,7 @@ impl WatchLines {
         Ok(line)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, String, &'static str), Bytes>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lines> {
         // the map stays consistent even if a holder panicked: take it over
         self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
