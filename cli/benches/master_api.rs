@@ -140,6 +140,10 @@ fn main() {
         let took = create_all(&api, names, concurrency).await;
         let creates_per_s = pods as f64 / took.as_secs_f64();
         let (rss_full, _) = rss_kib(pid);
+        eprintln!(
+            "created {pods} pods in {:.1} s ({creates_per_s:.0}/s)",
+            took.as_secs_f64()
+        );
 
         let all: Api<Pod> = Api::all(client.clone());
         let mut lists = Vec::new();
@@ -149,6 +153,7 @@ fn main() {
             lists.push(t.elapsed());
             assert_eq!(got.items.len(), pods);
         }
+        eprintln!("10 typed lists: {:?}", lists);
         let list_median = median(lists.clone());
         let list_max = lists.iter().max().copied().unwrap_or_default();
         // The same list as bytes: the server's work and the transfer, not the client's decode.
@@ -166,6 +171,7 @@ fn main() {
             raw_lists.push(t.elapsed());
             assert!(body.len() > pods * 100);
         }
+        eprintln!("10 raw lists: {:?}", raw_lists);
         let raw_median = median(raw_lists);
 
         // Watchers from the current revision; each must see every one of `burst` creates.
@@ -201,6 +207,7 @@ fn main() {
             }));
         }
         ready.wait().await;
+        eprintln!("{watchers} watchers open");
         let start = Instant::now();
         let names: Vec<String> = (0..burst).map(|i| format!("watched-{i:05}")).collect();
         let created = create_all(&api, names, concurrency).await;
@@ -209,6 +216,11 @@ fn main() {
             last = last.max(t.await.unwrap());
         }
         let delivered = last - start;
+        eprintln!(
+            "burst of {burst} created in {:.1} s, delivered to all after {:.1} s",
+            created.as_secs_f64(),
+            delivered.as_secs_f64()
+        );
         let (rss_end, hwm) = rss_kib(pid);
 
         println!("skiff master (embedded store, group commit), {pods} pods:");

@@ -15,6 +15,7 @@ pub mod select;
 mod services;
 mod status;
 mod watch;
+mod watch_lines;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -131,6 +132,8 @@ pub(crate) struct Server {
     pub(crate) metrics: Arc<crate::metrics::ApiMetrics>,
     /// The resource metrics collector and its cache (metrics.k8s.io).
     pub(crate) resource_metrics: metrics::Metrics,
+    /// Watch event lines rendered once and shared by the watchers that send them.
+    pub(crate) watch_lines: watch_lines::WatchLines,
 }
 
 /// A running server.
@@ -237,6 +240,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         default_toleration_seconds: std::sync::atomic::AtomicI64::new(300),
         resource_metrics: metrics::Metrics::new(kubelet_tls.clone()),
         kubelet_tls,
+        watch_lines: watch_lines::WatchLines::default(),
     });
     rest::bootstrap(&server, service_ip)
         .await

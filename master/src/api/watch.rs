@@ -116,7 +116,7 @@ pub(crate) async fn watch(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let stream = store.watch(&prefix, start).await;
     let mut stop = server.shutdown.clone();
     tokio::spawn(async move {
-        let _server = server;
+        let server = server;
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
         let mut events = match stream {
@@ -167,8 +167,11 @@ pub(crate) async fn watch(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
                             (EventKind::Put, true) => "MODIFIED",
                             (EventKind::Put, false) => "ADDED",
                         };
-                        let Ok(raw) = raw_item(&ev.kv) else { continue };
-                        if tx.send(Render::raw_line(ty, &raw)).await.is_err() {
+                        let line = server.watch_lines.get_or_render(&ev.kv, ty, || {
+                            raw_item(&ev.kv).map(|raw| Render::raw_line(ty, &raw))
+                        });
+                        let Ok(line) = line else { continue };
+                        if tx.send(line).await.is_err() {
                             return;
                         }
                         continue;
