@@ -21,6 +21,9 @@ pub enum Error {
     /// The Node's podCIDR is not an IPv4 CIDR.
     #[error("the node's podCIDR {0} is not an IPv4 CIDR")]
     PodCidr(String),
+    /// The VXLAN overlay needs an IPv4 InternalIP.
+    #[error("the VXLAN overlay needs an IPv4 node address, not {0}")]
+    VxlanNodeIp(std::net::IpAddr),
     /// A file-system operation failed.
     #[error("cannot {what} {path}")]
     Io {

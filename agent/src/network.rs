@@ -1,8 +1,10 @@
 //! The pod network of this node. With `--pod-network bridge` the agent waits for the
 //! master's node IPAM to give its Node a `spec.podCIDR`, makes the bridge network
 //! (skiff-netproxy's [`BridgeNetwork`]) from it and keeps host-gw routes to the other
-//! Nodes' podCIDRs in sync with a watch on Nodes. With `none`, pod namespaces keep loopback
-//! only ([`LoopbackOnly`]).
+//! Nodes' podCIDRs in sync with a watch on Nodes. With `vxlan` the same bridge, and the
+//! VXLAN overlay instead of host-gw: the agent publishes its VTEP MAC in the Node
+//! annotation `skiff.dev/vxlan-mac` and keeps routes, neighbour and FDB entries for the
+//! other Nodes in sync. With `none`, pod namespaces keep loopback only ([`LoopbackOnly`]).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,10 +14,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, PodSpec};
 use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use skiff_netproxy::podnet::{BridgeConfig, BridgeNetwork, NodeRoute};
+use skiff_netproxy::podnet::hostport::Protocol;
+use skiff_netproxy::podnet::vxlan::{self, VtepPeer};
+use skiff_netproxy::podnet::{BridgeConfig, BridgeNetwork, NodeRoute, PortMapping};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -30,8 +34,11 @@ pub struct BridgeOptions {
     /// The cluster's pod CIDR (`--cluster-cidr`, default 10.244.0.0/16): traffic from pods
     /// leaving it is masqueraded.
     pub cluster_cidr: Ipv4Net,
-    /// MTU of the bridge and the pods' interfaces (`--pod-mtu`, default 1500).
+    /// MTU of the bridge and the pods' interfaces (`--pod-mtu`, default 1500; with VXLAN at
+    /// most the VXLAN device's).
     pub mtu: u32,
+    /// The VXLAN overlay between nodes instead of host-gw routes (`--pod-network vxlan`).
+    pub vxlan: bool,
 }
 
 /// The agent's side of skiff-netproxy's bridge network.
@@ -51,6 +58,40 @@ impl PodNetwork for Bridge {
         self.0.retain(live)?;
         Ok(())
     }
+
+    fn host_ports(&self, pod_uid: &str, ports: &[PortMapping]) -> Result<()> {
+        Ok(self.0.set_host_ports(pod_uid, ports)?)
+    }
+}
+
+/// The containers' ports with a hostPort (kubelet maps those of `containers` only), IPv4
+/// `hostIP`s or none; an IPv6 `hostIP` is left to an IPv6 pod network.
+pub fn host_ports(spec: &PodSpec) -> Vec<PortMapping> {
+    let mut out: Vec<PortMapping> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let host_port = u16::try_from(p.host_port.filter(|h| *h > 0)?).ok()?;
+            let host_ip = match p.host_ip.as_deref().filter(|h| !h.is_empty()) {
+                None => None,
+                Some(h) => match h.parse::<IpAddr>().ok()? {
+                    IpAddr::V4(v) if v.is_unspecified() => None,
+                    IpAddr::V4(v) => Some(v),
+                    IpAddr::V6(_) => return None,
+                },
+            };
+            Some(PortMapping {
+                protocol: Protocol::from_api(p.protocol.as_deref())?,
+                host_ip,
+                host_port,
+                container_port: u16::try_from(p.container_port).ok()?,
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// What the routes need of a Node: its podCIDR (IPv4) and InternalIP (IPv4).
@@ -69,6 +110,38 @@ pub fn node_route(n: &Node) -> Option<NodeRoute> {
         pod_cidr: cidr,
         node_ip: ip,
     })
+}
+
+/// What the overlay needs of a Node: podCIDR, InternalIP (IPv4) and the VTEP MAC it
+/// published.
+pub fn node_vtep(n: &Node) -> Option<VtepPeer> {
+    let r = node_route(n)?;
+    let mac = vxlan::parse_mac(
+        n.metadata
+            .annotations
+            .as_ref()?
+            .get(vxlan::MAC_ANNOTATION)?,
+    )?;
+    Some(VtepPeer {
+        name: r.name,
+        pod_cidr: r.pod_cidr,
+        node_ip: r.node_ip,
+        mac,
+    })
+}
+
+/// Publishes this node's VTEP MAC in its Node's annotation (flannel's `backend-data`).
+async fn publish_vtep_mac(client: &kube::Client, cfg: &Config, mac: &str) -> Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let patch = serde_json::json!({"metadata": {"annotations": {vxlan::MAC_ANNOTATION: mac}}});
+    api.patch(
+        &cfg.node_name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| Error::api("annotate the node with its VTEP MAC", e))?;
+    Ok(())
 }
 
 /// The pod network the configuration asks for. For the bridge network this waits until the
@@ -91,6 +164,11 @@ pub async fn start(client: &kube::Client, cfg: &Arc<Config>) -> Result<Box<dyn P
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let pod_cidr: Ipv4Net = cidr.parse().map_err(|_| Error::PodCidr(cidr.clone()))?;
+    let vxlan_ip = match (opts.vxlan, cfg.node_ip) {
+        (false, _) => None,
+        (true, IpAddr::V4(ip)) => Some(ip),
+        (true, ip) => return Err(Error::VxlanNodeIp(ip)),
+    };
     let net = Arc::new(BridgeNetwork::new(BridgeConfig {
         bridge: opts.bridge,
         pod_cidr,
@@ -98,11 +176,15 @@ pub async fn start(client: &kube::Client, cfg: &Arc<Config>) -> Result<Box<dyn P
         mtu: opts.mtu,
         state_dir: cfg.root_dir.join("podnet"),
         node_netns: None,
+        vxlan: vxlan_ip,
     })?);
     let n = net.clone();
     tokio::task::spawn_blocking(move || n.setup())
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
+    if let Some(ip) = vxlan_ip {
+        publish_vtep_mac(client, cfg, &vxlan::format_mac(&vxlan::vtep_mac(ip))).await?;
+    }
     tokio::spawn(sync_routes(client.clone(), net.clone()));
     Ok(Box::new(Bridge(net)))
 }
@@ -123,8 +205,9 @@ fn triggers_sync(ev: &watcher::Event<Node>, ready: &mut bool) -> bool {
     }
 }
 
-/// Keeps the host-gw routes in line with the Nodes: after every change seen by the watch,
-/// and every minute (routes someone else removed come back).
+/// Keeps the host-gw routes (or the VXLAN overlay's routes and entries) in line with the
+/// Nodes: after every change seen by the watch, and every minute (routes someone else
+/// removed come back).
 async fn sync_routes(client: kube::Client, net: Arc<BridgeNetwork>) {
     let api: Api<Node> = Api::all(client);
     let (reader, writer) = reflector::store();
@@ -132,8 +215,9 @@ async fn sync_routes(client: kube::Client, net: Arc<BridgeNetwork>) {
         .default_backoff()
         .boxed();
     let mut tick = tokio::time::interval(Duration::from_secs(60));
-    let mut last: Option<Vec<NodeRoute>> = None;
+    let mut last: Option<(Vec<NodeRoute>, Vec<VtepPeer>)> = None;
     let mut ready = false;
+    let overlay = net.config().vxlan.is_some();
     loop {
         let forced = tokio::select! {
             ev = events.next() => match ev {
@@ -154,26 +238,43 @@ async fn sync_routes(client: kube::Client, net: Arc<BridgeNetwork>) {
         if !ready {
             continue;
         }
-        let mut nodes: Vec<NodeRoute> = reader
-            .state()
-            .iter()
-            .filter_map(|n| node_route(n))
-            .collect();
+        let state = reader.state();
+        let mut nodes: Vec<NodeRoute> = state.iter().filter_map(|n| node_route(n)).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        if !forced && last.as_ref() == Some(&nodes) {
+        let mut peers: Vec<VtepPeer> = if overlay {
+            state.iter().filter_map(|n| node_vtep(n)).collect()
+        } else {
+            Vec::new()
+        };
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let key = (nodes, peers);
+        if !forced && last.as_ref() == Some(&key) {
             continue;
         }
-        let (n, list) = (net.clone(), nodes.clone());
-        match tokio::task::spawn_blocking(move || n.sync_routes(&list)).await {
-            Ok(Ok(s)) => {
+        let (n, (list, peer_list)) = (net.clone(), key.clone());
+        let synced = tokio::task::spawn_blocking(move || {
+            if overlay {
+                n.sync_vxlan(&peer_list).map(|(r, e)| (r, Some(e)))
+            } else {
+                n.sync_routes(&list).map(|r| (r, None))
+            }
+        })
+        .await;
+        match synced {
+            Ok(Ok((s, entries))) => {
                 if !s.set.is_empty() || !s.deleted.is_empty() {
                     tracing::info!(set = ?s.set, deleted = ?s.deleted, "pod routes synced");
+                }
+                if let Some(e) = entries.filter(|e| *e != vxlan::EntrySync::default()) {
+                    tracing::info!(neighbours_set = ?e.neighbours_set,
+                        neighbours_deleted = ?e.neighbours_deleted, fdb_set = ?e.fdb_set,
+                        fdb_deleted = ?e.fdb_deleted, "VXLAN entries synced");
                 }
                 for (net, gw, e) in &s.failed {
                     tracing::warn!(%net, %gw, error = %e, "cannot route a node's pod CIDR");
                 }
                 if s.failed.is_empty() {
-                    last = Some(nodes);
+                    last = Some(key);
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "pod route sync failed"),
@@ -242,5 +343,67 @@ mod tests {
         for c in cases {
             assert_eq!(node_route(&node(c.clone())), None, "{c}");
         }
+    }
+
+    #[test]
+    fn vtep_peers_from_nodes() {
+        let node = |ann: serde_json::Value| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n2", "annotations": ann},
+                "spec": {"podCIDR": "10.244.2.0/24"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.2"}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            node_vtep(&node(
+                serde_json::json!({"skiff.dev/vxlan-mac": "0e:5f:c0:a8:01:02"})
+            )),
+            Some(VtepPeer {
+                name: "n2".into(),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                node_ip: "192.168.1.2".parse().unwrap(),
+                mac: [0x0e, 0x5f, 0xc0, 0xa8, 1, 2],
+            })
+        );
+        for ann in [
+            serde_json::json!({}),
+            serde_json::json!({"skiff.dev/vxlan-mac": "not-a-mac"}),
+            serde_json::json!({"flannel.alpha.coreos.com/backend-data": "{}"}),
+        ] {
+            assert_eq!(node_vtep(&node(ann.clone())), None, "{ann}");
+        }
+    }
+
+    #[test]
+    fn host_ports_from_specs() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({"containers": [
+            {"name": "a", "ports": [
+                {"containerPort": 80, "hostPort": 8080},
+                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "192.168.1.2"},
+                {"containerPort": 81, "hostPort": 8081, "hostIP": "0.0.0.0"},
+                {"containerPort": 82},
+                {"containerPort": 83, "hostPort": 0},
+                {"containerPort": 84, "hostPort": 8084, "hostIP": "fd00::1"}
+            ]},
+            {"name": "b", "ports": [{"containerPort": 9000, "hostPort": 9000, "protocol": "SCTP"}]},
+            {"name": "c"}
+        ]}))
+        .unwrap();
+        let m = |protocol, host_ip: Option<&str>, host_port, container_port| PortMapping {
+            protocol,
+            host_ip: host_ip.map(|h| h.parse().unwrap()),
+            host_port,
+            container_port,
+        };
+        assert_eq!(
+            host_ports(&spec),
+            vec![
+                m(Protocol::Tcp, None, 8080, 80),
+                m(Protocol::Tcp, None, 8081, 81),
+                m(Protocol::Udp, Some("192.168.1.2"), 5353, 53),
+                m(Protocol::Sctp, None, 9000, 9000),
+            ]
+        );
     }
 }

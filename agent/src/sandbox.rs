@@ -22,6 +22,15 @@ pub trait PodNetwork: Send + Sync + std::fmt::Debug {
     /// Called before the namespace is removed, and once more when the pod is removed (the
     /// namespace may be gone by then, e.g. after a reboot); must be idempotent.
     fn detach(&self, netns: &Path, pod_uid: &str) -> Result<()>;
+    /// Called after attach with the pod's container ports that have a hostPort (also empty):
+    /// maps them to the pod's address.
+    fn host_ports(
+        &self,
+        _pod_uid: &str,
+        _ports: &[skiff_netproxy::podnet::PortMapping],
+    ) -> Result<()> {
+        Ok(())
+    }
     /// Called at start with the uids of the node's pods: releases what others still hold.
     fn retain(&self, _live: &std::collections::HashSet<String>) -> Result<()> {
         Ok(())

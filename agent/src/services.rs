@@ -145,6 +145,7 @@ mod tests {
                 bridge: "skiff0".into(),
                 cluster_cidr: "10.244.0.0/16".parse().unwrap(),
                 mtu: 1500,
+                vxlan: false,
             }),
             listen_port: 10250,
             services,

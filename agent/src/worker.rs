@@ -544,16 +544,21 @@ impl Worker {
         let paths = self.sandbox.clone();
         let uid = self.uid.clone();
         let host_ips = vec![cfg.node_ip];
+        let host_ports = crate::network::host_ports(&spec);
         let ips = Self::blocking(move || {
             sandbox::remove(&paths, shared.network.as_ref(), &uid)?;
-            sandbox::create(
+            let ips = sandbox::create(
                 &paths,
                 &hostname,
                 shared.network.as_ref(),
                 &uid,
                 &resolv,
                 &host_ips,
-            )
+            )?;
+            if paths.netns.is_some() {
+                shared.network.host_ports(&uid, &host_ports)?;
+            }
+            Ok(ips)
         })
         .await?;
         let ip_text: Vec<String> = ips.iter().map(|i| i.to_string()).collect();

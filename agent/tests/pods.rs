@@ -1049,12 +1049,23 @@ async fn bridge_network_in_node_netns() {
         .unwrap();
     wait_node_ready(&c.client, &node).await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    let p = pod(
+    let mut p = pod(
         "web",
         "n-net",
         &c.image,
         "mkdir /www && echo hello-from-$POD_NAME > /www/index.html && exec httpd -f -p 8080 -h /www",
         json!({}),
+    );
+    // hostPort 18080 on the node's addresses (loopback excluded, as CNI portmap does): give
+    // the node namespace one that is not loopback
+    p.spec.as_mut().unwrap().containers[0].ports = Some(vec![
+        serde_json::from_value(json!({"containerPort": 8080, "hostPort": 18080})).unwrap(),
+    ]);
+    let node_addr: std::net::Ipv4Addr = "192.168.77.1".parse().unwrap();
+    assert!(
+        ip_in_ns(&["addr", "add", "192.168.77.1/32", "dev", "lo"])
+            .status
+            .success()
     );
     let created = pods.create(&PostParams::default(), &p).await.unwrap();
     let uid = created.metadata.uid.clone().unwrap();
@@ -1097,6 +1108,15 @@ async fn bridge_network_in_node_netns() {
         .await
     };
     assert_eq!(answer().await.trim(), "hello-from-web");
+    let via_host_port = || async move {
+        api_common::wait_for(
+            "httpd answers at the node's hostPort",
+            Duration::from_secs(20),
+            || http_get(node_addr, 18080, "/index.html"),
+        )
+        .await
+    };
+    assert_eq!(via_host_port().await.trim(), "hello-from-web");
 
     // an agent restart keeps the pod, its address and its record
     node.kill_agent();
@@ -1111,6 +1131,7 @@ async fn bridge_network_in_node_netns() {
     assert_eq!(st.pod_ip, Some(ip.to_string()));
     assert!(std::fs::read_to_string(&record).unwrap().starts_with(&uid));
     assert_eq!(answer().await.trim(), "hello-from-web");
+    assert_eq!(via_host_port().await.trim(), "hello-from-web");
 
     // deletion: veth gone, address released
     pods.delete("web", &DeleteParams::default()).await.unwrap();
@@ -1123,6 +1144,13 @@ async fn bridge_network_in_node_netns() {
     })
     .await;
     assert!(!ip_in_ns(&["link", "show", &veth]).status.success());
+    // and its hostPort mapping is gone
+    let table = Command::new("nft")
+        .args(["list", "table", "ip", "skiff_hostport"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(!table.contains("dport 18080"), "{table}");
 }
 
 /// The agent's logs/exec port from its Node's `daemonEndpoints`.

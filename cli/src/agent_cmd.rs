@@ -60,7 +60,8 @@ pub struct AgentArgs {
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
     /// Pod network: `bridge` (a node bridge, pod IPs from the Node's podCIDR, host-gw routes
-    /// between nodes) or `none` (pods get loopback only).
+    /// between nodes), `vxlan` (the same bridge, a VXLAN overlay between nodes) or `none`
+    /// (pods get loopback only).
     #[arg(long, value_enum, default_value_t = PodNetworkKind::Bridge)]
     pod_network: PodNetworkKind,
     /// The node bridge's name (with --pod-network bridge).
@@ -121,6 +122,8 @@ pub const DEFAULT_CLUSTER_DNS: [u8; 4] = [10, 96, 0, 10];
 enum PodNetworkKind {
     /// Node bridge, veth per pod, host-gw routes.
     Bridge,
+    /// Node bridge, veth per pod, VXLAN overlay between nodes (device skiff.1, UDP 8472).
+    Vxlan,
     /// Loopback-only pod namespaces.
     None,
 }
@@ -201,11 +204,12 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         insecure_registries: a.insecure_registries,
         cluster_dns,
         cluster_domain: a.cluster_domain,
-        pod_network: (a.pod_network == PodNetworkKind::Bridge).then_some(
+        pod_network: (a.pod_network != PodNetworkKind::None).then_some(
             skiff_agent::network::BridgeOptions {
                 bridge: a.bridge_name,
                 cluster_cidr: a.cluster_cidr,
                 mtu: a.pod_mtu,
+                vxlan: a.pod_network == PodNetworkKind::Vxlan,
             },
         ),
         listen_port: a.listen_port,

@@ -172,6 +172,7 @@ pub fn remove_network(bridge: &str, problems: &mut Vec<String>) {
         ("ip", proxy_table.as_str()),
         ("ip6", proxy_table.as_str()),
         ("ip", skiff_netproxy::podnet::nft::TABLE),
+        ("ip", skiff_netproxy::podnet::hostport::TABLE),
     ];
     for (family, table) in tables {
         // only tables that exist: `nft list` fails for the others
@@ -182,7 +183,11 @@ pub fn remove_network(bridge: &str, problems: &mut Vec<String>) {
         }
     }
     // the node bridge, and the link that holds the node-local cluster DNS address
-    for link in [bridge, skiff_netproxy::podnet::local::DEFAULT_LINK] {
+    for link in [
+        bridge,
+        skiff_netproxy::podnet::local::DEFAULT_LINK,
+        skiff_netproxy::podnet::vxlan::DEVICE,
+    ] {
         if Path::new("/sys/class/net").join(link).exists()
             && let Err(e) = run("ip", &["link", "delete", link])
         {

@@ -11,25 +11,30 @@
 //!
 //! All netlink work runs on threads that joined the namespace concerned ([`netns`]).
 
+pub mod hostport;
 pub mod ipam;
 pub mod local;
 pub mod netns;
 pub mod nft;
 pub mod routes;
+pub mod vxlan;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+pub use hostport::{HostPorts, PortMapping};
 pub use ipam::Ipam;
 pub use netns::Netns;
 pub use routes::NodeRoute;
+pub use vxlan::VtepPeer;
 
 /// Errors of the pod network.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +101,18 @@ pub enum Error {
         /// What nft said.
         stderr: String,
     },
+    /// No link holds the address the VXLAN device is to be bound to.
+    #[error("no link in the node's namespace holds {ip} (the VXLAN device's local address)")]
+    NoNodeAddress {
+        /// The node's InternalIP.
+        ip: Ipv4Addr,
+    },
+    /// hostPorts of a pod that has no address.
+    #[error("pod {pod_uid} has no address for its host ports")]
+    NotAttached {
+        /// The pod.
+        pod_uid: String,
+    },
     /// A thread working in a namespace panicked.
     #[error("a network namespace thread panicked")]
     Thread,
@@ -146,6 +163,9 @@ pub struct BridgeConfig {
     pub state_dir: PathBuf,
     /// The node's network namespace (`None`: the caller's own).
     pub node_netns: Option<PathBuf>,
+    /// The VXLAN overlay bound to this InternalIP ([`vxlan`]; `None`: host-gw routes). The
+    /// pods' MTU is then at most the VXLAN device's.
+    pub vxlan: Option<Ipv4Addr>,
 }
 
 /// Defaults of the bridge network.
@@ -164,6 +184,9 @@ pub struct BridgeNetwork {
     cfg: BridgeConfig,
     gateway: Ipv4Addr,
     ipam: Ipam,
+    hostports: HostPorts,
+    /// The pods' MTU: `cfg.mtu`, lowered to the VXLAN device's by `setup`.
+    mtu: AtomicU32,
 }
 
 /// Pod-side netlink work: loopback up, a fresh veth `eth0` ↔ `host`, the host end moved to
@@ -241,6 +264,39 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
+/// Makes `ip/prefix` the only IPv4 address of link `idx` (`name` for messages).
+async fn only_address(h: &Handle, idx: u32, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+    let mut have = false;
+    let mut stale = Vec::new();
+    let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+    while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
+        let v4 = a.attributes.iter().find_map(|at| match at {
+            netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+            _ => None,
+        });
+        match v4 {
+            Some(v) if v == ip && a.header.prefix_len == prefix => have = true,
+            Some(_) => stale.push(a),
+            None => {}
+        }
+    }
+    for a in stale {
+        h.address()
+            .del(a)
+            .execute()
+            .await
+            .map_err(nl(format!("remove an old address of {name}")))?;
+    }
+    if !have {
+        h.address()
+            .add(idx, IpAddr::V4(ip), prefix)
+            .execute()
+            .await
+            .map_err(nl(format!("add {ip}/{prefix} to {name}")))?;
+    }
+    Ok(())
+}
+
 /// Deletes link `name` if it exists.
 async fn delete_link(h: &Handle, name: &str) -> Result<bool> {
     let Some(idx) = link_index(h, name).await? else {
@@ -284,12 +340,52 @@ async fn owned_routes(h: &Handle) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>> {
     Ok(out)
 }
 
-fn route_message(net: Ipv4Net, gw: Ipv4Addr) -> netlink_packet_route::route::RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
+/// A route of ours to `net` via `gw`; with `onlink`, `onlink` on that link (VXLAN).
+fn route_message(
+    net: Ipv4Net,
+    gw: Ipv4Addr,
+    onlink: Option<u32>,
+) -> netlink_packet_route::route::RouteMessage {
+    let b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(net.network(), net.prefix_len())
         .gateway(gw)
-        .protocol(RouteProtocol::Other(routes::ROUTE_PROTOCOL))
-        .build()
+        .protocol(RouteProtocol::Other(routes::ROUTE_PROTOCOL));
+    match onlink {
+        Some(dev) => b.output_interface(dev).onlink().build(),
+        None => b.build(),
+    }
+}
+
+/// Brings skiff's routes in line with `want` (destination → gateway; `onlink`: on that
+/// link). Routes the kernel refuses are reported, not fatal.
+async fn apply_routes(
+    h: &Handle,
+    want: &BTreeMap<Ipv4Net, Ipv4Addr>,
+    onlink: Option<u32>,
+) -> Result<RouteSync> {
+    let have = owned_routes(h).await?;
+    let plan = routes::plan(&have, want);
+    let mut out = RouteSync::default();
+    for (net, gw) in plan.delete {
+        match h.route().del(route_message(net, gw, None)).execute().await {
+            Ok(()) => out.deleted.push((net, gw)),
+            Err(e) if errno(&e) == Some(libc::ESRCH) => out.deleted.push((net, gw)),
+            Err(e) => out.failed.push((net, gw, e.to_string())),
+        }
+    }
+    for (net, gw) in plan.set {
+        match h
+            .route()
+            .add(route_message(net, gw, onlink))
+            .replace()
+            .execute()
+            .await
+        {
+            Ok(()) => out.set.push((net, gw)),
+            Err(e) => out.failed.push((net, gw, e.to_string())),
+        }
+    }
+    Ok(out)
 }
 
 /// What a route sync did.
@@ -317,7 +413,10 @@ impl BridgeNetwork {
         let pod_cidr = cfg.pod_cidr.trunc();
         let gateway = ipam::gateway(pod_cidr).ok_or(Error::CidrTooSmall { cidr: pod_cidr })?;
         let ipam = Ipam::open(&cfg.state_dir, pod_cidr)?;
+        let hostports = HostPorts::open(&cfg.state_dir)?;
         Ok(BridgeNetwork {
+            hostports,
+            mtu: AtomicU32::new(cfg.mtu),
             cfg: BridgeConfig { pod_cidr, ..cfg },
             gateway,
             ipam,
@@ -332,6 +431,11 @@ impl BridgeNetwork {
     /// The pods' gateway (the bridge's address).
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway
+    }
+
+    /// The MTU of the bridge and the pods' interfaces (with VXLAN: known after `setup`).
+    pub fn mtu(&self) -> u32 {
+        self.mtu.load(Ordering::Relaxed)
     }
 
     /// The address records.
@@ -351,8 +455,16 @@ impl BridgeNetwork {
     /// the masquerade table.
     pub fn setup(&self) -> Result<()> {
         let ns = self.node_ns()?;
+        if let Some(node_ip) = self.cfg.vxlan {
+            let overlay = vxlan::overlay_address(self.cfg.pod_cidr);
+            let vx =
+                ns.netlink(
+                    move |h| async move { vxlan::ensure_device(&h, node_ip, overlay).await },
+                )?;
+            self.mtu.store(self.cfg.mtu.min(vx), Ordering::Relaxed);
+        }
         let bridge = self.cfg.bridge.clone();
-        let (gw, prefix, mtu) = (self.gateway, self.cfg.pod_cidr.prefix_len(), self.cfg.mtu);
+        let (gw, prefix, mtu) = (self.gateway, self.cfg.pod_cidr.prefix_len(), self.mtu());
         ns.netlink(move |h| async move {
             let idx = match link_index(&h, &bridge).await? {
                 Some(i) => i,
@@ -370,51 +482,25 @@ impl BridgeNetwork {
                 }
             };
             // addresses of an earlier podCIDR go; the gateway stays or is added
-            let mut have = false;
-            let mut addrs = h.address().get().set_link_index_filter(idx).execute();
-            let mut stale = Vec::new();
-            while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
-                let v4 = a.attributes.iter().find_map(|at| match at {
-                    netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(v)) => {
-                        Some(*v)
-                    }
-                    _ => None,
-                });
-                match v4 {
-                    Some(v) if v == gw && a.header.prefix_len == prefix => have = true,
-                    Some(_) => stale.push(a),
-                    None => {}
-                }
-            }
-            for a in stale {
-                h.address()
-                    .del(a)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("remove an old address of {bridge}")))?;
-            }
-            if !have {
-                h.address()
-                    .add(idx, IpAddr::V4(gw), prefix)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("add {gw}/{prefix} to {bridge}")))?;
-            }
+            only_address(&h, idx, &bridge, gw, prefix).await?;
             h.link()
-                .set(LinkUnspec::new_with_index(idx).up().build())
+                .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
                 .execute()
                 .await
                 .map_err(nl(format!("set {bridge} up")))?;
             Ok(())
         })?;
         let rules = nft::ruleset(self.cfg.cluster_cidr);
+        // the hostPort table as recorded (after an agent restart: as it was)
+        let ports = hostport::ruleset(&self.hostports.all()?);
         ns.run(move || {
             write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
             let bnf = "/proc/sys/net/bridge/bridge-nf-call-iptables";
             if Path::new(bnf).exists() {
                 write_sysctl(bnf, "1")?;
             }
-            nft::apply(&rules)
+            nft::apply(&rules)?;
+            nft::apply(&ports)
         })?;
         tracing::info!(bridge = %self.cfg.bridge, gateway = %self.gateway,
             pod_cidr = %self.cfg.pod_cidr, "pod network ready");
@@ -439,7 +525,7 @@ impl BridgeNetwork {
             host.clone(),
             self.gateway,
             self.cfg.pod_cidr.prefix_len(),
-            self.cfg.mtu,
+            self.mtu(),
         );
         let done = pod.netlink(move |h| pod_side(h, h2, node_file, ip, prefix, gw, mtu));
         if let Err(e) = done {
@@ -492,8 +578,37 @@ impl BridgeNetwork {
         let h2 = host.clone();
         self.node_ns()?
             .netlink(move |h| async move { delete_link(&h, &h2).await })?;
+        self.set_host_ports(pod_uid, &[])?;
         let released = self.ipam.release(pod_uid)?;
         tracing::info!(pod_uid = %pod_uid, ips = ?released, veth = %host, "pod detached");
+        Ok(())
+    }
+
+    /// Maps the pod's hostPorts to its address (the one attach gave it); an empty list
+    /// removes its mappings. The table is rewritten only when the pod's mappings changed.
+    pub fn set_host_ports(&self, pod_uid: &str, ports: &[PortMapping]) -> Result<()> {
+        let mut list = Vec::new();
+        if !ports.is_empty() {
+            let ip = self
+                .ipam
+                .records()?
+                .into_iter()
+                .find_map(|(ip, uid)| (uid == pod_uid).then_some(ip))
+                .ok_or_else(|| Error::NotAttached {
+                    pod_uid: pod_uid.to_string(),
+                })?;
+            list = ports
+                .iter()
+                .map(|p| hostport::HostPort {
+                    port: *p,
+                    pod_ip: ip,
+                })
+                .collect();
+        }
+        if let Some(text) = self.hostports.set(pod_uid, &list)? {
+            self.node_ns()?.run(move || nft::apply(&text))?;
+            tracing::info!(pod_uid = %pod_uid, ports = ?list, "host ports mapped");
+        }
         Ok(())
     }
 
@@ -514,6 +629,8 @@ impl BridgeNetwork {
                 Ok(())
             })?;
         }
+        let ports = self.hostports.retain(live)?;
+        self.node_ns()?.run(move || nft::apply(&ports))?;
         let released = self.ipam.retain(live)?;
         if !released.is_empty() {
             tracing::info!(ips = ?released, "released the addresses of pods that are gone");
@@ -525,30 +642,30 @@ impl BridgeNetwork {
     /// InternalIP, this one included or not).
     pub fn sync_routes(&self, nodes: &[NodeRoute]) -> Result<RouteSync> {
         let want = routes::desired(self.cfg.pod_cidr, nodes);
+        self.node_ns()?
+            .netlink(move |h| async move { apply_routes(&h, &want, None).await })
+    }
+
+    /// Brings the VXLAN overlay in line with `peers` (every Node with a podCIDR, an
+    /// InternalIP and a VTEP MAC, this one included or not): neighbour and FDB entries on
+    /// the device, and a route to each peer's podCIDR via its overlay address, `onlink`.
+    /// Needs `setup` with [`BridgeConfig::vxlan`] first.
+    pub fn sync_vxlan(&self, peers: &[VtepPeer]) -> Result<(RouteSync, vxlan::EntrySync)> {
+        let own_ip = self.cfg.vxlan.ok_or_else(|| Error::NoLink {
+            name: vxlan::DEVICE.into(),
+        })?;
+        let want = vxlan::desired(self.cfg.pod_cidr, own_ip, peers);
         self.node_ns()?.netlink(move |h| async move {
-            let have = owned_routes(&h).await?;
-            let plan = routes::plan(&have, &want);
-            let mut out = RouteSync::default();
-            for (net, gw) in plan.delete {
-                match h.route().del(route_message(net, gw)).execute().await {
-                    Ok(()) => out.deleted.push((net, gw)),
-                    Err(e) if errno(&e) == Some(libc::ESRCH) => out.deleted.push((net, gw)),
-                    Err(e) => out.failed.push((net, gw, e.to_string())),
-                }
-            }
-            for (net, gw) in plan.set {
-                match h
-                    .route()
-                    .add(route_message(net, gw))
-                    .replace()
-                    .execute()
-                    .await
-                {
-                    Ok(()) => out.set.push((net, gw)),
-                    Err(e) => out.failed.push((net, gw, e.to_string())),
-                }
-            }
-            Ok(out)
+            let entries = vxlan::sync_entries(&h, &want).await?;
+            let dev = link_index(&h, vxlan::DEVICE)
+                .await?
+                .ok_or_else(|| Error::NoLink {
+                    name: vxlan::DEVICE.into(),
+                })?;
+            let routes: BTreeMap<Ipv4Net, Ipv4Addr> =
+                want.iter().map(|(net, e)| (*net, e.overlay)).collect();
+            let r = apply_routes(&h, &routes, Some(dev)).await?;
+            Ok((r, entries))
         })
     }
 
@@ -558,8 +675,14 @@ impl BridgeNetwork {
         self.sync_routes(&[])?;
         let ns = self.node_ns()?;
         let bridge = self.cfg.bridge.clone();
-        ns.netlink(move |h| async move { delete_link(&h, &bridge).await })?;
-        ns.run(|| nft::apply(&nft::delete()))
+        ns.netlink(move |h| async move {
+            delete_link(&h, &bridge).await?;
+            delete_link(&h, vxlan::DEVICE).await
+        })?;
+        ns.run(|| {
+            nft::apply(&nft::delete())?;
+            nft::apply(&hostport::delete())
+        })
     }
 }
 
