@@ -148,6 +148,7 @@ mod tests {
             }),
             listen_port: 10250,
             services,
+            log_policy: Default::default(),
         }
     }
 
