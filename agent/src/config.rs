@@ -43,6 +43,8 @@ pub struct Config {
     pub listen_port: u16,
     /// The Service proxy and cluster DNS the agent runs in-process.
     pub services: crate::services::ServiceOptions,
+    /// Container log rotation (`--container-log-max-size`, `--container-log-max-files`).
+    pub log_policy: crate::logrotate::LogPolicy,
 }
 
 impl Config {

@@ -23,6 +23,8 @@ pub mod exec;
 pub mod images;
 /// Container lifecycle hooks (postStart, preStop): actions and the kubelet's messages.
 pub mod lifecycle;
+/// Container log rotation by size, with the kubelet's names, gzip and file count.
+pub mod logrotate;
 /// CRI-format container log lines.
 pub mod logs;
 /// Prometheus metrics at `/metrics`: pod start latency, worker syncs, pods per phase.

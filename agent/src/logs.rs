@@ -3,7 +3,7 @@
 //! `2026-12-01T10:00:00.000000000Z stdout F text`; `P` marks a partial line (longer than
 //! [`MAX_LINE`] and continued by the next record).
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 
 /// Longest record body; longer lines are split into `P` records.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -45,12 +45,12 @@ pub fn record(
     out
 }
 
-/// Copies `input` to `out` as CRI records until end of file. A final fragment without a
+/// Copies `input` to `out` as CRI records until end of file, one `append` per record. A final fragment without a
 /// newline is a full (`F`) record, as containerd writes it.
 pub fn copy(
     input: impl std::io::Read,
     stream: Stream,
-    out: &std::sync::Mutex<impl Write>,
+    out: &std::sync::Mutex<impl crate::logrotate::RecordSink>,
 ) -> std::io::Result<()> {
     let mut r = std::io::BufReader::with_capacity(MAX_LINE, input);
     let mut line = Vec::with_capacity(256);
@@ -71,8 +71,7 @@ pub fn copy(
         let mut w = out
             .lock()
             .map_err(|_| std::io::Error::other("log writer poisoned"))?;
-        w.write_all(&rec)?;
-        w.flush()?;
+        w.append(&rec)?;
     }
 }
 

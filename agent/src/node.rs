@@ -500,6 +500,7 @@ mod tests {
             pod_network: None,
             listen_port: 10250,
             services: Default::default(),
+            log_policy: Default::default(),
         }
     }
 

@@ -481,8 +481,23 @@ impl LogReader {
         let Some(f) = self.file.as_mut() else {
             return Vec::new();
         };
+        // a rotation renames the file away and the shim opens a new one at the path: the
+        // old one is read to its end first (the shim writes no more to it)
+        let rotated = match (tokio::fs::metadata(&self.path).await, f.metadata().await) {
+            (Ok(now), Ok(open)) => {
+                use std::os::unix::fs::MetadataExt;
+                (now.dev(), now.ino()) != (open.dev(), open.ino())
+            }
+            _ => false,
+        };
         if f.read_to_end(&mut self.buf).await.is_err() {
             return Vec::new();
+        }
+        if rotated && let Ok(mut next) = tokio::fs::File::open(&self.path).await {
+            if next.read_to_end(&mut self.buf).await.is_err() {
+                return Vec::new();
+            }
+            self.file = Some(next);
         }
         let Some(end) = self.buf.iter().rposition(|b| *b == b'\n') else {
             return Vec::new();

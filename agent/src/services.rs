@@ -149,6 +149,7 @@ mod tests {
             }),
             listen_port: 10250,
             services,
+            log_policy: Default::default(),
         }
     }
 

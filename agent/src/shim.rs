@@ -53,6 +53,9 @@ pub struct StartRequest {
     pub image: String,
     /// Image id (`repo@sha256:…`).
     pub image_id: String,
+    /// When to rotate the log (absent from older agents: the kubelet's defaults).
+    #[serde(default)]
+    pub log_policy: crate::logrotate::LogPolicy,
 }
 
 /// The shim's answer.
@@ -289,10 +292,7 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
     if let Some(parent) = s.log.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&s.log)
+    let log = crate::logrotate::RotatingLog::open(&s.log, s.log_policy)
         .map_err(|e| Error::io("open", &s.log, e))?;
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
@@ -520,6 +520,7 @@ mod tests {
             log: "/l/2.log".into(),
             image: "busybox".into(),
             image_id: "busybox@sha256:00".into(),
+            log_policy: crate::logrotate::LogPolicy::default(),
         });
         let s = serde_json::to_string(&r).unwrap();
         assert!(!s.contains('\n'));

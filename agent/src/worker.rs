@@ -397,14 +397,22 @@ impl Worker {
             verdicts.insert(kind, now);
         }
         let failed = |k: &str| verdicts.get(k) == Some(&Some(false));
-        if failed("startup") || failed("liveness") {
-            tracing::info!(container = %c.name, "probe failed, killing the container");
-            let id = container_id(&self.uid, &c.name);
-            if let Ok(mut ctr) = self.runtime().load(&id)
-                && let Err(e) = ctr.kill(Signal::SIGKILL, true)
-            {
-                tracing::warn!(container = %id, error = %e, "cannot kill the container");
+        for kind in ["startup", "liveness"] {
+            if !failed(kind) {
+                continue;
             }
+            // as the kubelet: preStop, SIGTERM, the grace period (the probe's
+            // terminationGracePeriodSeconds over the pod's), then SIGKILL
+            let probe = match kind {
+                "startup" => c.startup_probe.as_ref(),
+                _ => c.liveness_probe.as_ref(),
+            };
+            let grace = probe_kill_grace(&self.pod, probe);
+            tracing::info!(container = %c.name, probe = kind, grace_s = grace.as_secs(),
+                "probe failed, stopping the container");
+            let one = [(container_id(&self.uid, &c.name), c.name.clone())];
+            self.stop_containers(&one, grace).await;
+            break;
         }
         if !startup_done {
             return Some(false);
@@ -781,6 +789,7 @@ impl Worker {
             log,
             image: image.clone(),
             image_id: ready.image_id.clone(),
+            log_policy: self.cfg().log_policy,
         });
         let dir = self.dir.clone();
         let resp =
@@ -1021,13 +1030,19 @@ impl Worker {
 
     /// SIGTERM every running container, wait up to `grace`, then SIGKILL and wait.
     async fn stop_all(&self, grace: Duration) {
-        let rt = self.runtime();
         let running = self.running_ids();
+        self.stop_containers(&running, grace).await;
+    }
+
+    /// Stops the given `(id, name)` containers: their preStop hooks, SIGTERM, up to `grace`
+    /// (less the hooks' time) for them to exit, then SIGKILL and wait.
+    async fn stop_containers(&self, running: &[(String, String)], grace: Duration) {
+        let rt = self.runtime();
         if running.is_empty() {
             return;
         }
         let signal = |sig: Signal| {
-            for (id, _) in &running {
+            for (id, _) in running {
                 if let Ok(mut c) = rt.load(id) {
                     if let Err(e) = c.kill(sig, true) {
                         tracing::debug!(container = %id, error = %e, "cannot signal container");
@@ -1044,17 +1059,17 @@ impl Worker {
             })
         };
         if !grace.is_zero() {
-            let grace = self.pre_stop(&running, grace).await;
+            let grace = self.pre_stop(running, grace).await;
             signal(Signal::SIGTERM);
             let deadline = Instant::now() + grace;
-            while Instant::now() < deadline && !all_exited(&running) {
+            while Instant::now() < deadline && !all_exited(running) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        if !all_exited(&running) {
+        if !all_exited(running) {
             signal(Signal::SIGKILL);
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && !all_exited(&running) {
+            while Instant::now() < deadline && !all_exited(running) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -1132,6 +1147,22 @@ fn named_ports(c: &Container) -> Vec<(String, i32)> {
 }
 
 /// "Liveness", "Readiness" or "Startup", as the kubelet's probe events name them.
+/// The grace period of a container killed by a failed probe: the probe's
+/// `terminationGracePeriodSeconds`, else the pod's, else 30 s (the kubelet's rule; a pending
+/// deletion's shorter grace does not apply here).
+pub fn probe_kill_grace(pod: &Pod, probe: Option<&k8s_openapi::api::core::v1::Probe>) -> Duration {
+    let secs = probe
+        .and_then(|p| p.termination_grace_period_seconds)
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30)
+        .max(0);
+    Duration::from_secs(secs as u64)
+}
+
 fn probe_title(kind: &str) -> &'static str {
     match kind {
         "liveness" => "Liveness",
@@ -1243,6 +1274,33 @@ fn remove_dir(p: &std::path::Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_kill_grace_prefers_the_probe() {
+        let pod = |grace: Option<i64>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "deletionGracePeriodSeconds": 1},
+                "spec": {"containers": [], "terminationGracePeriodSeconds": grace}
+            }))
+            .unwrap()
+        };
+        let probe = |grace: Option<i64>| k8s_openapi::api::core::v1::Probe {
+            termination_grace_period_seconds: grace,
+            ..Default::default()
+        };
+        let secs = |d: Duration| d.as_secs();
+        assert_eq!(secs(probe_kill_grace(&pod(None), None)), 30);
+        assert_eq!(secs(probe_kill_grace(&pod(Some(5)), None)), 5);
+        assert_eq!(secs(probe_kill_grace(&pod(Some(5)), Some(&probe(None)))), 5);
+        assert_eq!(
+            secs(probe_kill_grace(&pod(Some(5)), Some(&probe(Some(2))))),
+            2
+        );
+        assert_eq!(
+            secs(probe_kill_grace(&pod(None), Some(&probe(Some(-1))))),
+            0
+        );
+    }
 
     #[test]
     fn legal_steps() {

@@ -7,289 +7,9 @@
 //! shims, mounts, cgroups) is removed when a test ends, also when it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../master/tests/api_common/mod.rs"]
-mod api_common;
-#[path = "../../rootfs-tools/tests/common/mod.rs"]
-mod common;
+mod node_common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use serde_json::json;
-
-/// The skiff binary next to this test's target dir.
-fn skiff_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("skiff");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build -p skiff`",
-        bin.display()
-    );
-    bin
-}
-
-async fn admin_client(server: &api_common::TestServer) -> kube::Client {
-    let kc = Kubeconfig::read_from(server.kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
-/// Mount points under `dir`, from /proc/self/mountinfo.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
-        .filter(|m| m.starts_with(dir))
-        .collect()
-}
-
-/// One node: an agent process and its private directories.
-struct TestNode {
-    dir: tempfile::TempDir,
-    prefix: String,
-    name: String,
-    args: Vec<String>,
-    agent: Option<Child>,
-}
-
-impl TestNode {
-    fn new(server: &api_common::TestServer, name: &str) -> TestNode {
-        // the host's network is not the tests' to change: no bridge network, no Service
-        // proxy (nftables) or cluster DNS address here
-        TestNode::with_args(
-            server,
-            name,
-            &["--pod-network", "none", "--proxy=false", "--dns=false"],
-        )
-    }
-
-    fn with_args(server: &api_common::TestServer, name: &str, extra: &[&str]) -> TestNode {
-        let dir = tempfile::tempdir().unwrap();
-        let prefix = format!("skiff-test-{}-{name}", std::process::id());
-        let p = |s: &str| dir.path().join(s).display().to_string();
-        let args = vec![
-            "agent".into(),
-            "--server".into(),
-            format!("https://{}", server.handle.addr),
-            "--token".into(),
-            server.handle.node_token.clone(),
-            "--ca-file".into(),
-            server.dir.path().join("ca.crt").display().to_string(),
-            "--node-name".into(),
-            name.into(),
-            "--root-dir".into(),
-            p("root"),
-            "--run-dir".into(),
-            p("run"),
-            "--log-dir".into(),
-            p("log"),
-            "--node-ip".into(),
-            "127.0.0.1".into(),
-            "--cgroup-prefix".into(),
-            prefix.clone(),
-            // tests run side by side: any free port for the logs/exec endpoint
-            "--listen-port".into(),
-            "0".into(),
-        ];
-        let args = args
-            .into_iter()
-            .chain(extra.iter().map(|s| s.to_string()))
-            .collect();
-        let mut n = TestNode {
-            dir,
-            prefix,
-            name: name.into(),
-            args,
-            agent: None,
-        };
-        n.start_agent();
-        n
-    }
-
-    fn start_agent(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .unwrap();
-        let child = Command::new(skiff_bin())
-            .args(&self.args)
-            .env("SKIFF_LOG", "info,libcgroups=error")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-    }
-
-    fn kill_agent(&mut self) {
-        if let Some(mut c) = self.agent.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// The shim's record of a container run.
-    fn record(&self, uid: &str, container: &str, restart: u32) -> Option<serde_json::Value> {
-        let p = self.path(&format!(
-            "run/pods/{uid}/containers/{container}/{restart}.json"
-        ));
-        std::fs::read(p)
-            .ok()
-            .map(|d| serde_json::from_slice(&d).unwrap())
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.kill_agent();
-        // containers, shims, mounts and cgroups the agent left (a failed test)
-        let rt = skiff_runtime::Runtime::new(self.path("run/runtime"));
-        for c in rt.list().unwrap_or_default() {
-            let _ = c.delete(true);
-        }
-        if let Ok(pods) = std::fs::read_dir(self.path("run/pods")) {
-            for p in pods.flatten() {
-                if let Some(pid) = std::fs::read_to_string(p.path().join("shim.pid"))
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-        let mut mounts = mounts_under(self.dir.path());
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = skiff_agent::qos::remove_cgroup(
-            Path::new("/sys/fs/cgroup"),
-            Path::new(&format!("/{}", self.prefix)),
-        );
-    }
-}
-
-struct Cluster {
-    server: api_common::TestServer,
-    client: kube::Client,
-    image: String,
-    _registry: common::TestRegistry,
-    _images: tempfile::TempDir,
-}
-
-async fn cluster() -> Cluster {
-    skiff_testsupport::require_root();
-    skiff_bin();
-    common::init_tls();
-    let images = tempfile::tempdir().unwrap();
-    let registry = common::TestRegistry::start();
-    let layout = common::busybox_layout(images.path());
-    registry.push(&layout.dir, "latest", "busybox:1", &[]);
-    let server = api_common::start().await;
-    let client = admin_client(&server).await;
-    Cluster {
-        image: registry.reference("busybox:1"),
-        server,
-        client,
-        _registry: registry,
-        _images: images,
-    }
-}
-
-async fn wait_node_ready(client: &kube::Client, node: &TestNode) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    api_common::wait_for("node Ready", Duration::from_secs(30), || async {
-        let n = nodes.get_opt(&node.name).await.ok().flatten()?;
-        let ready = n
-            .status?
-            .conditions?
-            .into_iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        ready.then_some(())
-    })
-    .await;
-}
-
-fn pod(name: &str, node: &str, image: &str, script: &str, extra: serde_json::Value) -> Pod {
-    let mut p = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 2,
-            "containers": [{
-                "name": "c", "image": image,
-                "command": ["/bin/sh", "-c", script],
-                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
-            }]
-        }
-    });
-    json_patch_merge(&mut p["spec"], &extra);
-    serde_json::from_value(p).unwrap()
-}
-
-fn json_patch_merge(a: &mut serde_json::Value, b: &serde_json::Value) {
-    if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
-        for (k, v) in b {
-            a.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-async fn wait_pod<T>(
-    api: &Api<Pod>,
-    name: &str,
-    what: &str,
-    secs: u64,
-    node: &TestNode,
-    mut f: impl FnMut(&Pod) -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Ok(p) = api.get(name).await
-            && let Some(v) = f(&p)
-        {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let p = api.get(name).await.ok();
-            panic!(
-                "timed out waiting for {what}; pod status: {}\nagent log:\n{}",
-                serde_json::to_string_pretty(&p.map(|p| p.status)).unwrap(),
-                node.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn running_ready(p: &Pod) -> Option<()> {
-    let st = p.status.as_ref()?;
-    let cs = st.container_statuses.as_ref()?.first()?;
-    (st.phase.as_deref() == Some("Running") && cs.ready).then_some(())
-}
+use node_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_registers_with_lease_and_status() {
@@ -656,15 +376,6 @@ async fn killed_agent_restarts_and_adopts_running_pods() {
     })
     .await;
     assert!(!alive(pid));
-}
-
-fn container_status(p: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
-    p.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .first()
-        .cloned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1153,61 +864,6 @@ async fn bridge_network_in_node_netns() {
     assert!(!table.contains("dport 18080"), "{table}");
 }
 
-/// The agent's logs/exec port from its Node's `daemonEndpoints`.
-async fn kubelet_port(client: &kube::Client, node: &str) -> u16 {
-    let n: Node = Api::all(client.clone()).get(node).await.unwrap();
-    let port = n
-        .status
-        .unwrap()
-        .daemon_endpoints
-        .unwrap()
-        .kubelet_endpoint
-        .unwrap()
-        .port;
-    assert!(
-        port > 0 && port != 10250,
-        "a free port was asked for: {port}"
-    );
-    port as u16
-}
-
-/// kubectl with a time limit (a hanging `logs -f` or `exec` fails the test, never blocks it).
-async fn kubectl_timed(
-    c: &Cluster,
-    version: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(api_common::kubectl_path(version));
-    cmd.arg("--kubeconfig")
-        .arg(c.server.kubeconfig())
-        .args(args)
-        .env("HOME", c.server.dir.path())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    if let Some(input) = stdin {
-        use tokio::io::AsyncWriteExt;
-        let mut w = child.stdin.take().unwrap();
-        w.write_all(input.as_bytes()).await.unwrap();
-        drop(w);
-    }
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("kubectl {version} {args:?} did not finish in 60 s"))
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_through_master_and_agent() {
     let c = cluster().await;
@@ -1650,17 +1306,6 @@ async fn cpu_burner_in_metrics_api_and_kubectl_top() {
     }
 }
 
-async fn pod_events(client: &kube::Client, pod: &str) -> Vec<k8s_openapi::api::core::v1::Event> {
-    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
-    api.list(&Default::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(pod))
-        .collect()
-}
-
 /// Waits for a restart of the pod's container and checks the run before was SIGKILLed.
 async fn assert_killed_and_restarted(pods: &Api<Pod>, name: &str, node: &TestNode) {
     let cs = wait_pod(
@@ -1677,12 +1322,6 @@ async fn assert_killed_and_restarted(pods: &Api<Pod>, name: &str, node: &TestNod
     .await;
     let last = cs.last_state.unwrap().terminated.unwrap();
     assert_eq!((last.exit_code, last.signal), (137, Some(9)));
-}
-
-fn exec_probe(cmd: &str, extra: serde_json::Value) -> k8s_openapi::api::core::v1::Probe {
-    let mut p = json!({"exec": {"command": ["sh", "-c", cmd]}});
-    json_patch_merge(&mut p, &extra);
-    serde_json::from_value(p).unwrap()
 }
 
 /// Exec probes run in the container through the runtime (`sh` found through the default
@@ -2104,28 +1743,10 @@ async fn downward_api_volume_follows_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_pull_secrets_authenticate_the_pull() {
     let c = cluster().await;
-    let images = tempfile::tempdir().unwrap();
-    let registry = common::TestRegistry::start_with_auth("puller", "s3cret");
-    let layout = common::busybox_layout(images.path());
-    registry.push(&layout.dir, "latest", "private/busybox:1", &[]);
-    let image = registry.reference("private/busybox:1");
+    let (registry, image, _images) = private_registry();
     let node = TestNode::new(&c.server, "n-pull");
     wait_node_ready(&c.client, &node).await;
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(c.client.clone(), "default");
-    let config = json!({"auths": {registry.addr(): {"username": "puller", "password": "s3cret"}}});
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "regcred"},
-                "type": "kubernetes.io/dockerconfigjson",
-                "stringData": {".dockerconfigjson": config.to_string()}
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    create_pull_secret(&c.client, "default", &registry).await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
     pods.create(
         &PostParams::default(),

@@ -76,8 +76,18 @@ pub struct AgentArgs {
     /// Port of the logs/exec endpoint (HTTPS on the node IP; 0: any free port).
     #[arg(long, default_value_t = 10250)]
     listen_port: u16,
+    /// Rotate a container's log once it reaches this size (a quantity: 10Mi, 500Ki; 0: never).
+    #[arg(long, default_value = "10Mi", value_parser = parse_log_size)]
+    container_log_max_size: u64,
+    /// Log files kept per container run, the live one included (at least 2).
+    #[arg(long, default_value_t = skiff_agent::logrotate::DEFAULT_MAX_FILES)]
+    container_log_max_files: u32,
     #[command(flatten)]
     services: NodeServiceArgs,
+}
+
+fn parse_log_size(s: &str) -> std::result::Result<u64, skiff_agent::logrotate::PolicyError> {
+    skiff_agent::logrotate::parse_size(s)
 }
 
 /// The in-process Service proxy and cluster DNS (`skiff agent` and `skiff up`).
@@ -214,6 +224,10 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         ),
         listen_port: a.listen_port,
         services,
+        log_policy: skiff_agent::logrotate::LogPolicy::new(
+            a.container_log_max_size,
+            a.container_log_max_files,
+        )?,
     };
     Ok(config)
 }

@@ -40,6 +40,12 @@ pub struct UpArgs {
     /// cgroup path under which pod cgroups are made.
     #[arg(long, default_value = "skiff")]
     cgroup_prefix: String,
+    /// Rotate a container's log once it reaches this size (passed to the agent).
+    #[arg(long, default_value = "10Mi")]
+    container_log_max_size: String,
+    /// Log files kept per container run (passed to the agent).
+    #[arg(long, default_value_t = skiff_agent::logrotate::DEFAULT_MAX_FILES)]
+    container_log_max_files: u32,
 }
 
 /// `skiff master …` / `skiff agent …` argument lists, parsed as those commands parse them.
@@ -83,6 +89,10 @@ fn agent_argv(a: &UpArgs, node_ip: IpAddr, token: &str) -> Vec<String> {
         path(&a.log_dir),
         "--cgroup-prefix".into(),
         a.cgroup_prefix.clone(),
+        "--container-log-max-size".into(),
+        a.container_log_max_size.clone(),
+        "--container-log-max-files".into(),
+        a.container_log_max_files.to_string(),
     ];
     if let Some(n) = &a.node_name {
         v.extend(["--node-name".into(), n.clone()]);
@@ -196,6 +206,8 @@ mod tests {
             run_dir: "/d/run".into(),
             log_dir: "/d/log".into(),
             cgroup_prefix: "skiff-t".into(),
+            container_log_max_size: "1Mi".into(),
+            container_log_max_files: 3,
         };
         let argv = agent_argv(&up, "10.9.0.2".parse().unwrap(), "tok");
         let a = AgentCli::try_parse_from(argv).unwrap().args;
@@ -206,6 +218,8 @@ mod tests {
             "node_ip: Some(10.9.0.2)",
             "node_name: Some(\"n1\")",
             "cgroup_prefix: \"skiff-t\"",
+            "container_log_max_size: 1048576",
+            "container_log_max_files: 3",
             "proxy: true",
             "dns: true",
         ] {

@@ -12,6 +12,7 @@ mod proxy;
 mod rest;
 /// Label selectors and field selectors (also used by the controllers).
 pub mod select;
+mod serviceaccount;
 mod services;
 mod status;
 mod watch;

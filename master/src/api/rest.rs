@@ -358,6 +358,7 @@ pub(crate) async fn create_object(
             .default_toleration_seconds
             .load(std::sync::atomic::Ordering::Relaxed);
         crate::resources::defaults::default_tolerations(&mut obj, seconds);
+        super::serviceaccount::admit(server, ns.unwrap_or("default"), &mut obj).await?;
     }
     semantics::prepare_create(info, &mut obj).map_err(|e| invalid(info, &name, &e))?;
     if let Some(m) = manager {
@@ -385,7 +386,31 @@ pub(crate) async fn create_object(
         Err(e) => return Err(e.into()),
     };
     set_rv(&mut obj, kv.mod_revision);
+    if info.kind == "Namespace" {
+        ensure_default_service_account(server, &name).await?;
+    }
     Ok(obj)
+}
+
+/// Makes the namespace's `default` ServiceAccount unless it has one (the ServiceAccounts
+/// controller's job upstream; done with the namespace so that its first pod finds it).
+async fn ensure_default_service_account(server: &Server, ns: &str) -> Result<(), ApiError> {
+    let info = find("", "serviceaccounts")
+        .ok_or_else(|| ApiError::internal("serviceaccounts not served"))?;
+    if server
+        .store
+        .get(&object_key(info, Some(ns), "default"))
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let sa = super::serviceaccount::default_account(ns);
+    match Box::pin(create_object(server, info, Some(ns), sa, false, None)).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "AlreadyExists" => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// POST on a collection (and the binding subresource).
@@ -1423,6 +1448,7 @@ pub(crate) async fn bootstrap(server: &Server, service_ip: Ipv4Addr) -> Result<(
                 Err(e) => return Err(e),
             }
         }
+        ensure_default_service_account(server, ns).await?;
     }
     let svc = find("", "services").ok_or_else(|| ApiError::internal("services not served"))?;
     let kubernetes = json!({
