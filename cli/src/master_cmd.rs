@@ -75,6 +75,12 @@ pub struct MasterArgs {
     /// Pods evicted from unreachable or not-ready nodes per second at most.
     #[arg(long, default_value_t = 0.1)]
     node_eviction_rate: f64,
+    /// How often each HorizontalPodAutoscaler is synced.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// Scale-down stabilization window of HorizontalPodAutoscalers without spec.behavior.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: std::time::Duration,
     /// Serve the API only: no scheduler or controllers.
     #[arg(long)]
     no_controllers: bool,
@@ -197,6 +203,8 @@ pub(crate) async fn start(args: &MasterArgs) -> Result<Master> {
             ),
             default_toleration_seconds: args.default_toleration_seconds,
             eviction_rate: args.node_eviction_rate,
+            hpa_sync_period: args.horizontal_pod_autoscaler_sync_period,
+            hpa_downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
             apiserver_address: skiff_master::controllers::endpoints::advertise_address(handle.addr),
             ..Default::default()
         };

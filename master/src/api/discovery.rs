@@ -64,14 +64,29 @@ pub fn api_versions() -> Value {
     })
 }
 
+/// The groups served with their versions, preferred (storage) version first.
+fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (g, v) in group_versions() {
+        match out.iter_mut().find(|(og, _)| *og == g) {
+            Some((_, vs)) => vs.push(v),
+            None => out.push((g, vec![v])),
+        }
+    }
+    out
+}
+
 /// `/apis`.
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = group_versions()
+    let groups: Vec<Value> = groups()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
-        .map(|(g, v)| {
-            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        .map(|(g, vs)| {
+            let gvs: Vec<Value> = vs
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                .collect();
+            json!({"name": g, "preferredVersion": gvs[0].clone(), "versions": gvs})
         })
         .chain([super::metrics::group_entry()])
         .collect();
@@ -154,48 +169,17 @@ pub fn aggregated_version(accept: &str) -> Option<&'static str> {
 
 /// Aggregated discovery for `/api` (core = true) or `/apis`.
 pub fn aggregated(core: bool, version: &str) -> Value {
-    let items: Vec<Value> = group_versions()
+    let items: Vec<Value> = groups()
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
-        .map(|(g, v)| {
-            let resources: Vec<Value> = RESOURCES
-                .iter()
-                .filter(|r| r.group == g && r.version == v)
-                .map(|r| {
-                    let subs: Vec<Value> = r
-                        .subresources
-                        .iter()
-                        .map(|s| {
-                            let (verbs, (sg, sv, sk)) = subresource(r, s);
-                            json!({
-                                "subresource": s,
-                                "responseKind": {"group": sg, "version": sv, "kind": sk},
-                                "verbs": verbs
-                            })
-                        })
-                        .collect();
-                    let mut o = json!({
-                        "resource": r.plural,
-                        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
-                        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
-                        "singularResource": r.singular,
-                        "verbs": VERBS,
-                    });
-                    if !r.short_names.is_empty() {
-                        o["shortNames"] = json!(r.short_names);
-                    }
-                    if !r.categories.is_empty() {
-                        o["categories"] = json!(r.categories);
-                    }
-                    if !subs.is_empty() {
-                        o["subresources"] = json!(subs);
-                    }
-                    o
-                })
+        .map(|(g, vs)| {
+            let versions: Vec<Value> = vs
+                .into_iter()
+                .map(|v| aggregated_version_entry(g, v))
                 .collect();
             json!({
                 "metadata": {"name": g, "creationTimestamp": null},
-                "versions": [{"version": v, "resources": resources, "freshness": "Current"}]
+                "versions": versions
             })
         })
         .chain((!core).then(super::metrics::aggregated_item))
@@ -206,6 +190,46 @@ pub fn aggregated(core: bool, version: &str) -> Value {
         "metadata": {},
         "items": items
     })
+}
+
+/// One version of a group in aggregated discovery.
+fn aggregated_version_entry(g: &str, v: &str) -> Value {
+    let resources: Vec<Value> = RESOURCES
+        .iter()
+        .filter(|r| r.group == g && r.version == v)
+        .map(|r| {
+            let subs: Vec<Value> = r
+                .subresources
+                .iter()
+                .map(|s| {
+                    let (verbs, (sg, sv, sk)) = subresource(r, s);
+                    json!({
+                        "subresource": s,
+                        "responseKind": {"group": sg, "version": sv, "kind": sk},
+                        "verbs": verbs
+                    })
+                })
+                .collect();
+            let mut o = json!({
+                "resource": r.plural,
+                "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular,
+                "verbs": VERBS,
+            });
+            if !r.short_names.is_empty() {
+                o["shortNames"] = json!(r.short_names);
+            }
+            if !r.categories.is_empty() {
+                o["categories"] = json!(r.categories);
+            }
+            if !subs.is_empty() {
+                o["subresources"] = json!(subs);
+            }
+            o
+        })
+        .collect();
+    json!({"version": v, "resources": resources, "freshness": "Current"})
 }
 
 /// `/version`.

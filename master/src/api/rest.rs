@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::select::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::{Server, Target, json_response, object_key, semantics, services, typed_response};
-use crate::resources::{FieldError, PatchType, RESOURCES, ResourceInfo, find};
+use crate::resources::{FieldError, PatchType, RESOURCES, ResourceInfo, convert, find, storage_of};
 use crate::store::{KeyValue, StoreError};
 
 /// What every handler gets.
@@ -208,6 +208,13 @@ fn invalid(info: &ResourceInfo, name: &str, errs: &[FieldError]) -> ApiError {
 
 /// The response for one object: JSON, or a Table when asked for.
 fn respond(ctx: &Ctx<'_>, code: StatusCode, obj: &Value, warnings: &[String]) -> Response {
+    let mut converted;
+    let mut obj = obj;
+    if !std::ptr::eq(storage_of(ctx.info()), ctx.info()) {
+        converted = obj.clone();
+        convert(ctx.info(), &mut converted);
+        obj = &converted;
+    }
     let body = if wants_table(ctx.accept) {
         let mut t = make_table(
             ctx.info(),
@@ -239,8 +246,22 @@ pub(crate) fn wants_table(accept: &str) -> bool {
 }
 
 /// A Table of `items`, with rows' objects as `includeObject` asks (default Metadata).
-pub(crate) fn make_table(info: &ResourceInfo, include: &str, items: &[Value]) -> Value {
-    let mut t = semantics::table(info, items, Utc::now());
+pub(crate) fn make_table(info: &'static ResourceInfo, include: &str, items: &[Value]) -> Value {
+    // the columns are computed from the storage version
+    let storage = storage_of(info);
+    let mut t = if std::ptr::eq(storage, info) {
+        semantics::table(info, items, Utc::now())
+    } else {
+        let stored: Vec<Value> = items
+            .iter()
+            .map(|i| {
+                let mut i = i.clone();
+                convert(storage, &mut i);
+                i
+            })
+            .collect();
+        semantics::table(storage, &stored, Utc::now())
+    };
     if let Some(rows) = t.get_mut("rows").and_then(Value::as_array_mut) {
         for (row, item) in rows.iter_mut().zip(items) {
             match include {
@@ -300,6 +321,9 @@ pub(crate) async fn create_object(
     dry_run: bool,
     manager: Option<&str>,
 ) -> Result<Value, ApiError> {
+    // objects are kept in the storage version; callers convert the result back
+    let info = storage_of(info);
+    convert(info, &mut obj);
     if info.namespaced {
         let ns = ns.unwrap_or("default");
         match meta_str(&obj, "namespace") {
@@ -609,6 +633,17 @@ pub(crate) fn raw_item(kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
+/// A stored object as JSON text in `info`'s version: as stored ([`raw_item`]) when that is
+/// the storage version, converted otherwise.
+pub(crate) fn item_bytes(info: &'static ResourceInfo, kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
+    if std::ptr::eq(storage_of(info), info) {
+        return raw_item(kv);
+    }
+    let mut o = decode_kv(kv)?;
+    convert(info, &mut o);
+    serde_json::to_vec(&o).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 /// GET of a collection.
 pub(crate) async fn list(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     if ctx.target.sub.is_some() {
@@ -636,7 +671,8 @@ pub(crate) async fn list(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         return Ok(json_response(StatusCode::OK, &t));
     }
     // The items are spliced in as JSON text, never decoded as a whole.
-    let (items, revision, token) = list_with(ctx, limit, |kv, _| raw_item(kv)).await?;
+    let (items, revision, token) =
+        list_with(ctx, limit, |kv, _| item_bytes(ctx.info(), kv)).await?;
     let head = json!({
         "kind": format!("{}List", ctx.info().kind),
         "apiVersion": ctx.info().api_version(),
@@ -667,7 +703,12 @@ async fn write_update(
     mut new: Value,
     status_only: bool,
 ) -> Result<Value, ApiError> {
-    let info = ctx.info();
+    // both sides in the storage version (the request's may differ)
+    let info = storage_of(ctx.info());
+    let mut old_stored = old.clone();
+    convert(info, &mut old_stored);
+    let old = &old_stored;
+    convert(info, &mut new);
     let name = ctx.name().to_string();
     match meta_str(&new, "name") {
         Some(n) if n != name => {
@@ -924,7 +965,8 @@ pub(crate) async fn patch(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     let mut kv = kv;
     let mut attempt = 0;
     loop {
-        let old = decode_kv(&kv)?;
+        let mut old = decode_kv(&kv)?;
+        convert(info, &mut old);
         let mut new =
             semantics::apply_patch(info, &old, ty, body, &manager, force).map_err(patch_error)?;
         check_kind(info, &mut new)?;
@@ -1383,7 +1425,8 @@ pub(crate) async fn delete(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiEr
             ctx.name()
         )));
     }
-    let (obj, gone) = delete_one(ctx.server, ctx.info(), &kv, &opts).await?;
+    let (mut obj, gone) = delete_one(ctx.server, ctx.info(), &kv, &opts).await?;
+    convert(ctx.info(), &mut obj);
     let code = if gone {
         StatusCode::OK
     } else {
@@ -1514,7 +1557,10 @@ pub(crate) async fn reconcile_namespaces(server: &Server) -> Result<(), ApiError
         }
         let name = meta_str(&ns, "name").unwrap_or_default().to_string();
         let mut remaining = 0usize;
-        for info in RESOURCES.iter().filter(|r| r.namespaced) {
+        for info in RESOURCES
+            .iter()
+            .filter(|r| r.namespaced && std::ptr::eq(storage_of(r), *r))
+        {
             let prefix = format!("{}{}/", info.key_prefix(), name);
             let items = server.store.list(&prefix, None, 0, None).await?;
             for item in items.items {

@@ -11,10 +11,11 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::rest::{Ctx, decode_kv, make_table, raw_item, selectors, wants_table};
+use super::rest::{Ctx, decode_kv, item_bytes, make_table, selectors, wants_table};
 use super::select::FieldSelector;
 use super::status::ApiError;
-use crate::resources::ResourceInfo;
+use crate::resources::storage_of;
+use crate::resources::{ResourceInfo, convert};
 use crate::store::{EventKind, StoreError};
 
 /// How often bookmarks are sent when allowed.
@@ -27,11 +28,15 @@ struct Render {
 
 impl Render {
     fn line(&self, ty: &str, obj: &Value) -> Bytes {
+        let mut obj = obj.clone();
+        if ty != "BOOKMARK" && ty != "ERROR" {
+            convert(self.info, &mut obj);
+        }
         let object = match &self.table {
             Some(include) if ty != "BOOKMARK" && ty != "ERROR" => {
-                make_table(self.info, include, std::slice::from_ref(obj))
+                make_table(self.info, include, std::slice::from_ref(&obj))
             }
-            _ => obj.clone(),
+            _ => obj,
         };
         let mut s = json!({"type": ty, "object": object}).to_string();
         s.push('\n');
@@ -97,7 +102,7 @@ pub(crate) async fn watch(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         let mut lines = Vec::new();
         for kv in &res.items {
             if plain {
-                lines.push(Render::raw_line("ADDED", &raw_item(kv)?));
+                lines.push(Render::raw_line("ADDED", &item_bytes(render.info, kv)?));
                 continue;
             }
             let o = decode_kv(kv)?;
@@ -167,9 +172,14 @@ pub(crate) async fn watch(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
                             (EventKind::Put, true) => "MODIFIED",
                             (EventKind::Put, false) => "ADDED",
                         };
-                        let line = server.watch_lines.get_or_render(&ev.kv, ty, || {
-                            raw_item(&ev.kv).map(|raw| Render::raw_line(ty, &raw))
-                        });
+                        // one rendering per event for every watcher of the storage version; other
+                        // versions (converted) are rendered per watcher
+                        let render_line = || item_bytes(render.info, &ev.kv).map(|raw| Render::raw_line(ty, &raw));
+                        let line = if std::ptr::eq(storage_of(render.info), render.info) {
+                            server.watch_lines.get_or_render(&ev.kv, ty, render_line)
+                        } else {
+                            render_line()
+                        };
                         let Ok(line) = line else { continue };
                         if tx.send(line).await.is_err() {
                             return;

@@ -18,6 +18,8 @@ pub mod endpoints_core;
 pub mod events;
 /// The garbage collector: ownerReferences cascades (background, foreground, orphan).
 pub mod gc;
+/// The HorizontalPodAutoscaler controller: scale subresources driven by resource metrics.
+pub mod hpa;
 /// The pure core of the HorizontalPodAutoscaler: replica calculation, behavior, bounds.
 pub mod hpa_core;
 /// The Job controller: pods to completions, backoff, deadlines, suspend, TTL.
@@ -62,6 +64,11 @@ pub struct Settings {
     pub apiserver_address: Option<std::net::SocketAddr>,
     /// Base of the delay before a Job's failed pod is replaced, doubled per failure (10 s).
     pub job_backoff: Duration,
+    /// How often each HPA is synced (`--horizontal-pod-autoscaler-sync-period`, 15 s).
+    pub hpa_sync_period: Duration,
+    /// The scale-down stabilization window of HPAs without `spec.behavior`
+    /// (`--horizontal-pod-autoscaler-downscale-stabilization`, 5 m).
+    pub hpa_downscale_stabilization: Duration,
     /// The clock of time-driven controllers (the CronJob schedule); tests move it.
     pub clock: fn() -> chrono::DateTime<chrono::Utc>,
 }
@@ -79,6 +86,8 @@ impl Default for Settings {
             component: "skiff-controller-manager".into(),
             apiserver_address: None,
             job_backoff: Duration::from_secs(10),
+            hpa_sync_period: Duration::from_secs(15),
+            hpa_downscale_stabilization: Duration::from_secs(300),
             clock: chrono::Utc::now,
         }
     }
@@ -162,6 +171,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     set.spawn(job::run(ctx.clone()));
     set.spawn(cronjob::run(ctx.clone()));
     set.spawn(daemonset::run(ctx.clone()));
+    set.spawn(hpa::run(ctx.clone()));
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}

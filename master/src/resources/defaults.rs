@@ -105,6 +105,7 @@ pub(crate) fn apply(kind: &str, obj: &mut Value) {
             }
         }
         "Job" | "CronJob" | "DaemonSet" => super::workloads::defaults(kind, root),
+        "HorizontalPodAutoscaler" => super::autoscaling::defaults(root),
         "Secret" => set_default(root, "type", json!("Opaque")),
         "Node" => {
             if let Some(status) = root.get_mut("status").and_then(Value::as_object_mut) {

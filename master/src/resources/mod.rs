@@ -34,9 +34,13 @@ impl ResourceInfo {
         }
     }
 
-    /// The store key prefix of this resource (etcd's Kubernetes layout).
+    /// The store key prefix of this resource (etcd's Kubernetes layout; every served
+    /// version of a kind shares it).
     pub fn key_prefix(&self) -> String {
-        if self.group.is_empty() {
+        if self.plural == "horizontalpodautoscalers" {
+            // upstream keeps HPAs of every version under the resource's name alone
+            format!("/registry/{}/", self.plural)
+        } else if self.group.is_empty() {
             format!("/registry/{}/", self.plural)
         } else {
             format!("/registry/{}/{}/", self.group, self.plural)
@@ -224,7 +228,44 @@ pub const RESOURCES: &[ResourceInfo] = &[
         categories: &[],
         subresources: &[],
     },
+    // The storage (and preferred) version first, then the other served versions.
+    ResourceInfo {
+        group: "autoscaling",
+        version: "v2",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        namespaced: true,
+        short_names: &["hpa"],
+        categories: ALL,
+        subresources: &["status"],
+    },
+    ResourceInfo {
+        group: "autoscaling",
+        version: "v1",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        namespaced: true,
+        short_names: &["hpa"],
+        categories: ALL,
+        subresources: &["status"],
+    },
 ];
+
+/// The storage version of `info`'s resource: the first entry of [`RESOURCES`] with its group
+/// and plural (also its preferred version). Objects are stored in it and converted to the
+/// version a request names.
+pub fn storage_of(info: &'static ResourceInfo) -> &'static ResourceInfo {
+    find(info.group, info.plural).unwrap_or(info)
+}
+
+/// Converts `obj` to `info`'s version in place (a no-op for kinds with one version).
+pub fn convert(info: &ResourceInfo, obj: &mut serde_json::Value) {
+    if info.kind == "HorizontalPodAutoscaler" {
+        autoscaling::convert(obj, &info.api_version());
+    }
+}
 
 /// Finds a resource by group and plural name.
 pub fn find(group: &str, plural: &str) -> Option<&'static ResourceInfo> {
@@ -285,6 +326,8 @@ pub mod semantics;
 
 /// Server-side apply: merge, managedFields ownership, conflicts.
 mod apply;
+/// HorizontalPodAutoscaler: v1 ⇄ v2 conversion, defaults, validation, table columns.
+pub mod autoscaling;
 /// Defaulting of new and updated objects per kind.
 pub(crate) mod defaults;
 /// Strategic merge patch with the served types' merge keys and directives.

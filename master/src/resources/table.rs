@@ -85,6 +85,7 @@ fn columns(kind: &str) -> Vec<Column> {
         ],
         "Lease" => vec![NAME, s("Holder"), AGE],
         "Job" | "CronJob" | "DaemonSet" => super::workloads::columns(kind),
+        "HorizontalPodAutoscaler" => super::autoscaling::columns(),
         "EndpointSlice" => vec![NAME, s("AddressType"), s("Ports"), s("Endpoints"), AGE],
         _ => vec![NAME, AGE],
     }
@@ -630,6 +631,7 @@ fn cells(kind: &str, o: &Value, now: DateTime<Utc>) -> Vec<Value> {
         "Event" => return event_cells(o, now),
         "Lease" => vec![json!(str_at(o, "/spec/holderIdentity")), age],
         "Job" | "CronJob" | "DaemonSet" => super::workloads::cells(kind, o, now),
+        "HorizontalPodAutoscaler" => super::autoscaling::cells(o, now),
         "EndpointSlice" => endpointslice_cells(o, now),
         _ => vec![age],
     };

@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, ReplicaSet},
+    autoscaling::{v1 as autoscaling_v1, v2 as autoscaling_v2},
     batch::v1::{CronJob, Job},
     coordination::v1::Lease,
     core::v1::{
@@ -45,6 +46,10 @@ pub(crate) fn round_trip(info: &ResourceInfo, obj: &Value) -> Option<Result<Valu
         "Job" => trip::<Job>(v),
         "CronJob" => trip::<CronJob>(v),
         "DaemonSet" => trip::<DaemonSet>(v),
+        "HorizontalPodAutoscaler" if info.version == "v1" => {
+            trip::<autoscaling_v1::HorizontalPodAutoscaler>(v)
+        }
+        "HorizontalPodAutoscaler" => trip::<autoscaling_v2::HorizontalPodAutoscaler>(v),
         _ => return None,
     })
 }
