@@ -746,7 +746,6 @@ spec:
 
 /// `kubectl autoscale` posts a protobuf body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs protobuf request bodies (branch proto)"]
 async fn kubectl_autoscale_creates_an_hpa() {
     let (c, _load) = cluster().await;
     c.apply("1.32", &deployment("x", 1, Some("50m"))).await;
