@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod config_file;
+mod ctl;
 mod dns_cmd;
 mod image_cmd;
 mod install_cmd;
@@ -58,6 +59,8 @@ enum Command {
     Dns(dns_cmd::DnsArgs),
     /// A one-node cluster in one process: master, agent, Service proxy and cluster DNS.
     Up(up_cmd::UpArgs),
+    /// A small kubectl: apply, get, describe, delete, scale, rollout, logs, exec.
+    Ctl(ctl::CtlArgs),
     /// Install skiff on this machine: binary, systemd units, /etc/skiff/config.yaml; starts
     /// a one-node cluster, or with --server a worker that joins one.
     Install(install_cmd::InstallArgs),
@@ -140,6 +143,7 @@ fn main() {
             Command::Proxy(a) => proxy_cmd::main(a),
             Command::Dns(a) => dns_cmd::main(a),
             Command::Up(a) => up_cmd::main(a),
+            Command::Ctl(a) => ctl::main(a),
             Command::Shim(a) => agent_cmd::shim(a),
             Command::Install(a) => install_cmd::install(a, completion_script),
             Command::Uninstall(a) => install_cmd::uninstall(a),

@@ -8,82 +8,23 @@
 mod etcd_common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Master(Child);
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use skiff_testsupport::MasterProcess as Master;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    skiff_testsupport::free_port().unwrap()
 }
 
 /// Starts `skiff master` with `extra` arguments (its log goes to `dir/master.log`) and waits
 /// until it is ready.
 fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Master {
-    std::fs::create_dir_all(dir).unwrap();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("master.log"))
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["master", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .env("SKIFF_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let m = Master(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if dir.join("admin.kubeconfig").exists()
-            && kubectl(dir, &["get", "--raw", "/readyz"], None).0
-        {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the master did not become ready; its log:\n{}",
-            std::fs::read_to_string(dir.join("master.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    Master::start(Path::new(env!("CARGO_BIN_EXE_skiff")), dir, port, extra).unwrap()
 }
 
 fn kubectl(dir: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut cmd = Command::new("kubectl");
-    cmd.arg("--kubeconfig")
-        .arg(dir.join("admin.kubeconfig"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl is installed on these machines");
-    if let Some(s) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    } else {
-        drop(child.stdin.take());
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    skiff_testsupport::master::kubectl(&dir.join("admin.kubeconfig"), args, stdin).unwrap()
 }
 
 #[test]

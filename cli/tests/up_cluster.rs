@@ -253,6 +253,37 @@ fn up_in_netns(node: &mut Node) {
     ]);
     assert_eq!(kube_dns, "10.96.0.10");
 
+    // `skiff ctl` on a running workload: rollout status, logs, exec with exit codes
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .arg("ctl")
+            .arg("--kubeconfig")
+            .arg(node.kubeconfig())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["rollout", "status", "deploy/sample-web", "--timeout=60s"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().last(),
+        Some("deployment \"sample-web\" successfully rolled out")
+    );
+    let out = ctl(&["exec", "deploy/sample-web", "--", "wget", "-qO-", "http://sample-web/"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello from sample-web-"));
+    let out = ctl(&["exec", "deploy/sample-web", "--", "sh", "-c", "echo oops >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    let out = ctl(&["exec", "-i", "deploy/sample-web", "--", "cat"]);
+    assert!(out.status.success(), "exec -i with an empty stdin: {out:?}");
+    let pod = node.kubectl(&["get", "pods", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let logs = ctl(&["logs", &pod, "--tail=5"]);
+    assert!(logs.status.success(), "{logs:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        node.kubectl(&["logs", &pod, "--tail=5"])
+    );
+
     // stop and start again: the pods are adopted, not replaced, and keep answering
     let pods_before = node.kubectl(&["get", "pods", "-o", "jsonpath={.items[*].metadata.uid}"]);
     node.stop();

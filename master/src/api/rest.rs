@@ -794,6 +794,12 @@ async fn write_update(
     if ctx.dry_run() {
         return Ok(new);
     }
+    if same_but_version(old, &new) {
+        // a no-op update writes nothing and keeps the resourceVersion, as upstream
+        let mut unchanged = old.clone();
+        set_rv(&mut unchanged, kv.mod_revision);
+        return Ok(unchanged);
+    }
     let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
     let no_finalizers = new
         .pointer("/metadata/finalizers")
@@ -822,6 +828,18 @@ async fn write_update(
             .await;
     }
     Ok(new)
+}
+
+/// Whether two versions of an object differ in nothing but their resourceVersion.
+fn same_but_version(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    strip(a) == strip(b)
 }
 
 /// PUT of an object or its status/scale.

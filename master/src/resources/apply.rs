@@ -402,14 +402,22 @@ pub(crate) fn apply(
         remove(&mut merged, p);
     }
 
-    // Record ownership.
+    // Record ownership; the time moves only when what the manager owns changes (as the
+    // upstream field manager), so applying the same configuration again is a no-op.
+    let fields = to_fields_v1(&new_set);
+    let time = entries
+        .iter()
+        .find(|e| is_mine(e))
+        .filter(|e| e.get("fieldsV1") == Some(&fields) && e["apiVersion"] == api_version)
+        .and_then(|e| e.get("time").cloned())
+        .unwrap_or_else(|| json!(now_rfc3339()));
     let entry = json!({
         "manager": manager,
         "operation": "Apply",
         "apiVersion": api_version,
-        "time": now_rfc3339(),
+        "time": time,
         "fieldsType": "FieldsV1",
-        "fieldsV1": to_fields_v1(&new_set),
+        "fieldsV1": fields,
     });
     match entries.iter().position(is_mine) {
         Some(i) => entries[i] = entry,
@@ -450,10 +458,12 @@ pub(crate) fn track_update(info: &ResourceInfo, old: &Value, new: &mut Value, ma
             && e.get("operation").and_then(Value::as_str) == Some("Update")
     };
     let mut mine: BTreeSet<FieldPath> = BTreeSet::new();
+    let mut before: Option<(BTreeSet<FieldPath>, Value)> = None;
     for e in entries.iter_mut() {
         let set = e.get("fieldsV1").map(from_fields_v1).unwrap_or_default();
         let kept: BTreeSet<FieldPath> = if is_mine(e) {
             mine = set.intersection(&new_set).cloned().collect();
+            before = Some((set, e.get("time").cloned().unwrap_or(Value::Null)));
             continue;
         } else {
             set.iter()
@@ -475,11 +485,16 @@ pub(crate) fn track_update(info: &ResourceInfo, old: &Value, new: &mut Value, ma
                 .is_some_and(|m| !m.is_empty())
     });
     if !mine.is_empty() {
+        // the time moves only when the manager's fields change
+        let time = match before {
+            Some((set, time)) if set == mine && !time.is_null() => time,
+            _ => json!(now_rfc3339()),
+        };
         entries.push(json!({
             "manager": manager,
             "operation": "Update",
             "apiVersion": info.api_version(),
-            "time": now_rfc3339(),
+            "time": time,
             "fieldsType": "FieldsV1",
             "fieldsV1": to_fields_v1(&mine),
         }));

@@ -18,6 +18,8 @@ pub mod console;
 pub mod host;
 /// Network namespaces a test owns, and starting processes inside them.
 pub mod netns;
+/// `skiff master` as a child process and the real kubectl against it.
+pub mod master;
 /// The driver for a runc-compatible command line with a private `--root` per test.
 pub mod runtime;
 /// The crate's only unsafe code: taking ownership of a file descriptor received in a message.
@@ -29,5 +31,6 @@ pub mod wait;
 
 pub use bundle::{Bundle, runc_default_spec};
 pub use host::require_root;
+pub use master::{MasterProcess, free_port};
 pub use runtime::{Container, Output, Runtime};
 pub use wait::poll_until;
