@@ -268,10 +268,24 @@ fn up_in_netns(node: &mut Node) {
         String::from_utf8_lossy(&out.stdout).lines().last(),
         Some("deployment \"sample-web\" successfully rolled out")
     );
-    let out = ctl(&["exec", "deploy/sample-web", "--", "wget", "-qO-", "http://sample-web/"]);
+    let out = ctl(&[
+        "exec",
+        "deploy/sample-web",
+        "--",
+        "wget",
+        "-qO-",
+        "http://sample-web/",
+    ]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello from sample-web-"));
-    let out = ctl(&["exec", "deploy/sample-web", "--", "sh", "-c", "echo oops >&2; exit 3"]);
+    let out = ctl(&[
+        "exec",
+        "deploy/sample-web",
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
     let out = ctl(&["exec", "-i", "deploy/sample-web", "--", "cat"]);

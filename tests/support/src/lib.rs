@@ -16,10 +16,10 @@ pub mod cluster;
 pub mod console;
 /// Host-side probes: privileges, namespaces, mounts and the cgroup files of a process.
 pub mod host;
-/// Network namespaces a test owns, and starting processes inside them.
-pub mod netns;
 /// `skiff master` as a child process and the real kubectl against it.
 pub mod master;
+/// Network namespaces a test owns, and starting processes inside them.
+pub mod netns;
 /// The driver for a runc-compatible command line with a private `--root` per test.
 pub mod runtime;
 /// The crate's only unsafe code: taking ownership of a file descriptor received in a message.
