@@ -272,9 +272,12 @@ mod tests {
         parse_rotated("0.log", name).unwrap()
     }
 
+    /// A rotated file's stamp, sequence number and whether it is compressed.
+    type Parsed<'a> = Option<(&'a str, u32, bool)>;
+
     #[test]
     fn parses_rotated_names() {
-        let cases: &[(&str, Option<(&str, u32, bool)>)] = &[
+        let cases: &[(&str, Parsed)] = &[
             ("0.log.20261202-091500", Some(("20261202-091500", 0, false))),
             (
                 "0.log.20261202-091500.gz",
