@@ -328,7 +328,12 @@ async fn cpu_scaling_with_tolerance_stabilization_and_bounds() {
     )
     .await;
 
-    // kubectl shows the figures (the server's Table) and describes the conditions
+    // kubectl shows the figures (the server's Table) and describes the conditions; the
+    // status counts the new size from the sync after the rescale on
+    api_common::wait_for("currentReplicas 2", Duration::from_secs(30), || async {
+        (hpa(&c, "web").await["status"]["currentReplicas"] == 2).then_some(())
+    })
+    .await;
     let h = hpa(&c, "web").await;
     let u = utilization(&h).unwrap();
     for v in ["1.32", "1.27"] {

@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use super::select::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::{Server, Target, json_response, object_key, semantics, services, typed_response};
-use crate::resources::{FieldError, PatchType, RESOURCES, ResourceInfo, convert, find, storage_of};
+use crate::resources::{
+    FieldError, PatchType, RESOURCES, ResourceInfo, convert, find, is_storage, storage_of,
+};
 use crate::store::{KeyValue, StoreError};
 
 /// What every handler gets.
@@ -210,7 +212,7 @@ fn invalid(info: &ResourceInfo, name: &str, errs: &[FieldError]) -> ApiError {
 fn respond(ctx: &Ctx<'_>, code: StatusCode, obj: &Value, warnings: &[String]) -> Response {
     let mut converted;
     let mut obj = obj;
-    if !std::ptr::eq(storage_of(ctx.info()), ctx.info()) {
+    if !is_storage(ctx.info()) {
         converted = obj.clone();
         convert(ctx.info(), &mut converted);
         obj = &converted;
@@ -249,7 +251,7 @@ pub(crate) fn wants_table(accept: &str) -> bool {
 pub(crate) fn make_table(info: &'static ResourceInfo, include: &str, items: &[Value]) -> Value {
     // the columns are computed from the storage version
     let storage = storage_of(info);
-    let mut t = if std::ptr::eq(storage, info) {
+    let mut t = if is_storage(info) {
         semantics::table(info, items, Utc::now())
     } else {
         let stored: Vec<Value> = items
@@ -636,7 +638,7 @@ pub(crate) fn raw_item(kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
 /// A stored object as JSON text in `info`'s version: as stored ([`raw_item`]) when that is
 /// the storage version, converted otherwise.
 pub(crate) fn item_bytes(info: &'static ResourceInfo, kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
-    if std::ptr::eq(storage_of(info), info) {
+    if is_storage(info) {
         return raw_item(kv);
     }
     let mut o = decode_kv(kv)?;
@@ -1575,10 +1577,7 @@ pub(crate) async fn reconcile_namespaces(server: &Server) -> Result<(), ApiError
         }
         let name = meta_str(&ns, "name").unwrap_or_default().to_string();
         let mut remaining = 0usize;
-        for info in RESOURCES
-            .iter()
-            .filter(|r| r.namespaced && std::ptr::eq(storage_of(r), *r))
-        {
+        for info in RESOURCES.iter().filter(|r| r.namespaced && is_storage(r)) {
             let prefix = format!("{}{}/", info.key_prefix(), name);
             let items = server.store.list(&prefix, None, 0, None).await?;
             for item in items.items {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::rest::{Ctx, decode_kv, item_bytes, make_table, selectors, wants_table};
 use super::select::FieldSelector;
 use super::status::ApiError;
-use crate::resources::storage_of;
+use crate::resources::is_storage;
 use crate::resources::{ResourceInfo, convert};
 use crate::store::{EventKind, StoreError};
 
@@ -175,7 +175,7 @@ pub(crate) async fn watch(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
                         // one rendering per event for every watcher of the storage version; other
                         // versions (converted) are rendered per watcher
                         let render_line = || item_bytes(render.info, &ev.kv).map(|raw| Render::raw_line(ty, &raw));
-                        let line = if std::ptr::eq(storage_of(render.info), render.info) {
+                        let line = if is_storage(render.info) {
                             server.watch_lines.get_or_render(&ev.kv, ty, render_line)
                         } else {
                             render_line()

@@ -260,6 +260,12 @@ pub fn storage_of(info: &'static ResourceInfo) -> &'static ResourceInfo {
     find(info.group, info.plural).unwrap_or(info)
 }
 
+/// Whether `info` is its resource's storage version. Compared by version, not by address:
+/// a `const` table may exist at several addresses.
+pub fn is_storage(info: &ResourceInfo) -> bool {
+    find(info.group, info.plural).is_none_or(|s| s.version == info.version)
+}
+
 /// Converts `obj` to `info`'s version in place (a no-op for kinds with one version).
 pub fn convert(info: &ResourceInfo, obj: &mut serde_json::Value) {
     if info.kind == "HorizontalPodAutoscaler" {
