@@ -708,7 +708,6 @@ fn e2e_4_node_cut_off_pods_move_and_node_rejoins() {
 
 /// Step 5: the master killed (-9) in the middle of a rollout.
 #[test]
-#[ignore = "found broken: after kill -9 of the master mid-rollout the Deployment stalls at 1 of 3 updated replicas (run with --ignored)"]
 fn e2e_5_master_killed_mid_rollout_converges() {
     e2e("master", 3, |e| {
         deploy_web(e, 3);

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::events::{self, EventType};
+use super::ready::Ready;
 use super::replicaset::api_message;
 use super::replicaset::core as rscore;
 use super::{Context, ControllerError};
@@ -30,6 +31,7 @@ pub const COMPONENT: &str = "cronjob-controller";
 struct State {
     ctx: Context,
     jobs: Store<Job>,
+    jobs_ready: Ready,
 }
 
 /// Runs the CronJob controller until its watches end.
@@ -50,7 +52,11 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     .default_backoff()
     .reflect(jobs_writer)
     .touched_objects();
-    let state = Arc::new(State { ctx, jobs });
+    let state = Arc::new(State {
+        ctx,
+        jobs_ready: Ready::of(&jobs),
+        jobs,
+    });
     Controller::for_stream(cj_events, cronjobs)
         .watches_stream(job_events, |job: Job| {
             let ns = job.metadata.namespace.clone().unwrap_or_default();
@@ -74,7 +80,7 @@ fn error_policy(cj: Arc<CronJob>, err: &ControllerError, _st: Arc<State>) -> Act
 }
 
 async fn reconcile(cj: Arc<CronJob>, st: Arc<State>) -> Result<Action, ControllerError> {
-    if st.jobs.wait_until_ready().await.is_err() || cj.metadata.deletion_timestamp.is_some() {
+    if !st.jobs_ready.wait().await || cj.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let key = events::key(cj.as_ref());

@@ -22,6 +22,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::events::{self, EventType};
+use super::ready::Ready;
 use super::replicaset::api_message;
 use super::replicaset::core as rscore;
 use super::replicaset::expectations::Expectations;
@@ -34,6 +35,8 @@ struct State {
     ctx: Context,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    /// Both caches had their first list.
+    ready: (Ready, Ready),
     sets: Store<DaemonSet>,
     expectations: Arc<Expectations>,
 }
@@ -73,6 +76,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     .touched_objects();
     let state = Arc::new(State {
         ctx,
+        ready: (Ready::of(&pods), Ready::of(&nodes)),
         pods,
         nodes,
         sets: sets.clone(),
@@ -115,8 +119,8 @@ fn error_policy(ds: Arc<DaemonSet>, err: &ControllerError, _st: Arc<State>) -> A
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, ControllerError> {
-    if st.pods.wait_until_ready().await.is_err()
-        || st.nodes.wait_until_ready().await.is_err()
+    if !st.ready.0.wait().await
+        || !st.ready.1.wait().await
         || ds.metadata.deletion_timestamp.is_some()
     {
         return Ok(Action::await_change());

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use self::core::{Dep, Rs, reason};
 use super::events::{self, EventType};
+use super::ready::Ready;
 use super::replicaset::adopt_and_release;
 use super::replicaset::core::{self as rscore, controller_of};
 use super::{Context, ControllerError};
@@ -39,6 +40,8 @@ struct State {
     deployments: Store<Deployment>,
     sets: Store<ReplicaSet>,
     pods: Store<Pod>,
+    /// Both caches had their first list.
+    ready: (Ready, Ready),
 }
 
 /// Runs the Deployment controller until its watches end.
@@ -62,6 +65,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let state = Arc::new(State {
         ctx,
         deployments: deployments.clone(),
+        ready: (Ready::of(&sets), Ready::of(&pods)),
         sets,
         pods,
     });
@@ -183,7 +187,7 @@ struct Sync<'a> {
 }
 
 async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, ControllerError> {
-    if st.sets.wait_until_ready().await.is_err() || st.pods.wait_until_ready().await.is_err() {
+    if !st.ready.0.wait().await || !st.ready.1.wait().await {
         return Ok(Action::await_change());
     }
     let key = events::key(d.as_ref());

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::events::{self, EventType};
+use super::ready::Ready;
 use super::replicaset::core as rscore;
 use super::replicaset::expectations::Expectations;
 use super::replicaset::{adopt_and_release, api_message};
@@ -34,6 +35,7 @@ pub const COMPONENT: &str = "job-controller";
 struct State {
     ctx: Context,
     pods: Store<Pod>,
+    pods_ready: Ready,
     jobs: Store<Job>,
     expectations: Arc<Expectations>,
 }
@@ -65,6 +67,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     .touched_objects();
     let state = Arc::new(State {
         ctx,
+        pods_ready: Ready::of(&pods),
         pods,
         jobs: jobs.clone(),
         expectations,
@@ -117,7 +120,7 @@ fn error_policy(job: Arc<Job>, err: &ControllerError, _st: Arc<State>) -> Action
 }
 
 async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, ControllerError> {
-    if st.pods.wait_until_ready().await.is_err() {
+    if !st.pods_ready.wait().await {
         return Ok(Action::await_change());
     }
     if job.metadata.deletion_timestamp.is_some() {

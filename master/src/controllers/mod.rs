@@ -30,6 +30,8 @@ pub mod leader;
 pub mod nodeipam;
 /// Node lifecycle: Lease-based health, NoExecute taints, pod eviction.
 pub mod nodelifecycle;
+/// A store's readiness awaited by many reconciles at once.
+pub mod ready;
 /// The ReplicaSet controller: pods to match replicas, adoption, expectations, status.
 pub mod replicaset;
 /// The scheduler: binds pending pods to nodes through `pods/binding`.

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use self::expectations::Expectations;
 use super::events::{self, EventType};
+use super::ready::Ready;
 use super::{Context, ControllerError};
 
 /// Event source, as kube-controller-manager names this controller.
@@ -34,6 +35,7 @@ pub const COMPONENT: &str = "replicaset-controller";
 struct State {
     ctx: Context,
     pods: Store<Pod>,
+    pods_ready: Ready,
     sets: Store<ReplicaSet>,
     expectations: Arc<Expectations>,
 }
@@ -66,6 +68,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     .touched_objects();
     let state = Arc::new(State {
         ctx,
+        pods_ready: Ready::of(&pods),
         pods,
         sets: sets.clone(),
         expectations,
@@ -181,7 +184,7 @@ where
 
 async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, ControllerError> {
     // Never count pods before the pod cache has its first full list.
-    if st.pods.wait_until_ready().await.is_err() {
+    if !st.pods_ready.wait().await {
         return Ok(Action::await_change());
     }
     let key = events::key(rs.as_ref());
