@@ -1,7 +1,7 @@
 //! The agent test harness shared by the agent's test files: an in-process API server, a
 //! `docker-registry` on loopback serving a busybox-static image, and `TestNode`, a real
 //! `skiff agent` process with private root/run/log dirs and its own cgroup prefix.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../../master/tests/api_common/mod.rs"]
 pub mod api_common;
@@ -398,4 +398,31 @@ pub async fn create_pull_secret(client: &kube::Client, ns: &str, registry: &comm
         )
         .await
         .unwrap();
+}
+
+/// The master's controllers, running against a `Cluster`'s API server until dropped.
+pub struct Controllers(
+    tokio::task::JoinHandle<Result<(), skiff_master::controllers::ControllerError>>,
+);
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the master's controllers (scheduler, Deployments, Jobs, HPA, …) with `settings`.
+pub fn start_controllers(
+    c: &Cluster,
+    settings: skiff_master::controllers::Settings,
+) -> Controllers {
+    use skiff_master::controllers::{self, Context, Settings};
+    let settings = Settings {
+        apiserver_address: Some(c.server.handle.addr),
+        ..settings
+    };
+    Controllers(tokio::spawn(controllers::run(Context {
+        client: c.client.clone(),
+        settings: std::sync::Arc::new(settings),
+    })))
 }
