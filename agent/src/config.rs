@@ -39,6 +39,8 @@ pub struct Config {
     pub cluster_domain: String,
     /// The pod network (`None`: loopback-only pod namespaces, no pod IPs).
     pub pod_network: Option<crate::network::BridgeOptions>,
+    /// CNI plugins as the pod network (`--pod-network cni`; `pod_network` is then `None`).
+    pub cni: Option<crate::cni::CniOptions>,
     /// Port of the logs/exec endpoint on the node IP (default 10250; 0: any free port).
     pub listen_port: u16,
     /// The Service proxy and cluster DNS the agent runs in-process.

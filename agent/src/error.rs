@@ -18,6 +18,9 @@ pub enum Error {
     /// The pod network failed.
     #[error("pod network")]
     Network(#[from] skiff_netproxy::podnet::Error),
+    /// The CNI plugins failed.
+    #[error("failed to set up the pod network")]
+    Cni(#[from] skiff_netproxy::podnet::cni::Error),
     /// The Node's podCIDR is not an IPv4 CIDR.
     #[error("the node's podCIDR {0} is not an IPv4 CIDR")]
     PodCidr(String),

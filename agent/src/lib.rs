@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// CNI plugins as the pod network (`--pod-network cni`): conf dir, plugin chain, cache.
+pub mod cni;
 /// The agent's settings: server, credentials, node name and every path.
 pub mod config;
 /// Turning a pod's container into a runtime spec: command, env, mounts, resources.

@@ -147,6 +147,9 @@ async fn publish_vtep_mac(client: &kube::Client, cfg: &Config, mac: &str) -> Res
 /// The pod network the configuration asks for. For the bridge network this waits until the
 /// Node has a podCIDR, sets the node side up and starts the route sync task.
 pub async fn start(client: &kube::Client, cfg: &Arc<Config>) -> Result<Box<dyn PodNetwork>> {
+    if let Some(c) = &cfg.cni {
+        return Ok(Box::new(crate::cni::start(cfg, c).await?));
+    }
     let Some(opts) = cfg.pod_network.clone() else {
         return Ok(Box::new(LoopbackOnly));
     };

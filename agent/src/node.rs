@@ -498,6 +498,7 @@ mod tests {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             pod_network: None,
+            cni: None,
             listen_port: 10250,
             services: Default::default(),
             log_policy: Default::default(),

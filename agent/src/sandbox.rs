@@ -19,6 +19,11 @@ use crate::error::{Error, Result};
 pub trait PodNetwork: Send + Sync + std::fmt::Debug {
     /// Called once the namespace exists (loopback is already up); returns the pod's IPs.
     fn attach(&self, netns: &Path, pod_uid: &str) -> Result<Vec<IpAddr>>;
+    /// [`PodNetwork::attach`] with what else is known of the pod (CNI plugins get its
+    /// namespace, name and hostPorts at ADD); networks that need only the uid keep this.
+    fn attach_pod(&self, netns: &Path, pod: &PodRef) -> Result<Vec<IpAddr>> {
+        self.attach(netns, &pod.uid)
+    }
     /// Called before the namespace is removed, and once more when the pod is removed (the
     /// namespace may be gone by then, e.g. after a reboot); must be idempotent.
     fn detach(&self, netns: &Path, pod_uid: &str) -> Result<()>;
@@ -34,6 +39,47 @@ pub trait PodNetwork: Send + Sync + std::fmt::Debug {
     /// Called at start with the uids of the node's pods: releases what others still hold.
     fn retain(&self, _live: &std::collections::HashSet<String>) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The pod a network attaches, as the kubelet describes it to CNI plugins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRef {
+    /// metadata.uid (the sandbox's id).
+    pub uid: String,
+    /// metadata.namespace.
+    pub namespace: String,
+    /// metadata.name.
+    pub name: String,
+    /// The containers' hostPorts.
+    pub host_ports: Vec<skiff_netproxy::podnet::PortMapping>,
+}
+
+/// A pod network bound to one pod: its attach passes the whole [`PodRef`] on.
+#[derive(Debug)]
+pub struct ForPod<'a> {
+    /// The node's pod network.
+    pub network: &'a dyn PodNetwork,
+    /// The pod.
+    pub pod: &'a PodRef,
+}
+
+impl PodNetwork for ForPod<'_> {
+    fn attach(&self, netns: &Path, _pod_uid: &str) -> Result<Vec<IpAddr>> {
+        self.network.attach_pod(netns, self.pod)
+    }
+    fn detach(&self, netns: &Path, pod_uid: &str) -> Result<()> {
+        self.network.detach(netns, pod_uid)
+    }
+    fn host_ports(
+        &self,
+        pod_uid: &str,
+        ports: &[skiff_netproxy::podnet::PortMapping],
+    ) -> Result<()> {
+        self.network.host_ports(pod_uid, ports)
+    }
+    fn retain(&self, live: &std::collections::HashSet<String>) -> Result<()> {
+        self.network.retain(live)
     }
 }
 

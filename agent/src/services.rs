@@ -59,7 +59,9 @@ pub fn rules_config(cfg: &Config) -> RulesConfig {
         cluster_cidrs: cfg
             .pod_network
             .iter()
-            .map(|p| cidr(ipnet::IpNet::V4(p.cluster_cidr)))
+            .map(|p| p.cluster_cidr)
+            .chain(cfg.cni.iter().map(|c| c.cluster_cidr))
+            .map(|c| cidr(ipnet::IpNet::V4(c)))
             .collect(),
         service_cidrs: vec![cidr(cfg.services.service_cidr)],
         node_local_ips: dns_address(cfg).into_iter().collect(),
@@ -147,6 +149,7 @@ mod tests {
                 mtu: 1500,
                 vxlan: false,
             }),
+            cni: None,
             listen_port: 10250,
             services,
             log_policy: Default::default(),

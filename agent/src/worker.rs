@@ -223,7 +223,15 @@ impl Worker {
                 self.ips = self.read_ips();
                 self.transition(WorkerState::Running)?;
             } else {
-                self.make_sandbox().await?;
+                if let Err(e) = self.make_sandbox().await {
+                    let msg = format!(
+                        "Failed to create pod sandbox: {}",
+                        crate::shim::error_chain(&e)
+                    );
+                    self.event(None, events::Kind::Warning, "FailedCreatePodSandBox", &msg)
+                        .await;
+                    return Err(e);
+                }
                 self.transition(WorkerState::SandboxReady)?;
             }
         }
@@ -553,16 +561,19 @@ impl Worker {
         let uid = self.uid.clone();
         let host_ips = vec![cfg.node_ip];
         let host_ports = crate::network::host_ports(&spec);
+        let pod_ref = sandbox::PodRef {
+            uid: uid.clone(),
+            namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
+            name: self.pod.metadata.name.clone().unwrap_or_default(),
+            host_ports: host_ports.clone(),
+        };
         let ips = Self::blocking(move || {
             sandbox::remove(&paths, shared.network.as_ref(), &uid)?;
-            let ips = sandbox::create(
-                &paths,
-                &hostname,
-                shared.network.as_ref(),
-                &uid,
-                &resolv,
-                &host_ips,
-            )?;
+            let network = sandbox::ForPod {
+                network: shared.network.as_ref(),
+                pod: &pod_ref,
+            };
+            let ips = sandbox::create(&paths, &hostname, &network, &uid, &resolv, &host_ips)?;
             if paths.netns.is_some() {
                 shared.network.host_ports(&uid, &host_ports)?;
             }

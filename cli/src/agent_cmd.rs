@@ -60,10 +60,18 @@ pub struct AgentArgs {
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
     /// Pod network: `bridge` (a node bridge, pod IPs from the Node's podCIDR, host-gw routes
-    /// between nodes), `vxlan` (the same bridge, a VXLAN overlay between nodes) or `none`
-    /// (pods get loopback only).
+    /// between nodes), `vxlan` (the same bridge, a VXLAN overlay between nodes), `cni` (the
+    /// CNI plugins of --cni-conf-dir) or `none` (pods get loopback only).
     #[arg(long, value_enum, default_value_t = PodNetworkKind::Bridge)]
     pod_network: PodNetworkKind,
+    /// Where the CNI network configuration is (with --pod-network cni): the first
+    /// .conflist/.conf/.json file in lexical order.
+    #[arg(long, default_value = skiff_netproxy::podnet::cni::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// Where the CNI plugins are (with --pod-network cni; comma-separated or repeated;
+    /// Debian's containernetworking-plugins: /usr/lib/cni).
+    #[arg(long, value_delimiter = ',', default_value = skiff_netproxy::podnet::cni::DEFAULT_BIN_DIR)]
+    cni_bin_dir: Vec<PathBuf>,
     /// The node bridge's name (with --pod-network bridge).
     #[arg(long, default_value = skiff_netproxy::podnet::defaults::BRIDGE)]
     bridge_name: String,
@@ -134,6 +142,8 @@ enum PodNetworkKind {
     Bridge,
     /// Node bridge, veth per pod, VXLAN overlay between nodes (device skiff.1, UDP 8472).
     Vxlan,
+    /// Standard CNI plugins (--cni-conf-dir, --cni-bin-dir).
+    Cni,
     /// Loopback-only pod namespaces.
     None,
 }
@@ -214,14 +224,21 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         insecure_registries: a.insecure_registries,
         cluster_dns,
         cluster_domain: a.cluster_domain,
-        pod_network: (a.pod_network != PodNetworkKind::None).then_some(
-            skiff_agent::network::BridgeOptions {
-                bridge: a.bridge_name,
-                cluster_cidr: a.cluster_cidr,
-                mtu: a.pod_mtu,
-                vxlan: a.pod_network == PodNetworkKind::Vxlan,
-            },
-        ),
+        cni: (a.pod_network == PodNetworkKind::Cni).then(|| skiff_agent::cni::CniOptions {
+            conf_dir: a.cni_conf_dir.clone(),
+            bin_dirs: a.cni_bin_dir.clone(),
+            cluster_cidr: a.cluster_cidr,
+        }),
+        pod_network: matches!(
+            a.pod_network,
+            PodNetworkKind::Bridge | PodNetworkKind::Vxlan
+        )
+        .then_some(skiff_agent::network::BridgeOptions {
+            bridge: a.bridge_name,
+            cluster_cidr: a.cluster_cidr,
+            mtu: a.pod_mtu,
+            vxlan: a.pod_network == PodNetworkKind::Vxlan,
+        }),
         listen_port: a.listen_port,
         services,
         log_policy: skiff_agent::logrotate::LogPolicy::new(

@@ -11,6 +11,7 @@
 //!
 //! All netlink work runs on threads that joined the namespace concerned ([`netns`]).
 
+pub mod cni;
 pub mod hostport;
 pub mod ipam;
 pub mod local;
