@@ -196,6 +196,16 @@ impl E2e {
 /// Runs `body` on a fresh cluster of `nodes` nodes (Ready) whose registry holds the web
 /// image as tags `1` and `2`.
 fn e2e(tag: &str, nodes: usize, body: impl FnOnce(&mut E2e) + Send) {
+    e2e_with(tag, nodes, |_| {}, body)
+}
+
+/// [`e2e`] with `prepare` run on the cluster before the nodes are added.
+fn e2e_with(
+    tag: &str,
+    nodes: usize,
+    prepare: impl FnOnce(&mut Cluster) + Send,
+    body: impl FnOnce(&mut E2e) + Send,
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     skiff_testsupport::require_root();
     for (tool, pkg) in [
@@ -244,6 +254,7 @@ fn e2e(tag: &str, nodes: usize, body: impl FnOnce(&mut E2e) + Send) {
             }
             let mut cluster = cluster;
             cluster.add_agent_args(&["--insecure-registry", registry.addr()]);
+            prepare(&mut cluster);
             for _ in 0..nodes {
                 cluster.add_node().unwrap();
             }
@@ -367,6 +378,26 @@ fn deploy_web(e: &E2e, replicas: u32) -> BTreeMap<String, String> {
     e.wait_ready_pods("app=web-app", replicas as usize, 60)
 }
 
+/// Every web-app pod GETs every web-app pod's IP directly (those on other nodes included).
+fn pods_reach_each_other(e: &E2e, pods: &BTreeMap<String, String>) {
+    let ips = e.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web-app",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    for pod in pods.keys() {
+        for ip in ips.split_whitespace() {
+            let body = e.wait_ok(&format!("pod {ip} from {pod}"), 30, || {
+                e.wget_in(pod, &format!("http://{ip}:8080/"))
+            });
+            assert!(body.starts_with("v1 web-app-"), "{body}");
+        }
+    }
+}
+
 /// Step 1: the seed workflow.
 #[test]
 fn e2e_1_seed_workflow_spreads_and_serves() {
@@ -400,22 +431,7 @@ fn e2e_1_seed_workflow_spreads_and_serves() {
             );
         }
         // a pod on each node reaches every other pod directly (host-gw between nodes)
-        let ips = e.kubectl(&[
-            "get",
-            "pods",
-            "-l",
-            "app=web-app",
-            "-o",
-            "jsonpath={.items[*].status.podIP}",
-        ]);
-        for pod in pods.keys() {
-            for ip in ips.split_whitespace() {
-                let body = e.wait_ok(&format!("pod {ip} from {pod}"), 30, || {
-                    e.wget_in(pod, &format!("http://{ip}:8080/"))
-                });
-                assert!(body.starts_with("v1 web-app-"), "{body}");
-            }
-        }
+        pods_reach_each_other(e, &pods);
         // the NodePort on every node's IP; together all replicas answer
         let mut via_node_port = BTreeSet::new();
         let ips: Vec<String> = e.cluster.nodes.iter().map(|n| n.ip.clone()).collect();
@@ -915,4 +931,56 @@ spec:
         assert_eq!(nodes, BTreeSet::from(["node1", "node2", "node3", "node4"]));
         eprintln!("DaemonSet pods: {pods:?}");
     });
+}
+
+/// Step 8: `--pod-network vxlan` where the nodes are not on one L2 segment: the LAN
+/// namespace routes between them (each node's address a /32), so host-gw routes cannot
+/// work; pods reach each other and a ClusterIP across nodes through the overlay.
+#[test]
+fn e2e_8_vxlan_between_routed_nodes() {
+    e2e_with(
+        "vxlan",
+        3,
+        |c| c.set_pod_network("vxlan", true).unwrap(),
+        |e| {
+            // each node: the VXLAN device, and pod routes only through it (none via eth0)
+            for n in &e.cluster.nodes {
+                let link = n.ns.ip(&["-d", "link", "show", "skiff.1"]).unwrap();
+                assert!(
+                    link.contains("vxlan id 1") && link.contains(&format!("local {}", n.ip)),
+                    "{}: {link}",
+                    n.name
+                );
+                let routes = e.wait(&format!("{}'s overlay routes", n.name), 60, || {
+                    let r = n.ns.ip(&["route", "show", "proto", "152"]).ok()?;
+                    (r.lines().count() == 2).then_some(r)
+                });
+                assert!(
+                    routes
+                        .lines()
+                        .all(|l| l.contains("dev skiff.1") && l.contains("onlink")),
+                    "{}: {routes}",
+                    n.name
+                );
+            }
+            let pods = deploy_web(e, 3);
+            let nodes: BTreeSet<&String> = pods.values().collect();
+            assert_eq!(nodes.len(), 3, "replicas spread over all nodes: {pods:?}");
+            pods_reach_each_other(e, &pods);
+            // the ClusterIP from one pod: every replica answers in time, the two on other
+            // nodes included
+            let cluster_ip =
+                e.kubectl(&["get", "svc", "web-app", "-o", "jsonpath={.spec.clusterIP}"]);
+            let client = pods.keys().next().unwrap().clone();
+            let mut answering = BTreeSet::new();
+            e.wait("every replica answering the ClusterIP", 60, || {
+                if let Ok(b) = e.wget_in(&client, &format!("http://{cluster_ip}/")) {
+                    answering.insert(b.trim().to_string());
+                }
+                (answering.len() == 3).then_some(())
+            });
+            let want: BTreeSet<String> = pods.keys().map(|p| format!("v1 {p}")).collect();
+            assert_eq!(answering, want);
+        },
+    );
 }

@@ -56,6 +56,11 @@ pub struct Cluster {
     master: Option<Child>,
     dir: tempfile::TempDir,
     lan: Netns,
+    /// `--pod-network` of the nodes added from now on (default `bridge`).
+    pod_network: String,
+    /// Whether nodes added from now on are routed through the LAN namespace (each on its
+    /// own /32) instead of bridged onto one L2 segment.
+    routed: bool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -107,6 +112,8 @@ impl Cluster {
             master: None,
             dir: tempfile::Builder::new().prefix("skiff-e2e-").tempdir()?,
             lan,
+            pod_network: "bridge".into(),
+            routed: false,
         };
         std::fs::write(c.config_file(), "")?;
         c.start_master()?;
@@ -222,8 +229,24 @@ impl Cluster {
             .extend(args.iter().map(|s| s.to_string()));
     }
 
+    /// Sets the pod network of the nodes added from now on (`bridge`, `vxlan`, …) and
+    /// whether they share one L2 segment (`routed_lan` false: the LAN bridge) or are
+    /// routed through the LAN namespace, each node's address a /32 on its link, so that
+    /// host-gw routes cannot work and pod traffic between nodes needs the overlay.
+    pub fn set_pod_network(&mut self, kind: &str, routed_lan: bool) -> Result<()> {
+        self.pod_network = kind.into();
+        if routed_lan && !self.routed {
+            run(self
+                .lan
+                .command("sh")
+                .args(["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]))?;
+        }
+        self.routed = routed_lan;
+        Ok(())
+    }
+
     /// Adds node `node<N>` (N = number of nodes so far + 1): its namespace, its veth on the
-    /// LAN, and its agent. Does not wait for Ready.
+    /// LAN (or routed, [`Cluster::set_pod_network`]), and its agent. Does not wait for Ready.
     pub fn add_node(&mut self) -> Result<&mut Agent> {
         let n = self.nodes.len() + 1;
         let name = format!("node{n}");
@@ -245,10 +268,21 @@ impl Cluster {
             "netns",
             ns.name(),
         ])?;
-        self.lan.ip(&["link", "set", &lan_end, "master", BRIDGE])?;
-        self.lan.ip(&["link", "set", &lan_end, "up"])?;
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
+        if self.routed {
+            // a /32 each: the LAN namespace routes between the nodes (and answers ARP for
+            // its own address on every link)
+            self.lan.ip(&["link", "set", &lan_end, "up"])?;
+            self.lan
+                .ip(&["route", "add", &format!("{ip}/32"), "dev", &lan_end])?;
+            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            ns.ip(&["route", "add", &self.master_ip(), "dev", "eth0"])?;
+        } else {
+            self.lan.ip(&["link", "set", &lan_end, "master", BRIDGE])?;
+            self.lan.ip(&["link", "set", &lan_end, "up"])?;
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+        }
         ns.ip(&["route", "add", "default", "via", &self.master_ip()])?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("skiff-e2e-{name}-"))
@@ -278,7 +312,7 @@ impl Cluster {
             "--cgroup-prefix",
             &prefix,
             "--pod-network",
-            "bridge",
+            &self.pod_network,
         ]
         .iter()
         .map(|s| s.to_string())
