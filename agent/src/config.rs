@@ -47,6 +47,9 @@ pub struct Config {
     pub services: crate::services::ServiceOptions,
     /// Container log rotation (`--container-log-max-size`, `--container-log-max-files`).
     pub log_policy: crate::logrotate::LogPolicy,
+    /// Image garbage collection (`--image-gc-high-threshold`, `--image-gc-low-threshold`,
+    /// `--image-minimum-gc-age`, `--image-gc-period`).
+    pub image_gc: crate::imagegc::GcPolicy,
 }
 
 impl Config {

@@ -103,6 +103,12 @@ pub enum Error {
     /// A background task ended abnormally.
     #[error("task failed: {0}")]
     Task(String),
+    /// A memory-medium emptyDir could not be mounted or unmounted.
+    #[error(transparent)]
+    MemVolume(#[from] crate::memvolume::MemVolumeError),
+    /// The pod cgroup's limits could not be written.
+    #[error(transparent)]
+    PodCgroup(#[from] crate::podcgroup::PodCgroupError),
 }
 
 impl Error {

@@ -98,6 +98,12 @@ impl Images {
         })?
     }
 
+    /// The lock pulls hold; image GC takes it so that no image goes while one is pulled
+    /// or unpacked for a container.
+    pub fn pull_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.pulls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn ensure_blocking(
         &self,
         handle: &tokio::runtime::Handle,

@@ -21,6 +21,10 @@ pub mod error;
 pub mod events;
 /// Commands run inside a running container (exec probes and hooks), bounded and timed.
 pub mod exec;
+/// gRPC probes (grpc.health.v1 over HTTP/2).
+pub mod grpcprobe;
+/// Image garbage collection under disk pressure.
+pub mod imagegc;
 /// Images for pods: pull policies over the node's store, snapshot chains.
 pub mod images;
 /// Container lifecycle hooks (postStart, preStop): actions and the kubelet's messages.
@@ -29,14 +33,20 @@ pub mod lifecycle;
 pub mod logrotate;
 /// CRI-format container log lines.
 pub mod logs;
+/// emptyDir volumes with medium Memory (tmpfs).
+pub mod memvolume;
 /// Prometheus metrics at `/metrics`: pod start latency, worker syncs, pods per phase.
 pub mod metrics;
 /// The pod network: the node bridge from the podCIDR, host-gw routes kept in sync with Nodes.
 pub mod network;
 /// Node registration, status (capacity, conditions) and the Lease heartbeat.
 pub mod node;
+/// Pod-level cgroup limits (the kubelet's `ResourceConfigForPod`).
+pub mod podcgroup;
 /// The watch on this node's pods and one worker per pod.
 pub mod pods;
+/// Privileged containers.
+pub mod privileged;
 /// Probes: tcpSocket and httpGet from inside the pod network namespace, with their timing.
 pub mod probes;
 /// QoS classes and the pod cgroup layout under the agent's cgroup prefix.
@@ -55,6 +65,8 @@ pub mod shim;
 pub mod stats;
 /// Pod status as Kubernetes reports it, computed from the containers' records.
 pub mod status;
+/// Termination messages: the per-run file, the log fallback, the per-pod limit.
+pub mod termination;
 /// Pod volumes (emptyDir, hostPath, configMap, secret) and volumeMounts.
 pub mod volumes;
 /// The per-pod worker: an explicit state machine driving one pod.

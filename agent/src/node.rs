@@ -119,7 +119,11 @@ impl Machine {
     pub fn pressure(&self) -> Pressure {
         Pressure {
             memory: self.memory_available_kib < 100 * 1024,
-            disk: self.disk_bytes > 0 && self.disk_available_bytes * 10 < self.disk_bytes,
+            // nodefs.available < 10 % and imagefs.available < 15 %: the image store is in
+            // the root dir, so both signals read its file system
+            disk: self.disk_bytes > 0
+                && (self.disk_available_bytes * 10 < self.disk_bytes
+                    || self.disk_available_bytes * 100 < self.disk_bytes * 15),
             pid: self.pids.1 > 0 && self.pids.0 * 10 > self.pids.1 * 9,
         }
     }
@@ -502,14 +506,24 @@ mod tests {
             listen_port: 10250,
             services: Default::default(),
             log_policy: Default::default(),
+            image_gc: Default::default(),
         }
     }
 
     #[test]
     fn pressure_table() {
         type Tweak = fn(&mut Machine);
-        let cases: [(Tweak, Pressure); 4] = [
+        let cases: [(Tweak, Pressure); 6] = [
             (|_| {}, Pressure::default()),
+            // imagefs.available < 15 %
+            (
+                |m| m.disk_available_bytes = 14 << 30,
+                Pressure {
+                    disk: true,
+                    ..Default::default()
+                },
+            ),
+            (|m| m.disk_available_bytes = 16 << 30, Pressure::default()),
             (
                 |m| m.memory_available_kib = 50 * 1024,
                 Pressure {

@@ -32,11 +32,16 @@ pub async fn run(
     cfg: Arc<Config>,
     network: Box<dyn PodNetwork>,
 ) -> Result<()> {
-    let images = Images::open(&cfg.root_dir, cfg.insecure_registries.clone())?;
+    let images = Arc::new(Images::open(
+        &cfg.root_dir,
+        cfg.insecure_registries.clone(),
+    )?);
+    let gc = tokio::spawn(crate::imagegc::ImageGc::new(images.clone(), &cfg).run());
+    let _gc = AbortOnDrop(gc);
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         client: client.clone(),
-        images: Arc::new(images),
+        images,
         network,
     });
     let api: Api<Pod> = Api::all(client);
@@ -163,5 +168,14 @@ trait ReadyNow {
 impl<F: std::future::Future> ReadyNow for F {
     fn now_or_never_ready(self) -> Option<()> {
         futures::FutureExt::now_or_never(self).map(|_| ())
+    }
+}
+
+/// Aborts a task when dropped (the image GC ends with the pods loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -1,8 +1,8 @@
 //! Container probes as the kubelet runs them: tcpSocket and httpGet from inside the pod's
 //! network namespace (a short-lived thread joins it with `setns`), with initialDelaySeconds,
 //! periodSeconds, timeoutSeconds, successThreshold and failureThreshold. Exec probes run in
-//! the container through the runtime (`crate::exec`, called by the worker); grpc probes are
-//! not supported and fail.
+//! the container through the runtime (`crate::exec`, called by the worker); grpc probes
+//! through `crate::grpcprobe`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -98,7 +98,7 @@ pub fn run(
             (SocketAddr::new(ip, port), Some(req))
         })
     } else {
-        None // exec runs through crate::exec in the worker; grpc is not supported
+        None // exec runs through crate::exec, grpc through crate::grpcprobe (the worker)
     };
     let Some((addr, http)) = target else {
         return false;

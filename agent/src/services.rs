@@ -153,6 +153,7 @@ mod tests {
             listen_port: 10250,
             services,
             log_policy: Default::default(),
+            image_gc: Default::default(),
         }
     }
 

@@ -103,6 +103,10 @@ pub struct RunRecord {
     /// The kernel's OOM killer killed a process of the container's cgroup.
     #[serde(default)]
     pub oom_killed: bool,
+    /// The container's termination message: filled in by the agent from the run's message
+    /// file or log once it finished (`termination.rs`), never written by the shim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_message: Option<String>,
 }
 
 /// Where a container's run records live.

@@ -50,6 +50,8 @@ pub struct ContainerView {
     pub restart_count: i32,
     /// The readiness (or pending startup) probe's verdict; `None` without probes.
     pub probed_ready: Option<bool>,
+    /// Running and past its startup probe (the status's `started`).
+    pub started: bool,
 }
 
 /// Whether a container that exited with `code` is restarted under `policy`.
@@ -114,11 +116,19 @@ pub fn terminated(r: &RunRecord) -> ContainerStateTerminated {
         exit_code: code,
         signal: r.signal,
         reason: Some(reason.into()),
-        message: r.error.clone(),
+        message: crate::termination::join(r.error.clone(), r.termination_message.clone()),
         started_at: time(&r.started_at),
         finished_at: r.finished_at.as_deref().and_then(time),
         container_id: (!r.id.is_empty()).then(|| container_id(r)),
     }
+}
+
+/// Whether the pod's init container `name` is a sidecar (`restartPolicy: Always`).
+pub fn is_sidecar(pod: &Pod, name: &str) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .any(|c| c.name == name && c.restart_policy.as_deref() == Some("Always"))
 }
 
 fn is_ready(v: &ContainerView) -> bool {
@@ -212,25 +222,42 @@ pub fn pod_status(
         .as_ref()
         .and_then(|s| s.restart_policy.clone())
         .unwrap_or_else(|| "Always".into());
+    let sidecar = |v: &ContainerView| is_sidecar(pod, &v.name);
     let init_done =
         |v: &ContainerView| matches!(&v.view, View::Terminated(r) if r.exit_code == Some(0));
+    // once an app container ran, the pod was initialized (a sidecar restarting later or
+    // stopped at the end does not take that back)
+    let apps_began = views
+        .iter()
+        .any(|v| !matches!(v.view, View::Waiting(..)) || v.last.is_some());
+    let initialized =
+        |v: &ContainerView| apps_began || if sidecar(v) { v.started } else { init_done(v) };
     let init_failed = init
         .iter()
+        .filter(|v| !sidecar(v))
         .any(|v| matches!(&v.view, View::Terminated(r) if r.exit_code != Some(0)));
     let incomplete: Vec<&str> = init
         .iter()
-        .filter(|v| !init_done(v))
+        .filter(|v| !initialized(v))
         .map(|v| v.name.as_str())
         .collect();
+    let sidecars: Vec<&ContainerView> = init.iter().filter(|v| sidecar(v)).collect();
+    let app_phase = phase(&policy, views);
+    // the kubelet's getPhase: a running sidecar keeps the pod Running, a stopped one does
+    // not count
     let phase = if init_failed && policy == "Never" {
         "Failed"
-    } else if !incomplete.is_empty() {
+    } else if !incomplete.is_empty() || app_phase == "Pending" {
         "Pending"
+    } else if sidecars.iter().any(|v| matches!(v.view, View::Running(_))) {
+        "Running"
     } else {
-        phase(&policy, views)
+        app_phase
     };
-    let unready: Vec<&str> = views
+    let unready: Vec<&str> = sidecars
         .iter()
+        .copied()
+        .chain(views)
         .filter(|v| !is_ready(v))
         .map(|v| v.name.as_str())
         .collect();
@@ -297,7 +324,14 @@ pub fn pod_status(
         .collect();
     let init_statuses: Vec<ContainerStatus> = init
         .iter()
-        .map(|v| container_status(v, init_done(v)))
+        .map(|v| {
+            let ready = if sidecar(v) {
+                is_ready(v)
+            } else {
+                init_done(v)
+            };
+            container_status(v, ready)
+        })
         .collect();
     PodStatus {
         phase: Some(phase.into()),
@@ -366,7 +400,7 @@ fn container_status(v: &ContainerView, ready: bool) -> ContainerStatus {
         image_id,
         container_id: id,
         ready,
-        started: Some(matches!(v.view, View::Running(_))),
+        started: Some(matches!(v.view, View::Running(_)) && v.started),
         restart_count: v.restart_count,
         state: Some(state),
         last_state: Some(match &v.last {
@@ -415,6 +449,7 @@ mod tests {
         ContainerView {
             name: "c".into(),
             image: "busybox".into(),
+            started: matches!(v, View::Running(_)),
             view: v,
             last,
             restart_count: 0,
@@ -651,5 +686,102 @@ mod tests {
         assert_eq!(st.phase.as_deref(), Some("Running"));
         assert_eq!(init_cond(&st).0, "True");
         assert!(st.init_container_statuses.as_ref().unwrap()[0].ready);
+    }
+
+    #[test]
+    fn sidecars_start_before_apps_and_do_not_hold_a_job() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"}, "spec": {"restartPolicy": "Never",
+            "initContainers": [{"name": "side", "image": "busybox", "restartPolicy": "Always"},
+                               {"name": "i", "image": "busybox"}],
+            "containers": [{"name": "c", "image": "busybox"}]}}))
+        .unwrap();
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let facts = PodFacts::default();
+        let named = |name: &str, v: ContainerView| ContainerView {
+            name: name.into(),
+            ..v
+        };
+        let waiting = |r: &str| view(View::Waiting(r.into(), String::new()), None);
+        let cond = |st: &PodStatus, t: &str| {
+            let c = st
+                .conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .clone();
+            (c.status, c.message)
+        };
+        // the sidecar runs but its startup probe has not passed: not started, Pending
+        let mut side = named("side", view(View::Running(rec(0, None)), None));
+        side.started = false;
+        side.probed_ready = Some(false);
+        let st = pod_status(
+            &pod,
+            &[side.clone(), named("i", waiting("PodInitializing"))],
+            &[waiting("PodInitializing")],
+            &facts,
+            &now,
+        );
+        assert_eq!(st.phase.as_deref(), Some("Pending"));
+        assert_eq!(
+            cond(&st, "Initialized").1.as_deref(),
+            Some("containers with incomplete status: [side i]")
+        );
+        let ss = &st.init_container_statuses.as_ref().unwrap()[0];
+        assert_eq!((ss.started, ss.ready), (Some(false), false));
+        // started: only the regular init container is incomplete
+        side.started = true;
+        side.probed_ready = None;
+        let st = pod_status(
+            &pod,
+            &[
+                side.clone(),
+                named("i", view(View::Running(rec(0, None)), None)),
+            ],
+            &[waiting("PodInitializing")],
+            &facts,
+            &now,
+        );
+        assert_eq!(
+            cond(&st, "Initialized").1.as_deref(),
+            Some("containers with incomplete status: [i]")
+        );
+        let ss = &st.init_container_statuses.as_ref().unwrap()[0];
+        assert_eq!((ss.started, ss.ready), (Some(true), true));
+        // app and sidecar running: Running, Ready counts the sidecar too
+        let done_init = named("i", view(View::Terminated(rec(0, Some(0))), None));
+        let mut unready_side = side.clone();
+        unready_side.probed_ready = Some(false);
+        let st = pod_status(
+            &pod,
+            &[unready_side, done_init.clone()],
+            &[view(View::Running(rec(0, None)), None)],
+            &facts,
+            &now,
+        );
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&st, "Initialized").0, "True");
+        assert_eq!(
+            cond(&st, "Ready").1.as_deref(),
+            Some("containers with unready status: [side]")
+        );
+        // the app finished, the sidecar still runs: Running
+        let app_done = view(View::Terminated(rec(0, Some(0))), None);
+        let st = pod_status(
+            &pod,
+            &[side.clone(), done_init.clone()],
+            std::slice::from_ref(&app_done),
+            &facts,
+            &now,
+        );
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        // the sidecar stopped (137 after SIGKILL): it does not count, the pod Succeeded
+        let side_stopped = named("side", view(View::Terminated(rec(0, Some(137))), None));
+        let st = pod_status(&pod, &[side_stopped, done_init], &[app_done], &facts, &now);
+        assert_eq!(st.phase.as_deref(), Some("Succeeded"));
+        assert_eq!(cond(&st, "Initialized").0, "True");
     }
 }

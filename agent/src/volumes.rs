@@ -117,6 +117,15 @@ pub fn prepare(pod: &Pod, volume_dir: &Path, src: &EnvSources) -> Result<HashMap
             std::fs::create_dir_all(&p).map_err(|e| Error::io("create", &p, e))?;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
                 .map_err(|e| Error::io("chmod", &p, e))?;
+            if let Some(e) = v
+                .empty_dir
+                .as_ref()
+                .filter(|e| crate::memvolume::is_memory(e))
+            {
+                let size =
+                    crate::memvolume::size(pod, e, crate::memvolume::node_allocatable_memory());
+                crate::memvolume::mount(&p, size)?;
+            }
             p
         } else if let Some(h) = &v.host_path {
             let p = PathBuf::from(&h.path);

@@ -98,6 +98,8 @@ pub struct Worker {
     probes: HashMap<(String, u32, &'static str), probes::ProbeState>,
     sent: Option<PodStatus>,
     start_time: Time,
+    /// Termination messages of finished runs, by (container, restart).
+    messages: HashMap<(String, u32), Option<String>>,
 }
 
 fn pod_key(p: &Pod) -> String {
@@ -130,6 +132,7 @@ impl Worker {
             probes: HashMap::new(),
             sent: None,
             start_time: Time(k8s_openapi::jiff::Timestamp::now()),
+            messages: HashMap::new(),
         }
     }
 
@@ -254,11 +257,28 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.init_containers.clone())
             .unwrap_or_default();
+        // sidecars (init containers with restartPolicy Always) only need to have started
+        // (past their startup probe) for the next init container to go; they run along the
+        // app containers and restart whenever they exit, until the app containers are done
+        // for good (restartPolicy other than Always): then they are stopped
+        let apps_done = self.apps_done(&policy);
+        let apps_began = self
+            .containers()
+            .iter()
+            .any(|c| matches!(shim::latest_record(&self.dir, &c.name), Ok(Some(_))));
         let mut init_views = Vec::new();
         let mut initialized = true;
         for c in &inits {
             if !initialized {
                 init_views.push(waiting(c, "PodInitializing"));
+                continue;
+            }
+            if is_sidecar(c) {
+                let v = self
+                    .step(c, if apps_done { "Never" } else { "Always" })
+                    .await?;
+                initialized = v.started || apps_began;
+                init_views.push(v);
                 continue;
             }
             let v = self.step(c, init_policy).await?;
@@ -274,6 +294,15 @@ impl Worker {
                 waiting(&c, "PodInitializing")
             };
             views.push(v);
+        }
+        if apps_done {
+            let running = self.running_sidecars();
+            if !running.is_empty() {
+                tracing::info!(sidecars = ?running.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+                    "app containers done: stopping the sidecars");
+                let grace = Duration::from_secs(self.grace_seconds());
+                self.stop_in_reverse(&running, grace).await;
+            }
         }
         let vol_dir = self.cfg().pod_volume_dir(&self.uid);
         if let Err(e) = crate::volumes::refresh_downward(&self.pod, &vol_dir) {
@@ -301,18 +330,23 @@ impl Worker {
                 image: c.image.clone().unwrap_or_default(),
                 restart_count: r.restart as i32,
                 probed_ready: self.probe(c, &r).await,
+                started: self.startup_done(c, r.restart),
                 last: self.previous(&c.name, r.restart),
                 view: View::Running(r),
             },
             Some(r) if status::should_restart(policy, r.exit_code.unwrap_or(0)) => {
                 let b = self.backoff.entry(c.name.clone()).or_default();
                 match b.check(run_time(&r), since_exit(&r)) {
-                    None => self.try_start(c, r.restart + 1, Some(r)).await,
+                    None => {
+                        let r = self.with_message(&c.name, r);
+                        self.try_start(c, r.restart + 1, Some(r)).await
+                    }
                     Some(_) => ContainerView {
                         name: c.name.clone(),
                         image: c.image.clone().unwrap_or_default(),
                         restart_count: r.restart as i32,
                         probed_ready: None,
+                        started: false,
                         view: View::Waiting(
                             "CrashLoopBackOff".into(),
                             format!(
@@ -324,7 +358,7 @@ impl Worker {
                                 self.uid
                             ),
                         ),
-                        last: Some(r),
+                        last: Some(self.with_message(&c.name, r)),
                     },
                 }
             }
@@ -333,8 +367,9 @@ impl Worker {
                 image: c.image.clone().unwrap_or_default(),
                 restart_count: r.restart as i32,
                 probed_ready: None,
+                started: false,
                 last: self.previous(&c.name, r.restart),
-                view: View::Terminated(r),
+                view: View::Terminated(self.with_message(&c.name, r)),
             },
         })
     }
@@ -446,6 +481,25 @@ impl Worker {
                 Err(e) => (false, shim::error_chain(&e)),
             };
         }
+        if let Some(g) = &p.grpc {
+            let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+            let ip = self
+                .ips
+                .first()
+                .copied()
+                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            let Ok(port) = u16::try_from(g.port) else {
+                return (false, format!("invalid gRPC probe port {}", g.port));
+            };
+            let addr = std::net::SocketAddr::new(ip, port);
+            let netns = self.sandbox.netns.clone();
+            let service = g.service.clone().unwrap_or_default();
+            return tokio::task::spawn_blocking(move || {
+                crate::grpcprobe::run(netns, addr, service, timeout)
+            })
+            .await
+            .unwrap_or_else(|e| (false, e.to_string()));
+        }
         let netns = self.sandbox.netns.clone();
         let ip = self.ips.first().copied();
         let ports = ports.to_vec();
@@ -522,10 +576,59 @@ impl Worker {
         events::record(&self.shared.client, ev).await;
     }
 
-    fn previous(&self, name: &str, restart: u32) -> Option<RunRecord> {
+    fn previous(&mut self, name: &str, restart: u32) -> Option<RunRecord> {
         restart
             .checked_sub(1)
             .and_then(|n| shim::record(&self.dir, name, n).ok().flatten())
+            .map(|r| self.with_message(name, r))
+    }
+
+    /// The pod's directory under the root dir (volumes, termination message files).
+    fn root_pod_dir(&self) -> PathBuf {
+        self.cfg().root_dir.join("pods").join(&self.uid)
+    }
+
+    fn log_file(&self, name: &str, restart: u32) -> PathBuf {
+        self.cfg()
+            .pod_log_dir(
+                self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+                self.pod.metadata.name.as_deref().unwrap_or_default(),
+                &self.uid,
+            )
+            .join(name)
+            .join(format!("{restart}.log"))
+    }
+
+    /// A finished run with its termination message (read once, then remembered).
+    fn with_message(&mut self, name: &str, mut r: RunRecord) -> RunRecord {
+        if r.exit_code.is_none() {
+            return r;
+        }
+        let key = (name.to_string(), r.restart);
+        if let Some(m) = self.messages.get(&key) {
+            r.termination_message = m.clone();
+            return r;
+        }
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let Some(c) = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == name)
+        else {
+            return r;
+        };
+        // a run the runtime could not even start has no logs to fall back to
+        let fallback = crate::termination::falls_back_to_logs(c)
+            && r.exit_code != Some(0)
+            && r.error.is_none();
+        let file = crate::termination::container_path(c)
+            .map(|_| crate::termination::host_file(&self.root_pod_dir(), name, r.restart));
+        let m =
+            crate::termination::message(file.as_deref(), fallback, &self.log_file(name, r.restart));
+        self.messages.insert(key, m.clone());
+        r.termination_message = m;
+        r
     }
 
     fn read_ips(&self) -> Vec<IpAddr> {
@@ -686,6 +789,7 @@ impl Worker {
             image: c.image.clone().unwrap_or_default(),
             restart_count: last.as_ref().map(|r| r.restart as i32).unwrap_or(0),
             probed_ready: None,
+            started: false,
             view: View::Waiting("ContainerCreating".into(), String::new()),
             last: last.clone(),
         };
@@ -707,6 +811,7 @@ impl Worker {
                 self.waiting.remove(&c.name);
                 self.retry_at.remove(&c.name);
                 view.restart_count = restart as i32;
+                view.started = c.startup_probe.is_none();
                 view.view = View::Running(rec);
             }
             Err((reason, message)) => {
@@ -716,7 +821,7 @@ impl Worker {
                     if let Ok(Some(r)) = shim::record(&self.dir, &c.name, restart) {
                         view.restart_count = restart as i32;
                         view.last = self.previous(&c.name, restart);
-                        view.view = View::Terminated(r);
+                        view.view = View::Terminated(self.with_message(&c.name, r));
                         return view;
                     }
                 }
@@ -758,7 +863,17 @@ impl Worker {
         let env = container::container_env(&self.pod, c, &src, &facts).map_err(|e| cfg_err(&e))?;
         let vol_dir = self.cfg().pod_volume_dir(&self.uid);
         let vols = crate::volumes::prepare(&self.pod, &vol_dir, &src).map_err(|e| cfg_err(&e))?;
-        let mounts = crate::volumes::mounts(&self.pod, c, &vols).map_err(|e| cfg_err(&e))?;
+        let mut mounts = crate::volumes::mounts(&self.pod, c, &vols).map_err(|e| cfg_err(&e))?;
+        if let Some(path) = crate::termination::container_path(c) {
+            // a fresh, empty message file per run, as the kubelet's
+            let file = crate::termination::host_file(&self.root_pod_dir(), &c.name, restart);
+            crate::termination::create(&file).map_err(|e| cfg_err(&e))?;
+            mounts.push(crate::container::BindMount {
+                source: file,
+                destination: path.into(),
+                read_only: false,
+            });
+        }
         let id = container_id(&self.uid, &c.name);
         let cgroup = qos::pod_cgroup(&self.cfg().cgroup_prefix, self.qos(), &self.uid).join(&id);
         // the previous run's container and writable layer go; a restart starts fresh
@@ -777,21 +892,27 @@ impl Worker {
             cgroup,
             mounts,
         };
-        let spec = container::spec(&self.pod, c, &ready.config, &rootfs, &inputs)
+        let mut spec = container::spec(&self.pod, c, &ready.config, &rootfs, &inputs)
             .map_err(|e| cfg_err(&e))?;
+        if crate::privileged::is_privileged(c) {
+            let mask = crate::privileged::current_bounding_set().unwrap_or(u64::MAX);
+            let caps = crate::privileged::capabilities_from_mask(mask);
+            let devices = crate::privileged::host_devices(std::path::Path::new("/dev"));
+            crate::privileged::apply(&mut spec, &caps, devices).map_err(|e| cfg_err(&e))?;
+        }
+        // the pod cgroup's own limits, before its containers join it
+        let pod_cgroup = qos::pod_cgroup(&self.cfg().cgroup_prefix, self.qos(), &self.uid);
+        crate::podcgroup::apply(
+            &self.cfg().cgroup_root,
+            &pod_cgroup,
+            &crate::podcgroup::pod_resources(&self.pod),
+        )
+        .map_err(|e| ("RunContainerError".to_string(), shim::error_chain(&e)))?;
         let bundle = self.dir.join("bundles").join(&c.name);
         std::fs::create_dir_all(&bundle).map_err(|e| cfg_err(&e))?;
         spec.save(bundle.join("config.json"))
             .map_err(|e| cfg_err(&e))?;
-        let log = self
-            .cfg()
-            .pod_log_dir(
-                self.pod.metadata.namespace.as_deref().unwrap_or("default"),
-                self.pod.metadata.name.as_deref().unwrap_or_default(),
-                &self.uid,
-            )
-            .join(&c.name)
-            .join(format!("{restart}.log"));
+        let log = self.log_file(&c.name, restart);
         let req = Request::Start(StartRequest {
             id,
             name: c.name.clone(),
@@ -984,13 +1105,14 @@ impl Worker {
             start_time: Some(self.start_time.clone()),
             qos_class: self.qos().as_str().into(),
         };
-        let st = status::pod_status(
+        let mut st = status::pod_status(
             &self.pod,
             init,
             views,
             &facts,
             &Time(k8s_openapi::jiff::Timestamp::now()),
         );
+        crate::termination::limit_pod_messages(&self.pod, &mut st);
         let seen = k8s_openapi::jiff::Timestamp::now().duration_since(self.start_time.0);
         crate::metrics::global().observe_pod(&self.pod, &st, seen.try_into().unwrap_or_default());
         let current = self.pod.status.clone().unwrap_or_default();
@@ -1039,10 +1161,62 @@ impl Worker {
             .collect()
     }
 
-    /// SIGTERM every running container, wait up to `grace`, then SIGKILL and wait.
+    /// Stops every running container within `grace`: the app and regular init containers
+    /// together first, then the sidecars one by one in reverse order with what is left of
+    /// the grace period, as the kubelet does.
     async fn stop_all(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let sidecars = self.running_sidecars();
+        let others: Vec<(String, String)> = self
+            .running_ids()
+            .into_iter()
+            .filter(|r| !sidecars.contains(r))
+            .collect();
+        self.stop_containers(&others, grace).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.stop_in_reverse(&sidecars, left).await;
+    }
+
+    /// The running sidecars `(id, name)`, in the pod's order.
+    fn running_sidecars(&self) -> Vec<(String, String)> {
         let running = self.running_ids();
-        self.stop_containers(&running, grace).await;
+        self.pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .filter(|c| is_sidecar(c))
+            .filter_map(|c| running.iter().find(|(_, n)| *n == c.name).cloned())
+            .collect()
+    }
+
+    /// Stops `containers` one at a time from the last, sharing `grace`.
+    async fn stop_in_reverse(&self, containers: &[(String, String)], grace: Duration) {
+        let deadline = Instant::now() + grace;
+        for one in containers.iter().rev() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.stop_containers(std::slice::from_ref(one), left).await;
+        }
+    }
+
+    /// Whether every app container finished for good (restartPolicy Never, or OnFailure
+    /// and exit 0); never under Always.
+    fn apps_done(&self, policy: &str) -> bool {
+        let apps = self.containers();
+        policy != "Always"
+            && !apps.is_empty()
+            && apps.iter().all(|c| {
+                matches!(shim::latest_record(&self.dir, &c.name),
+                    Ok(Some(r)) if r.exit_code.is_some_and(|code| !status::should_restart(policy, code)))
+            })
+    }
+
+    /// Whether run `restart` of `c` is past its startup probe (or has none).
+    fn startup_done(&self, c: &Container, restart: u32) -> bool {
+        c.startup_probe.is_none()
+            || self
+                .probes
+                .get(&(c.name.clone(), restart, "startup"))
+                .is_some_and(|s| s.result == Some(true))
     }
 
     /// Stops the given `(id, name)` containers: their preStop hooks, SIGTERM, up to `grace`
@@ -1191,7 +1365,13 @@ fn waiting(c: &Container, reason: &str) -> ContainerView {
         last: None,
         restart_count: 0,
         probed_ready: None,
+        started: false,
     }
+}
+
+/// An init container with `restartPolicy: Always` (a sidecar, Kubernetes 1.29+).
+fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
 }
 
 fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -1261,6 +1441,7 @@ pub fn cleanup(
             .map_err(|e| Error::io("remove cgroup", &path, e))?;
     }
     let vol = cfg.root_dir.join("pods").join(uid);
+    crate::memvolume::unmount_all(&vol)?;
     remove_dir(&vol)?;
     if let Ok(entries) = std::fs::read_dir(&cfg.log_dir) {
         for e in entries.flatten() {

@@ -91,7 +91,39 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = skiff_agent::logrotate::DEFAULT_MAX_FILES)]
     container_log_max_files: u32,
     #[command(flatten)]
+    image_gc: ImageGcArgs,
+    #[command(flatten)]
     services: NodeServiceArgs,
+}
+
+/// Image garbage collection, as the kubelet's flags.
+#[derive(Args, Debug, Clone)]
+pub struct ImageGcArgs {
+    /// Image file system use (percent) at which unused images start to be removed.
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Image file system use (percent) image GC brings it down to.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u8,
+    /// Images first seen more recently than this are never removed (15s, 2m, 1h).
+    #[arg(long, default_value = "2m", value_parser = crate::master_cmd::parse_duration)]
+    image_minimum_gc_age: std::time::Duration,
+    /// How often image GC looks at the image file system (the kubelet's fixed 5m).
+    #[arg(long, default_value = "5m", value_parser = crate::master_cmd::parse_duration)]
+    image_gc_period: std::time::Duration,
+}
+
+impl ImageGcArgs {
+    fn policy(&self) -> Result<skiff_agent::imagegc::GcPolicy> {
+        let p = skiff_agent::imagegc::GcPolicy {
+            high_percent: self.image_gc_high_threshold,
+            low_percent: self.image_gc_low_threshold,
+            min_age: self.image_minimum_gc_age,
+            period: self.image_gc_period.max(std::time::Duration::from_secs(1)),
+        };
+        p.validate()?;
+        Ok(p)
+    }
 }
 
 fn parse_log_size(s: &str) -> std::result::Result<u64, skiff_agent::logrotate::PolicyError> {
@@ -245,6 +277,7 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
             a.container_log_max_size,
             a.container_log_max_files,
         )?,
+        image_gc: a.image_gc.policy()?,
     };
     Ok(config)
 }

@@ -314,6 +314,9 @@ pub(crate) fn pod_spec(spec: Option<&Value>, path: &str, errs: &mut Errors) {
                 ),
                 Some(_) => {}
             }
+            if let Some(sc) = c.get("securityContext") {
+                security_context(sc, &format!("{cp}.securityContext"), errs);
+            }
             let mut seen: Vec<(i64, String)> = Vec::new();
             let mut port_names: Vec<&str> = Vec::new();
             for (j, p) in c
@@ -459,6 +462,33 @@ pub(crate) fn pod_spec(spec: Option<&Value>, path: &str, errs: &mut Errors) {
         &format!("{path}.nodeSelector"),
         errs,
     );
+}
+
+/// Kubernetes' `ValidateSecurityContext` rules on privilege escalation: it cannot be turned
+/// off for a privileged container or one that adds CAP_SYS_ADMIN.
+fn security_context(sc: &Value, field: &str, errs: &mut Errors) {
+    if sc.get("allowPrivilegeEscalation").and_then(Value::as_bool) != Some(false) {
+        return;
+    }
+    if sc.get("privileged").and_then(Value::as_bool) == Some(true) {
+        errs.invalid(
+            field,
+            sc,
+            "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
+        );
+    }
+    let adds = sc.pointer("/capabilities/add").and_then(Value::as_array);
+    if adds
+        .into_iter()
+        .flatten()
+        .any(|c| c.as_str() == Some("CAP_SYS_ADMIN"))
+    {
+        errs.invalid(
+            field,
+            sc,
+            "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN",
+        );
+    }
 }
 
 fn port_name(n: &str, field: &str, errs: &mut Errors) {
@@ -676,6 +706,42 @@ pub(crate) fn service(obj: &Value, errs: &mut Errors) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn privileged_without_privilege_escalation_is_invalid() {
+        let table = [
+            (serde_json::json!({"privileged": true}), 0),
+            (serde_json::json!({"allowPrivilegeEscalation": false}), 0),
+            (
+                serde_json::json!({"privileged": true, "allowPrivilegeEscalation": true}),
+                0,
+            ),
+            (
+                serde_json::json!({"privileged": true, "allowPrivilegeEscalation": false}),
+                1,
+            ),
+            (
+                serde_json::json!({"allowPrivilegeEscalation": false,
+                    "capabilities": {"add": ["CAP_SYS_ADMIN"]}}),
+                1,
+            ),
+        ];
+        for (sc, want) in table {
+            let spec = serde_json::json!({"containers": [
+                {"name": "c", "image": "i", "securityContext": sc}]});
+            let mut errs = Errors::default();
+            pod_spec(Some(&spec), "spec", &mut errs);
+            assert_eq!(errs.0.len(), want, "{sc}: {:?}", errs.0);
+            if want == 1 {
+                let text = format!("{:?}", errs.0);
+                assert!(
+                    text.contains("spec.containers[0].securityContext")
+                        && text.contains("cannot set `allowPrivilegeEscalation` to false"),
+                    "{text}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn names() {
