@@ -45,7 +45,8 @@ async fn exec_in_terminal(
 
 /// kubectl 1.27–1.29 exec over SPDY/3.1 (their default): stdout and stderr apart with the
 /// exit code from the v4 status, 1 MiB through stdin to its end of file and 1 MiB back
-/// (more than a 64 KiB window either way), a terminal of the caller's size.
+/// (more than a 64 KiB window either way), a terminal of the caller's size, attach until the
+/// container ends; and `skiff ctl exec -i` (WebSocket v5) ends with its stdin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_over_spdy() {
     let c = cluster().await;
