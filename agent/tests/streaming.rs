@@ -46,7 +46,7 @@ async fn exec_in_terminal(
 /// kubectl 1.27–1.29 exec over SPDY/3.1 (their default): stdout and stderr apart with the
 /// exit code from the v4 status, 1 MiB through stdin to its end of file and 1 MiB back
 /// (more than a 64 KiB window either way), a terminal of the caller's size, attach until the
-/// container ends; and `skiff ctl exec -i` (WebSocket v5) ends with its stdin.
+/// container ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_over_spdy() {
     let c = cluster().await;
@@ -107,6 +107,27 @@ async fn kubectl_exec_over_spdy() {
     assert!(shown.contains("/dev/pts/"), "{shown:?}");
     assert!(shown.contains("40 100"), "{shown:?}");
     assert_eq!(code, Some(7), "{shown:?}");
+    // attach over SPDY: the output from now on, until the container ends
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "ticks",
+            "n-spdy",
+            &c.image,
+            "i=0; while [ $i -lt 16 ]; do echo tick $i; sleep 0.5; i=$((i+1)); done",
+            json!({"restartPolicy": "Never"}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_pod(&pods, "ticks", "ticks Running", 60, &node, running_ready).await;
+    let out = kubectl_timed(&c, "1.27", &["attach", "ticks"], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("tick 15\n"),
+        "{}",
+        text(&out.stdout)
+    );
     pods.delete("shell", &DeleteParams::default())
         .await
         .unwrap();

@@ -288,8 +288,6 @@ fn up_in_netns(node: &mut Node) {
     ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
-    let out = ctl(&["exec", "-i", "deploy/sample-web", "--", "cat"]);
-    assert!(out.status.success(), "exec -i with an empty stdin: {out:?}");
     let pod = node.kubectl(&["get", "pods", "-o", "jsonpath={.items[0].metadata.name}"]);
     let logs = ctl(&["logs", &pod, "--tail=5"]);
     assert!(logs.status.success(), "{logs:?}");
