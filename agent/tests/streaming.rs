@@ -46,7 +46,7 @@ async fn exec_in_terminal(
 /// kubectl 1.27–1.29 exec over SPDY/3.1 (their default): stdout and stderr apart with the
 /// exit code from the v4 status, 1 MiB through stdin to its end of file and 1 MiB back
 /// (more than a 64 KiB window either way), a terminal of the caller's size, attach until the
-/// container ends.
+/// container ends; and `skiff ctl exec -i` (WebSocket v5) ends with its stdin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_over_spdy() {
     let c = cluster().await;
@@ -128,6 +128,31 @@ async fn kubectl_exec_over_spdy() {
         "{}",
         text(&out.stdout)
     );
+    // skiff ctl (kube-client, WebSocket v5): the end of stdin reaches the container
+    for (input, want) in [("hi\n", "hi\n"), ("", "")] {
+        let mut ctl = tokio::process::Command::new(skiff_bin())
+            .arg("ctl")
+            .arg("--kubeconfig")
+            .arg(c.server.kubeconfig())
+            .args(["exec", "-i", "shell", "--", "sh", "-c", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut w = ctl.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut w, input.as_bytes())
+            .await
+            .unwrap();
+        drop(w);
+        let out = tokio::time::timeout(Duration::from_secs(60), ctl.wait_with_output())
+            .await
+            .expect("skiff ctl exec -i did not end with its stdin")
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), want);
+    }
     pods.delete("shell", &DeleteParams::default())
         .await
         .unwrap();
