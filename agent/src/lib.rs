@@ -47,6 +47,8 @@ pub mod podcgroup;
 pub mod pods;
 /// Privileged containers.
 pub mod privileged;
+/// Port-forward over SPDY/3.1 (or SPDY tunnelled in WebSocket) to localhost in the pod's network namespace.
+pub mod portforward;
 /// Probes: tcpSocket and httpGet from inside the pod network namespace, with their timing.
 pub mod probes;
 /// QoS classes and the pod cgroup layout under the agent's cgroup prefix.
@@ -61,12 +63,18 @@ pub mod server;
 pub mod services;
 /// The per-pod shim process (the skiff binary re-executed) and the agent's client for it.
 pub mod shim;
+/// SPDY/3.1 framing, header compression and flow control (exec, attach, port-forward of kubectl 1.27–1.29).
+pub mod spdy;
+/// The server side of a SPDY/3.1 connection: streams replied to, data, FIN, pings, windows.
+pub mod spdy_conn;
 /// CPU and memory usage from cgroups: the kubelet's Summary API and resource metrics.
 pub mod stats;
 /// Pod status as Kubernetes reports it, computed from the containers' records.
 pub mod status;
 /// Termination messages: the per-run file, the log fallback, the per-pod limit.
 pub mod termination;
+/// The transports of exec and attach sessions: WebSocket and SPDY/3.1 streams.
+pub mod streams;
 /// Pod volumes (emptyDir, hostPath, configMap, secret) and volumeMounts.
 pub mod volumes;
 /// The per-pod worker: an explicit state machine driving one pod.

@@ -33,6 +33,91 @@ pub fn negotiate<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<&'sta
         .find_map(|p| PROTOCOLS.iter().find(|s| **s == p).copied())
 }
 
+/// The `X-Stream-Protocol-Version`s served over SPDY/3.1, newest first (the kubelet's
+/// `SupportedStreamingProtocols`).
+pub const SPDY_PROTOCOLS: [&str; 4] = [
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+
+/// The SPDY protocol version, as client-go's `httpstream.Handshake`: the first of the
+/// client's `X-Stream-Protocol-Version` values (several headers or a comma list) that is
+/// served; a client that names none gets the original `channel.k8s.io`. `Err` carries
+/// the kubelet's message for a client whose versions are all unknown (403).
+pub fn negotiate_spdy<'a>(
+    offered: impl IntoIterator<Item = &'a str>,
+) -> Result<&'static str, String> {
+    let offered: Vec<&str> = offered
+        .into_iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Ok(SPDY_PROTOCOLS[3]);
+    }
+    offered
+        .iter()
+        .find_map(|p| SPDY_PROTOCOLS.iter().find(|s| *s == p).copied())
+        .ok_or_else(|| {
+            format!(
+                "unable to upgrade: unable to negotiate protocol: client supports {:?}, server accepts {:?}",
+                offered, SPDY_PROTOCOLS
+            )
+        })
+}
+
+/// What goes on the SPDY error stream at the end: v4's `Status` JSON, or in the older
+/// versions only a failure's message as text (nothing on success).
+pub fn spdy_status(protocol: &str, outcome: &Result<i32, String>) -> Option<Vec<u8>> {
+    if protocol == SPDY_PROTOCOLS[0] {
+        return Some(status(outcome).to_string().into_bytes());
+    }
+    let text = status(outcome);
+    match text["status"].as_str() {
+        Some("Success") => None,
+        _ => text["message"].as_str().map(|m| m.as_bytes().to_vec()),
+    }
+}
+
+/// Whether the SPDY version has the resize stream (v3 and later).
+pub fn spdy_has_resize(protocol: &str) -> bool {
+    matches!(protocol, "v4.channel.k8s.io" | "v3.channel.k8s.io")
+}
+
+/// Terminal sizes from a resize stream: whole JSON objects as client-go's encoder writes
+/// them one after another; an unfinished one stays in `buf`.
+pub fn resize_events(buf: &mut Vec<u8>) -> Vec<Incoming> {
+    let mut out = Vec::new();
+    let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<TerminalSize>();
+    let mut used = 0;
+    loop {
+        match it.next() {
+            Some(Ok(size)) => {
+                used = it.byte_offset();
+                out.push(Incoming::Resize {
+                    width: size.width,
+                    height: size.height,
+                });
+            }
+            Some(Err(e)) if e.is_eof() => break,
+            Some(Err(_)) => {
+                // not a size: drop what cannot be read
+                used = buf.len();
+                break;
+            }
+            None => {
+                used = it.byte_offset();
+                break;
+            }
+        }
+    }
+    buf.drain(..used);
+    out
+}
+
 /// Whether the protocol has the close message.
 pub fn supports_close(protocol: &str) -> bool {
     protocol == "v5.channel.k8s.io"
@@ -195,6 +280,75 @@ mod tests {
         ] {
             assert_eq!(negotiate(offered.clone()), want, "{offered:?}");
         }
+    }
+
+    #[test]
+    fn negotiates_spdy_as_the_kubelet() {
+        for (offered, want) in [
+            (
+                vec!["v4.channel.k8s.io", "v3.channel.k8s.io"],
+                Ok("v4.channel.k8s.io"),
+            ),
+            (
+                vec!["v3.channel.k8s.io,v4.channel.k8s.io"],
+                Ok("v3.channel.k8s.io"),
+            ),
+            (
+                vec!["v5.channel.k8s.io", "v2.channel.k8s.io"],
+                Ok("v2.channel.k8s.io"),
+            ),
+            (vec![], Ok("channel.k8s.io")),
+            (vec!["portforward.k8s.io"], Err(())),
+        ] {
+            assert_eq!(
+                negotiate_spdy(offered.clone()).map_err(|_| ()),
+                want,
+                "{offered:?}"
+            );
+        }
+        assert!(
+            negotiate_spdy(["x"])
+                .unwrap_err()
+                .contains("unable to negotiate protocol")
+        );
+    }
+
+    #[test]
+    fn spdy_status_by_version() {
+        let v4 = spdy_status("v4.channel.k8s.io", &Ok(3)).unwrap();
+        let v: Value = serde_json::from_slice(&v4).unwrap();
+        assert_eq!(v["details"]["causes"][0]["message"], "3");
+        assert!(spdy_status("v4.channel.k8s.io", &Ok(0)).is_some());
+        assert_eq!(spdy_status("v3.channel.k8s.io", &Ok(0)), None);
+        assert_eq!(
+            spdy_status("v2.channel.k8s.io", &Ok(2)).unwrap(),
+            b"command terminated with non-zero exit code: exit status 2"
+        );
+        assert!(spdy_has_resize("v3.channel.k8s.io") && !spdy_has_resize("v2.channel.k8s.io"));
+    }
+
+    #[test]
+    fn resize_stream_in_pieces() {
+        let mut buf = b"{\"Width\":80,\"Height\":24}\n{\"Width\":100,".to_vec();
+        assert_eq!(
+            resize_events(&mut buf),
+            vec![Incoming::Resize {
+                width: 80,
+                height: 24
+            }]
+        );
+        assert_eq!(buf, b"\n{\"Width\":100,");
+        buf.extend_from_slice(b"\"Height\":40}\n");
+        assert_eq!(
+            resize_events(&mut buf),
+            vec![Incoming::Resize {
+                width: 100,
+                height: 40
+            }]
+        );
+        let mut bad = b"nonsense".to_vec();
+        assert!(resize_events(&mut bad).is_empty());
+        assert!(bad.is_empty());
     }
 
     #[test]

@@ -23,8 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::SplitStream;
-use futures::{SinkExt, StreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -34,13 +32,13 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::config::Config;
 use crate::logs::{Decoder, LogLine, LogQuery, Stream};
-use crate::remotecommand::{self, ERROR, Incoming as WsIn, STDERR, STDOUT, StreamQuery};
+use crate::remotecommand::{self, Incoming as WsIn, STDERR, STDOUT, StreamQuery};
 use crate::shim;
+use crate::streams::Out;
 
 /// Errors of the endpoint's setup.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +72,6 @@ pub enum ServerError {
 }
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// How often a followed log and a finished container are looked at again.
 const POLL: Duration = Duration::from_millis(100);
@@ -317,6 +314,9 @@ async fn handle(state: Arc<State>, authed: bool, req: Request<Incoming>) -> Resp
         (&Method::GET | &Method::POST, [verb @ ("exec" | "attach"), ns, pod, c]) => {
             streams(&state, *verb == "exec", ns, pod, c, &params, req).await
         }
+        (&Method::GET | &Method::POST, ["portForward", ns, pod]) => {
+            port_forward(&state, ns, pod, req).await
+        }
         _ => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             "404 page not found\n",
@@ -363,19 +363,21 @@ impl Target {
     }
 }
 
-async fn find(state: &State, ns: &str, pod: &str, container: &str) -> Result<Target, HttpError> {
+/// A pod bound to this node.
+async fn find_pod(state: &State, ns: &str, pod: &str) -> Result<Pod, HttpError> {
     let api: kube::Api<Pod> = kube::Api::namespaced(state.client.clone(), ns);
-    let p = api
-        .get_opt(pod)
+    api.get_opt(pod)
         .await
         .map_err(HttpError::internal)?
         .filter(|p| {
             p.spec.as_ref().and_then(|s| s.node_name.as_deref())
                 == Some(state.cfg.node_name.as_str())
         })
-        .ok_or_else(|| {
-            HttpError::new(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found"))
-        })?;
+        .ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found")))
+}
+
+async fn find(state: &State, ns: &str, pod: &str, container: &str) -> Result<Target, HttpError> {
+    let p = find_pod(state, ns, pod).await?;
     let spec = p.spec.unwrap_or_default();
     let known = spec
         .containers
@@ -606,11 +608,45 @@ async fn streams(
             "container {container} is not running in pod {pod}"
         )));
     }
+    let cfg = state.cfg.clone();
+    let log = t.log(run.restart);
+    let id = run.id.clone();
+    let (pod_dir, name, restart) = (t.pod_dir.clone(), t.container.clone(), run.restart);
+    let work = move |incoming: mpsc::Receiver<WsIn>, out: Out, protocol: &'static str| async move {
+        if exec {
+            exec_process(&cfg, &id, &q, protocol, incoming, out).await
+        } else {
+            attach(log, &pod_dir, &name, restart, &q, incoming, out).await
+        }
+    };
+    if header_has(&req, header::CONNECTION, "upgrade")
+        && header_has(&req, header::UPGRADE, "SPDY/3.1")
+    {
+        let offered = req
+            .headers()
+            .get_all(X_STREAM_PROTOCOL_VERSION)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let protocol = remotecommand::negotiate_spdy(offered)
+            .map_err(|m| HttpError::new(StatusCode::FORBIDDEN, m))?;
+        let q = StreamQuery::parse(params.iter().copied(), exec)
+            .map_err(|e| HttpError::bad(e.0.clone()))?;
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(u) => {
+                    crate::streams::spdy(TokioIo::new(u), protocol, &q, |i, o| work(i, o, protocol))
+                        .await
+                }
+                Err(e) => tracing::warn!(error = %e, "spdy upgrade failed"),
+            }
+        });
+        return Ok(spdy_upgraded(protocol));
+    }
     if !header_has(&req, header::UPGRADE, "websocket")
         || !header_has(&req, header::CONNECTION, "upgrade")
     {
         return Err(HttpError::bad(
-            "unable to upgrade connection: only WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) is served, SPDY is not",
+            "unable to upgrade connection: neither WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) nor SPDY/3.1 was asked for",
         ));
     }
     let key = req
@@ -629,10 +665,8 @@ async fn streams(
             remotecommand::PROTOCOLS.join(", ")
         ))
     })?;
-    let cfg = state.cfg.clone();
-    let log = t.log(run.restart);
-    let id = run.id.clone();
-    let (pod_dir, name, restart) = (t.pod_dir.clone(), t.container.clone(), run.restart);
+    let q2 = StreamQuery::parse(params.iter().copied(), exec)
+        .map_err(|e| HttpError::bad(e.0.clone()))?;
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
@@ -642,18 +676,13 @@ async fn streams(
             }
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        if exec {
-            session(ws, &q, |incoming, out| {
-                exec_process(&cfg, &id, &q, protocol, incoming, out)
-            })
-            .await;
-        } else {
-            session(ws, &q, |incoming, out| {
-                attach(log, &pod_dir, &name, restart, &q, incoming, out)
-            })
-            .await;
-        }
+        crate::streams::websocket(ws, protocol, &q2, |i, o| work(i, o, protocol)).await;
     });
+    Ok(websocket_upgraded(&accept, protocol))
+}
+
+/// The 101 answer to a WebSocket upgrade with the chosen subprotocol.
+fn websocket_upgraded(accept: &str, protocol: &'static str) -> Response<Body> {
     let mut r = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
     let h = r.headers_mut();
     h.remove(header::CONTENT_TYPE);
@@ -665,59 +694,121 @@ async fn streams(
         header::CONNECTION,
         header::HeaderValue::from_static("Upgrade"),
     );
-    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+    if let Ok(v) = header::HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     h.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
         header::HeaderValue::from_static(protocol),
     );
-    Ok(r)
+    r
 }
 
-/// One remotecommand session: a readiness message on the lowest output channel (as the
-/// kubelet sends it), the work, then the status on the error channel and the close.
-async fn session<F, Fut>(ws: Ws, q: &StreamQuery, work: F)
-where
-    F: FnOnce(SplitStream<Ws>, mpsc::Sender<Message>) -> Fut,
-    Fut: std::future::Future<Output = Result<i32, String>>,
-{
-    let (mut sink, incoming) = ws.split();
-    let (out, mut out_rx) = mpsc::channel::<Message>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = out_rx.recv().await {
-            if sink.send(m).await.is_err() {
-                return;
-            }
+/// `/portForward/{ns}/{pod}`: SPDY/3.1 with `portforward.k8s.io`, or the same SPDY inside
+/// WebSocket (`SPDY/3.1+portforward.k8s.io`, kubectl 1.31+) ([`crate::portforward`]).
+async fn port_forward(
+    state: &State,
+    ns: &str,
+    pod: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, HttpError> {
+    let p = find_pod(state, ns, pod).await?;
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if !running {
+        return Err(HttpError::bad(format!(
+            "pod {pod} is not running and cannot be port-forwarded"
+        )));
+    }
+    let netns = state.cfg.run_dir.join("netns").join(&uid);
+    let netns = netns.exists().then_some(netns);
+    let key = format!("{ns}/{pod}");
+    if header_has(&req, header::UPGRADE, "SPDY/3.1")
+        && header_has(&req, header::CONNECTION, "upgrade")
+    {
+        let offered: Vec<&str> = req
+            .headers()
+            .get_all(X_STREAM_PROTOCOL_VERSION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        if !offered.is_empty() && !offered.contains(&crate::portforward::PROTOCOL) {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts [{:?}]",
+                    crate::portforward::PROTOCOL
+                ),
+            ));
         }
-        // a normal closure (1000): client-go reads it as the streams' end of file
-        let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
-            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
-            reason: "".into(),
-        };
-        let _ = sink.send(Message::Close(Some(normal))).await;
-        let _ = sink.close().await;
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(u) => match crate::spdy_conn::Connection::start(TokioIo::new(u)) {
+                    Ok(c) => crate::portforward::serve(c, key, netns).await,
+                    Err(e) => tracing::warn!(error = %e, "spdy connection"),
+                },
+                Err(e) => tracing::warn!(error = %e, "spdy upgrade failed"),
+            }
+        });
+        return Ok(spdy_upgraded(crate::portforward::PROTOCOL));
+    }
+    let tunnel = header_has(
+        &req,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        crate::portforward::WS_TUNNEL_PROTOCOL,
+    );
+    if !(tunnel && header_has(&req, header::UPGRADE, "websocket")) {
+        return Err(HttpError::bad(
+            "unable to upgrade connection: port-forward needs SPDY/3.1 or WebSocket with SPDY/3.1+portforward.k8s.io",
+        ));
+    }
+    let accept = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()))
+        .ok_or_else(|| HttpError::bad("missing Sec-WebSocket-Key"))?;
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(u) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(u), Role::Server, None).await;
+                match crate::spdy_conn::Connection::start(crate::portforward::WsBytes::new(ws)) {
+                    Ok(c) => crate::portforward::serve(c, key, netns).await,
+                    Err(e) => tracing::warn!(error = %e, "spdy connection"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "websocket upgrade failed"),
+        }
     });
-    let first = if q.stdout {
-        STDOUT
-    } else if q.stderr {
-        STDERR
-    } else {
-        ERROR
-    };
-    let _ = out
-        .send(Message::binary(remotecommand::frame(first, b"")))
-        .await;
-    let outcome = work(incoming, out.clone()).await;
-    let status = remotecommand::status(&outcome).to_string();
-    let _ = out
-        .send(Message::binary(remotecommand::frame(
-            ERROR,
-            status.as_bytes(),
-        )))
-        .await;
-    drop(out);
-    let _ = writer.await;
+    Ok(websocket_upgraded(
+        &accept,
+        crate::portforward::WS_TUNNEL_PROTOCOL,
+    ))
+}
+
+/// The header that carries the SPDY streaming protocol version.
+pub(crate) const X_STREAM_PROTOCOL_VERSION: &str = "x-stream-protocol-version";
+
+/// The 101 answer to a SPDY/3.1 upgrade with the chosen protocol version.
+pub(crate) fn spdy_upgraded(protocol: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = r.headers_mut();
+    h.remove(header::CONTENT_TYPE);
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("SPDY/3.1"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        X_STREAM_PROTOCOL_VERSION,
+        header::HeaderValue::from_static(protocol),
+    );
+    r
 }
 
 /// A console socket of our own in a private directory, removed on drop.
@@ -773,7 +864,7 @@ enum Input {
 fn pump(
     mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     channel: u8,
-    out: mpsc::Sender<Message>,
+    out: Out,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 32 * 1024];
@@ -781,8 +872,7 @@ fn pump(
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    let m = Message::binary(remotecommand::frame(channel, &buf[..n]));
-                    if out.send(m).await.is_err() {
+                    if out.send((channel, buf[..n].to_vec())).await.is_err() {
                         return;
                     }
                 }
@@ -797,8 +887,8 @@ async fn exec_process(
     id: &str,
     q: &StreamQuery,
     protocol: &str,
-    mut incoming: SplitStream<Ws>,
-    out: mpsc::Sender<Message>,
+    mut incoming: mpsc::Receiver<WsIn>,
+    out: Out,
 ) -> Result<i32, String> {
     use std::process::Stdio;
     let console = match q.tty {
@@ -860,7 +950,7 @@ async fn exec_process(
             while let Ok(n) = f.read(&mut buf) {
                 if n == 0
                     || to_client
-                        .blocking_send(Message::binary(remotecommand::frame(STDOUT, &buf[..n])))
+                        .blocking_send((STDOUT, buf[..n].to_vec()))
                         .is_err()
                 {
                     break;
@@ -889,34 +979,31 @@ async fn exec_process(
     let mut client_gone = false;
     let status = loop {
         tokio::select! {
-            msg = incoming.next(), if !client_gone => match msg {
-                Some(Ok(Message::Binary(data))) => match remotecommand::decode(&data, protocol) {
-                    Ok(WsIn::Stdin(bytes)) => {
-                        let failed = match &mut input {
-                            Some(Input::Pipe(p)) => p.write_all(&bytes).await.is_err(),
-                            Some(Input::Pty(tx)) => tx.send(bytes).is_err(),
-                            None => false,
-                        };
-                        if failed {
-                            input = None;
-                        }
+            msg = incoming.recv(), if !client_gone => match msg {
+                Some(WsIn::Stdin(bytes)) => {
+                    let failed = match &mut input {
+                        Some(Input::Pipe(p)) => p.write_all(&bytes).await.is_err(),
+                        Some(Input::Pty(tx)) => tx.send(bytes).is_err(),
+                        None => false,
+                    };
+                    if failed {
+                        input = None;
                     }
-                    Ok(WsIn::Close(remotecommand::STDIN)) => {
-                        if matches!(input, Some(Input::Pipe(_))) {
-                            input = None;
-                        }
+                }
+                Some(WsIn::Close(remotecommand::STDIN)) => {
+                    if matches!(input, Some(Input::Pipe(_))) {
+                        input = None;
                     }
-                    Ok(WsIn::Resize { width, height }) => {
-                        if let Some(m) = &pty {
-                            let _ = skiff_runtime::sys::set_winsize(m.as_raw_fd(), height, width);
-                        }
+                }
+                Some(WsIn::Resize { width, height }) => {
+                    if let Some(m) = &pty {
+                        let _ = skiff_runtime::sys::set_winsize(m.as_raw_fd(), height, width);
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "ignored message"),
-                },
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
+                }
+                Some(_) => {}
+                None => {
                     // the client went away: end the process as the kubelet's stream does
+                    tracing::debug!(container = %id, protocol, "exec client gone");
                     client_gone = true;
                     let _ = child.start_kill();
                 }
@@ -944,8 +1031,8 @@ async fn attach(
     name: &str,
     restart: u32,
     q: &StreamQuery,
-    mut incoming: SplitStream<Ws>,
-    out: mpsc::Sender<Message>,
+    mut incoming: mpsc::Receiver<WsIn>,
+    out: Out,
 ) -> Result<i32, String> {
     let mut reader = LogReader::at_end(log).await;
     loop {
@@ -959,12 +1046,7 @@ async fn attach(
             } else {
                 q.stdout
             };
-            if wanted
-                && out
-                    .send(Message::binary(remotecommand::frame(channel, &l.text)))
-                    .await
-                    .is_err()
-            {
+            if wanted && out.send((channel, l.text.to_vec())).await.is_err() {
                 return Ok(0);
             }
         }
@@ -974,7 +1056,7 @@ async fn attach(
             return Ok(0);
         }
         tokio::select! {
-            msg = incoming.next() => if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+            msg = incoming.recv() => if msg.is_none() {
                 return Ok(0);
             },
             _ = tokio::time::sleep(POLL) => {}

@@ -288,6 +288,35 @@ fn up_in_netns(node: &mut Node) {
     ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    let out = ctl(&["exec", "-i", "deploy/sample-web", "--", "cat"]);
+    assert!(out.status.success(), "exec -i with an empty stdin: {out:?}");
+    // `echo hi | skiff ctl exec -i … -- cat`: the end of stdin reaches the container
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("ctl")
+        .arg("--kubeconfig")
+        .arg(node.kubeconfig())
+        .args(["exec", "-i", "deploy/sample-web", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut w = child.stdin.take().unwrap();
+        w.write_all(b"hi\n").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("skiff ctl exec -i did not end with its stdin");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     let pod = node.kubectl(&["get", "pods", "-o", "jsonpath={.items[0].metadata.name}"]);
     let logs = ctl(&["logs", &pod, "--tail=5"]);
     assert!(logs.status.success(), "{logs:?}");

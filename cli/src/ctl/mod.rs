@@ -885,6 +885,9 @@ async fn exec(ctl: &Ctl, a: &ExecArgs) -> Result<i32> {
     let stdin_task = proc.stdin().map(|mut w| {
         tokio::spawn(async move {
             let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut w).await;
+            // kube-client's stdin is a simplex pipe: only a shutdown (not a drop) is its end
+            // of file, which it then sends as v5's close of stdin
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
         })
     });
     let out = proc.stdout().map(|mut r| {

@@ -39,6 +39,7 @@ fn subresource(
         "log" => (vec!["get"], ("", "v1", "Pod")),
         "exec" => (vec!["create", "get"], ("", "v1", "PodExecOptions")),
         "attach" => (vec!["create", "get"], ("", "v1", "PodAttachOptions")),
+        "portforward" => (vec!["create", "get"], ("", "v1", "PodPortForwardOptions")),
         "finalize" => (vec!["update"], own),
         _ => (vec!["get"], own),
     }

@@ -1,9 +1,9 @@
-//! `pods/log`, `pods/exec` and `pods/attach`, proxied to the agent of the pod's node as
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` (no container), proxied to the agent of the pod's node as
 //! kube-apiserver does it: the container is checked (or defaulted to the only one), the
 //! node's InternalIP and `status.daemonEndpoints.kubeletEndpoint.Port` give the address, the
 //! request goes there over TLS with the API server's kubelet client certificate, logs are
-//! streamed back and an upgrade (WebSocket, with the subprotocol the agent chose) is relayed
-//! byte for byte in both directions.
+//! streamed back and an upgrade (WebSocket with the subprotocol the agent chose, or SPDY/3.1
+//! with its `X-Stream-Protocol-Version`) is relayed byte for byte in both directions.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -100,7 +100,7 @@ fn unavailable(message: String) -> ApiError {
     ApiError::new(503, "ServiceUnavailable", message)
 }
 
-/// Serves a pods/log, pods/exec or pods/attach request.
+/// Serves a pods/log, pods/exec, pods/attach or pods/portforward request.
 pub(crate) async fn pod_stream(
     server: &Server,
     target: &Target,
@@ -123,7 +123,11 @@ pub(crate) async fn pod_stream(
         .ok_or_else(|| ApiError::not_found("", "pods", name))?;
     let pod = decode_kv(&kv)?;
     let query = super::parse_query(req.uri().query());
-    let container = choose_container(&pod, query.get("container").map(String::as_str))?;
+    // port-forward is to the pod, not to one of its containers
+    let container = match sub {
+        "portforward" => String::new(),
+        _ => choose_container(&pod, query.get("container").map(String::as_str))?,
+    };
     let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
     if node_name.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -141,9 +145,12 @@ pub(crate) async fn pod_stream(
         .ok_or_else(|| unavailable(format!("node {node_name} of pod {name} is not registered")))?;
     let (ip, port) = node_endpoint(&decode_kv(&node)?)
         .ok_or_else(|| unavailable(format!("node {node_name} has no InternalIP address")))?;
-    let verb = if sub == "log" { "containerLogs" } else { sub };
     let q = upstream_query(req.uri().query());
-    let path = format!("/{verb}/{ns}/{name}/{container}?{q}");
+    let path = match sub {
+        "log" => format!("/containerLogs/{ns}/{name}/{container}?{q}"),
+        "portforward" => format!("/portForward/{ns}/{name}?{q}"),
+        _ => format!("/{sub}/{ns}/{name}/{container}?{q}"),
+    };
     info!(pod = %format!("{ns}/{name}"), %container, node = %node_name, sub, "proxy to agent");
     let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((ip, port)))
         .await
@@ -243,7 +250,10 @@ pub(crate) fn is_pod_stream(t: &Target) -> bool {
     t.info.group.is_empty()
         && t.info.plural == "pods"
         && t.name.is_some()
-        && matches!(t.sub.as_deref(), Some("log" | "exec" | "attach"))
+        && matches!(
+            t.sub.as_deref(),
+            Some("log" | "exec" | "attach" | "portforward")
+        )
 }
 
 /// Keeps the type of the shared TLS configuration in one place.

@@ -72,7 +72,15 @@ pub const RESOURCES: &[ResourceInfo] = &[
         namespaced: true,
         short_names: &["po"],
         categories: ALL,
-        subresources: &["status", "binding", "log", "exec", "attach", "eviction"],
+        subresources: &[
+            "status",
+            "binding",
+            "log",
+            "exec",
+            "attach",
+            "eviction",
+            "portforward",
+        ],
     },
     ResourceInfo {
         group: "",
