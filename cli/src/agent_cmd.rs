@@ -14,12 +14,7 @@ pub struct AgentArgs {
     #[arg(long)]
     server: String,
     /// Node token (the master's DATA_DIR/node-token).
-    #[arg(
-        long,
-        env = "SKIFF_NODE_TOKEN",
-        hide_env_values = true,
-        required_unless_present = "token_file"
-    )]
+    #[arg(long, env = "SKIFF_NODE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// File holding the node token, read at start (instead of --token; a service can start
     /// before the master on the same machine has written it: the agent waits for it).

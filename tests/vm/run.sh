@@ -34,8 +34,9 @@ cache=${SKIFF_VM_CACHE:-/var/cache/skiff-vm}
 accel=${SKIFF_VM_ACCEL:-tcg}
 mirror=${SKIFF_VM_MIRROR:-http://deb.debian.org/debian}
 packages=systemd,systemd-sysv,udev,dbus,kmod,linux-image-amd64,iproute2,openssh-server,nftables,busybox-static,libseccomp2,ca-certificates
-# bump when the image's content changes: the cached image is rebuilt
-image_version="1 $packages"
+# bump when the image's content changes: the cached image is rebuilt (version 1, with
+# systemd-networkd on DHCP, is patched in place to version 2: see "the guest's network")
+image_version="2 $packages"
 
 # --- tools -----------------------------------------------------------------------------------
 need=()
@@ -66,6 +67,48 @@ mkdir -p "$cache"
 if [ ! -f "$cache/id_ed25519" ]; then
     ssh-keygen -q -t ed25519 -N '' -f "$cache/id_ed25519"
 fi
+# --- the guest's network: a static address on QEMU's user network -----------------------------
+# The guest is 10.0.2.15/24 behind the gateway 10.0.2.2 (QEMU's fixed user-network plan), on
+# eth0 (`net.ifnames=0` on the kernel command line). A oneshot unit sets it as soon as udev has
+# the NIC. systemd-networkd on DHCP did not work here: under TCG its start job sat for minutes,
+# and network.target (so ssh.service) waited for it.
+net_unit() {
+    cat <<'UNIT'
+[Unit]
+Description=Static address on QEMU's user network (skiff VM test)
+BindsTo=sys-subsystem-net-devices-eth0.device
+After=sys-subsystem-net-devices-eth0.device
+Before=network.target ssh.service
+Wants=network.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/sbin/ip link set eth0 up
+ExecStart=/sbin/ip addr replace 10.0.2.15/24 dev eth0
+ExecStart=/sbin/ip route replace default via 10.0.2.2
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+if [ "$(cat "$cache/image.version" 2>/dev/null)" = "1 $packages" ] && [ -f "$cache/disk.img" ]; then
+    log "patching the cached image: static address instead of systemd-networkd"
+    net_unit > "$cache/skiff-vm-net.service"
+    debugfs -w -f - "$cache/disk.img" >/dev/null 2>&1 <<CMDS
+rm /etc/systemd/system/multi-user.target.wants/systemd-networkd.service
+rm /etc/systemd/system/sockets.target.wants/systemd-networkd.socket
+rm /etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service
+rm /etc/systemd/system/dbus-org.freedesktop.network1.service
+rm /etc/systemd/network/20-wired.network
+write $cache/skiff-vm-net.service /etc/systemd/system/skiff-vm-net.service
+symlink /etc/systemd/system/multi-user.target.wants/skiff-vm-net.service /etc/systemd/system/skiff-vm-net.service
+CMDS
+    rm -f "$cache/skiff-vm-net.service"
+    debugfs -R 'cat /etc/systemd/system/skiff-vm-net.service' "$cache/disk.img" 2>/dev/null | grep -q 10.0.2.15 ||
+        { echo "$0: patching the cached image failed" >&2; exit 1; }
+    echo "$image_version" > "$cache/image.version"
+fi
 if [ "$(cat "$cache/image.version" 2>/dev/null)" != "$image_version" ] || [ ! -f "$cache/disk.img" ]; then
     log "building the bookworm image (debootstrap, about 90 s)"
     rootfs="$cache/rootfs.new"
@@ -78,8 +121,8 @@ if [ "$(cat "$cache/image.version" 2>/dev/null)" != "$image_version" ] || [ ! -f
     mkdir -p "$rootfs/mnt/host" "$rootfs/root/.ssh"
     cp "$cache/id_ed25519.pub" "$rootfs/root/.ssh/authorized_keys"
     chmod 700 "$rootfs/root/.ssh"; chmod 600 "$rootfs/root/.ssh/authorized_keys"
-    printf '[Match]\nName=en*\n[Network]\nDHCP=yes\n' > "$rootfs/etc/systemd/network/20-wired.network"
-    chroot "$rootfs" systemctl enable systemd-networkd ssh >/dev/null 2>&1
+    net_unit > "$rootfs/etc/systemd/system/skiff-vm-net.service"
+    chroot "$rootfs" systemctl enable skiff-vm-net ssh >/dev/null
     chroot "$rootfs" passwd -d root >/dev/null
     # the kernel and initrd boot the guest directly (virtio and ext4 are modules: initrd needed)
     cp "$rootfs"/boot/vmlinuz-* "$cache/vmlinuz"
@@ -110,7 +153,8 @@ export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 cargo build -p skiff >&2
 tests_json=$(cargo test -p skiff-runtime -p skiff --test cgroups --test rootfs --test seccomp --test runtime_cli \
     --no-run --message-format=json 2>/dev/null)
-echo "$tests_json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | while read -r exe; do
+# the test executables (under deps/), not the skiff binary that cargo also reports
+echo "$tests_json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep '/deps/' | while read -r exe; do
     cp "$exe" "$share/tests/$(basename "$exe" | sed 's/-[0-9a-f]*$//')"
 done
 ls "$share/tests" >&2
@@ -143,7 +187,7 @@ esac
 log "booting (accel $accel, ssh on 127.0.0.1:$port)"
 qemu-system-x86_64 "${accel_args[@]}" -smp 2 -m 3072 -nographic -no-reboot \
     -kernel "$cache/vmlinuz" -initrd "$cache/initrd.img" \
-    -append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.unified_cgroup_hierarchy=1" \
+    -append "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 systemd.unified_cgroup_hierarchy=1" \
     -drive "file=$cache/disk.img,if=virtio,format=raw,snapshot=on" \
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
     -virtfs "local,path=$share,mount_tag=host,security_model=none,readonly=on" \
@@ -151,7 +195,7 @@ qemu-system-x86_64 "${accel_args[@]}" -smp 2 -m 3072 -nographic -no-reboot \
 qemu_pid=$!
 
 ssh_opts=(-i "$cache/id_ed25519" -p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-    -o LogLevel=ERROR -o ConnectTimeout=5 -o BatchMode=yes)
+    -o LogLevel=ERROR -o ConnectTimeout=60 -o ServerAliveInterval=30 -o ServerAliveCountMax=10 -o BatchMode=yes)
 guest() { ssh "${ssh_opts[@]}" root@127.0.0.1 "$@"; }
 deadline=$(($(date +%s) + 600))
 until guest true 2>/dev/null; do

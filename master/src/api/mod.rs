@@ -3,6 +3,7 @@
 //! `discovery`, Service IP/port allocation in `services`.
 
 mod discovery;
+mod eviction;
 mod measure;
 /// `metrics.k8s.io/v1beta1` from the metrics collector's cache.
 pub mod metrics;

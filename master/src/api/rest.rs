@@ -112,7 +112,7 @@ fn set_rv(v: &mut Value, rev: u64) {
 }
 
 /// The bytes to store: the object without its resourceVersion.
-fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
     let mut o = obj.clone();
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
@@ -125,7 +125,7 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 /// Parses a request body: JSON, or YAML or Kubernetes protobuf when the content type says so.
-fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -445,7 +445,9 @@ pub(crate) async fn create(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiEr
     match ctx.target.sub.as_deref() {
         None if ctx.target.name.is_none() => {}
         Some("binding") => return binding(ctx, body).await,
-        Some("eviction") => return Err(not_yet(ctx)),
+        Some("eviction") if info.plural == "pods" => {
+            return super::eviction::evict(ctx, body).await;
+        }
         _ => return Err(ApiError::method_not_allowed()),
     }
     let mut obj = decode_body(ctx.headers, body)?;
@@ -476,18 +478,6 @@ pub(crate) async fn create(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiEr
     )
     .await?;
     Ok(respond(ctx, StatusCode::CREATED, &obj, &warnings))
-}
-
-fn not_yet(ctx: &Ctx<'_>) -> ApiError {
-    ApiError::new(
-        501,
-        "NotImplemented",
-        format!(
-            "{}/{} is not served yet",
-            ctx.info().plural,
-            ctx.target.sub.as_deref().unwrap_or_default()
-        ),
-    )
 }
 
 async fn load(ctx: &Ctx<'_>) -> Result<(KeyValue, Value), ApiError> {
@@ -1199,12 +1189,12 @@ fn set_pod_scheduled(pod: &mut Value) {
 }
 
 /// DeleteOptions from the body and query.
-struct DeleteOptions {
+pub(crate) struct DeleteOptions {
     grace: Option<i64>,
     uid: Option<String>,
-    rv: Option<String>,
+    pub(crate) rv: Option<String>,
     propagation: Option<String>,
-    dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 fn delete_options(ctx: &Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError> {
@@ -1214,6 +1204,11 @@ fn delete_options(ctx: &Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError>
         decode_body(ctx.headers, body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {}", e.message)))?
     };
+    delete_options_of(ctx, &b)
+}
+
+/// DeleteOptions from a decoded body (`b`) and the request's query.
+pub(crate) fn delete_options_of(ctx: &Ctx<'_>, b: &Value) -> Result<DeleteOptions, ApiError> {
     let grace = b
         .get("gracePeriodSeconds")
         .and_then(Value::as_i64)
@@ -1269,7 +1264,7 @@ fn delete_options(ctx: &Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError>
 }
 
 /// Deletes one object; returns (object, whether it is gone now).
-async fn delete_one(
+pub(crate) async fn delete_one(
     server: &Server,
     info: &ResourceInfo,
     kv: &KeyValue,

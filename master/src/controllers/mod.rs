@@ -10,6 +10,8 @@ pub mod cronjob;
 pub mod daemonset;
 /// The Deployment controller: ReplicaSets per template, rollouts, revisions, status.
 pub mod deployment;
+/// The disruption controller: PodDisruptionBudget status for evictions.
+pub mod disruption;
 /// Endpoints and EndpointSlices of Services with selectors (and the `kubernetes` Service's).
 pub mod endpoints;
 /// The pure core of the endpoints controllers (pods → subsets and slices).
@@ -174,6 +176,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     set.spawn(cronjob::run(ctx.clone()));
     set.spawn(daemonset::run(ctx.clone()));
     set.spawn(hpa::run(ctx.clone()));
+    set.spawn(disruption::run(ctx.clone()));
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}

@@ -236,6 +236,17 @@ pub const RESOURCES: &[ResourceInfo] = &[
         categories: &[],
         subresources: &[],
     },
+    ResourceInfo {
+        group: "policy",
+        version: "v1",
+        kind: "PodDisruptionBudget",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        namespaced: true,
+        short_names: &["pdb"],
+        categories: &[],
+        subresources: &["status"],
+    },
     // The storage (and preferred) version first, then the other served versions.
     ResourceInfo {
         group: "autoscaling",
@@ -344,6 +355,8 @@ mod apply;
 pub mod autoscaling;
 /// Defaulting of new and updated objects per kind.
 pub(crate) mod defaults;
+/// policy/v1 PodDisruptionBudget: validation, table columns.
+pub(crate) mod policy;
 /// Strategic merge patch with the served types' merge keys and directives.
 mod strategic;
 /// `meta.k8s.io/v1` Tables with kubectl's columns.

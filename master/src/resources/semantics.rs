@@ -133,6 +133,7 @@ fn validate(info: &ResourceInfo, obj: &Value, errs: &mut Errors) {
         "Service" => validation::service(obj, errs),
         "Job" | "CronJob" | "DaemonSet" => workloads::validate(info.kind, obj, errs),
         "HorizontalPodAutoscaler" => super::autoscaling::validate(obj, errs),
+        "PodDisruptionBudget" => super::policy::validate(obj, errs),
         "Secret" => {
             if let Some(data) = obj.get("data").and_then(Value::as_object) {
                 for k in data.keys() {

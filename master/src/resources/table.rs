@@ -86,6 +86,7 @@ fn columns(kind: &str) -> Vec<Column> {
         "Lease" => vec![NAME, s("Holder"), AGE],
         "Job" | "CronJob" | "DaemonSet" => super::workloads::columns(kind),
         "HorizontalPodAutoscaler" => super::autoscaling::columns(),
+        "PodDisruptionBudget" => super::policy::columns(),
         "EndpointSlice" => vec![NAME, s("AddressType"), s("Ports"), s("Endpoints"), AGE],
         _ => vec![NAME, AGE],
     }
@@ -632,6 +633,7 @@ fn cells(kind: &str, o: &Value, now: DateTime<Utc>) -> Vec<Value> {
         "Lease" => vec![json!(str_at(o, "/spec/holderIdentity")), age],
         "Job" | "CronJob" | "DaemonSet" => super::workloads::cells(kind, o, now),
         "HorizontalPodAutoscaler" => super::autoscaling::cells(o, now),
+        "PodDisruptionBudget" => super::policy::cells(o, now),
         "EndpointSlice" => endpointslice_cells(o, now),
         _ => vec![age],
     };

@@ -9,6 +9,7 @@ use k8s_openapi::api::{
         ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
     },
     discovery::v1::EndpointSlice,
+    policy::v1::PodDisruptionBudget,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -46,6 +47,7 @@ pub(crate) fn round_trip(info: &ResourceInfo, obj: &Value) -> Option<Result<Valu
         "Job" => trip::<Job>(v),
         "CronJob" => trip::<CronJob>(v),
         "DaemonSet" => trip::<DaemonSet>(v),
+        "PodDisruptionBudget" => trip::<PodDisruptionBudget>(v),
         "HorizontalPodAutoscaler" if info.version == "v1" => {
             trip::<autoscaling_v1::HorizontalPodAutoscaler>(v)
         }
