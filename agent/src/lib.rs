@@ -45,10 +45,10 @@ pub mod node;
 pub mod podcgroup;
 /// The watch on this node's pods and one worker per pod.
 pub mod pods;
-/// Privileged containers.
-pub mod privileged;
 /// Port-forward over SPDY/3.1 (or SPDY tunnelled in WebSocket) to localhost in the pod's network namespace.
 pub mod portforward;
+/// Privileged containers.
+pub mod privileged;
 /// Probes: tcpSocket and httpGet from inside the pod network namespace, with their timing.
 pub mod probes;
 /// QoS classes and the pod cgroup layout under the agent's cgroup prefix.
@@ -71,10 +71,10 @@ pub mod spdy_conn;
 pub mod stats;
 /// Pod status as Kubernetes reports it, computed from the containers' records.
 pub mod status;
-/// Termination messages: the per-run file, the log fallback, the per-pod limit.
-pub mod termination;
 /// The transports of exec and attach sessions: WebSocket and SPDY/3.1 streams.
 pub mod streams;
+/// Termination messages: the per-run file, the log fallback, the per-pod limit.
+pub mod termination;
 /// Pod volumes (emptyDir, hostPath, configMap, secret) and volumeMounts.
 pub mod volumes;
 /// The per-pod worker: an explicit state machine driving one pod.

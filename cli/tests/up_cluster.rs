@@ -318,11 +318,26 @@ fn up_in_netns(node: &mut Node) {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     let pod = node.kubectl(&["get", "pods", "-o", "jsonpath={.items[0].metadata.name}"]);
-    let logs = ctl(&["logs", &pod, "--tail=5"]);
-    assert!(logs.status.success(), "{logs:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&logs.stdout),
-        node.kubectl(&["logs", &pod, "--tail=5"])
+    // the same last lines as kubectl's; httpd may log a line between the two reads (it
+    // answered the checks above), so read both again until a pair agrees
+    let mut last = (String::new(), String::new());
+    let agreed = (0..20).any(|_| {
+        let logs = ctl(&["logs", &pod, "--tail=5"]);
+        assert!(logs.status.success(), "{logs:?}");
+        last = (
+            String::from_utf8_lossy(&logs.stdout).into_owned(),
+            node.kubectl(&["logs", &pod, "--tail=5"]),
+        );
+        let same = last.0 == last.1;
+        if !same {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        same
+    });
+    assert!(
+        agreed,
+        "skiff ctl logs {:?} != kubectl logs {:?}",
+        last.0, last.1
     );
 
     // stop and start again: the pods are adopted, not replaced, and keep answering
