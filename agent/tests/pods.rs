@@ -1127,33 +1127,10 @@ async fn kubectl_exec_through_master_and_agent() {
         assert_eq!(text(&out.stdout), "piped line\nsecond\ndone\n", "{v}");
     }
     // a terminal, with the caller's size: kubectl under script(1) in a 40x100 pty
-    let kubectl = api_common::kubectl_path("1.32");
-    let inner = format!(
-        "stty rows 40 cols 100; {} --kubeconfig {} exec -it shell -- /bin/sh -c 'tty; stty size; exit 7'",
-        kubectl.display(),
-        c.server.kubeconfig().display()
-    );
-    let mut script = tokio::process::Command::new("script");
-    script
-        .args(["-qec", &inner, "/dev/null"])
-        .env("HOME", c.server.dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = script.spawn().unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("kubectl exec -it did not finish")
-        .unwrap();
-    let shown = text(&out.stdout);
-    assert!(
-        shown.contains("/dev/pts/"),
-        "{shown:?} {}",
-        text(&out.stderr)
-    );
+    let (shown, code) = exec_in_terminal(&c, "1.32", "shell", "tty; stty size; exit 7").await;
+    assert!(shown.contains("/dev/pts/"), "{shown:?}");
     assert!(shown.contains("40 100"), "{shown:?}");
-    assert_eq!(out.status.code(), Some(7), "{shown:?}");
+    assert_eq!(code, Some(7), "{shown:?}");
     // attach: the output written from now on, until the container ends
     pods.create(
         &PostParams::default(),

@@ -426,3 +426,36 @@ pub fn start_controllers(
         settings: std::sync::Arc::new(settings),
     })))
 }
+
+/// `kubectl exec -it` under `script(1)` in a 40x100 terminal: the output shown and the exit
+/// code.
+pub async fn exec_in_terminal(
+    c: &Cluster,
+    version: &str,
+    pod: &str,
+    command: &str,
+) -> (String, Option<i32>) {
+    let kubectl = api_common::kubectl_path(version);
+    let inner = format!(
+        "stty rows 40 cols 100; {} --kubeconfig {} exec -it {pod} -- /bin/sh -c '{command}'",
+        kubectl.display(),
+        c.server.kubeconfig().display()
+    );
+    let mut script = tokio::process::Command::new("script");
+    script
+        .args(["-qec", &inner, "/dev/null"])
+        .env("HOME", c.server.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = script.spawn().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl exec -it did not finish")
+        .unwrap();
+    (
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+        out.status.code(),
+    )
+}
