@@ -788,10 +788,12 @@ async fn image_gc_under_disk_pressure() {
     let image = |tag: &str| c._registry.reference(&format!("gc/{tag}:1"));
     // a and b are pulled and used by pods that then go; keep's pod stays
     for tag in ["a", "b", "keep"] {
+        // a and b run for 3 s, so that GC passes (every 1 s) see them in use: an image never
+        // seen in use goes before every used one, as the kubelet orders them
         let script = if tag == "keep" {
             "exec sleep 3600"
         } else {
-            "true"
+            "sleep 3"
         };
         let policy = if tag == "keep" { "Always" } else { "Never" };
         let p = pod_of(
