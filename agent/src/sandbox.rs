@@ -350,6 +350,9 @@ pub fn create(
     Ok(ips)
 }
 
+/// Writes a sandbox file (hosts, hostname, resolv.conf under the run dir) by temp file and
+/// rename, without fsync: they are rewritten whenever the sandbox is made, and a sandbox does
+/// not outlive a power loss.
 fn write_file(path: &Path, content: &str) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
@@ -357,7 +360,6 @@ fn write_file(path: &Path, content: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     f.write_all(content.as_bytes())
-        .and_then(|_| f.sync_all())
         .map_err(|e| Error::io("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
 }

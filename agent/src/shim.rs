@@ -118,7 +118,9 @@ fn record_path(pod_dir: &Path, name: &str, restart: u32) -> PathBuf {
     records_dir(pod_dir, name).join(format!("{restart}.json"))
 }
 
-/// Saves a record atomically (temp file, fsync, rename).
+/// Saves a record atomically (temp file, rename). No fsync: records live in the run dir (a
+/// tmpfs on systemd machines) beside the processes they describe; a killed agent or shim
+/// leaves the old or the new file, and after a power loss the containers are gone too.
 pub fn save_record(pod_dir: &Path, name: &str, rec: &RunRecord) -> Result<()> {
     let path = record_path(pod_dir, name, rec.restart);
     let dir = records_dir(pod_dir, name);
@@ -130,7 +132,6 @@ pub fn save_record(pod_dir: &Path, name: &str, rec: &RunRecord) -> Result<()> {
     })?;
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     f.write_all(&data)
-        .and_then(|_| f.sync_all())
         .map_err(|e| Error::io("write", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))
 }
