@@ -50,6 +50,8 @@ pub struct Config {
     /// Image garbage collection (`--image-gc-high-threshold`, `--image-gc-low-threshold`,
     /// `--image-minimum-gc-age`, `--image-gc-period`).
     pub image_gc: crate::imagegc::GcPolicy,
+    /// Node-pressure eviction (`--eviction-hard`, `--eviction-soft`, …).
+    pub eviction: crate::eviction::EvictionPolicy,
 }
 
 impl Config {

@@ -216,6 +216,9 @@ impl ImageGc {
                 .map(|r| r.id().to_string());
             if let Some(id) = id {
                 if let Some(t) = self.tracked.get_mut(&id) {
+                    if t.last_used.is_none() {
+                        tracing::info!(image = %name, id = %id, "image GC: image seen in use");
+                    }
                     t.last_used = Some(now);
                 }
                 in_use.insert(id);
@@ -276,24 +279,38 @@ impl ImageGc {
         Err(GcError::NotEnough { wanted, freed })
     }
 
-    /// Runs a pass every period until the task is dropped.
-    pub async fn run(mut self) {
-        let mut tick = tokio::time::interval(self.policy.period);
+    /// Removes every unused image past the minimum age whatever the thresholds (the
+    /// kubelet's `DeleteUnusedImages`, the eviction manager's reclaim); returns the bytes
+    /// freed.
+    pub fn delete_unused(&mut self) -> Result<u64, GcError> {
+        let images = self.images.clone();
+        let _pulls = images.pull_lock();
+        let now = Instant::now();
+        let in_use = self.detect(now)?;
+        let (_, available) = self.usage()?;
+        for id in eviction_order(&self.tracked, &in_use, now, self.policy.min_age) {
+            self.remove(&id)?;
+            self.tracked.remove(&id);
+        }
+        Ok(self.usage()?.1.saturating_sub(available))
+    }
+
+    /// Runs a pass every period until the task is dropped; the GC is shared with the
+    /// eviction manager's reclaim.
+    pub async fn run(gc: std::sync::Arc<tokio::sync::Mutex<ImageGc>>) {
+        let period = gc.lock().await.policy.period;
+        let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            let (gc, result) = match tokio::task::spawn_blocking(move || {
-                let r = self.collect();
-                (self, r)
-            })
-            .await
-            {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "image GC task failed");
-                    return;
-                }
-            };
-            self = gc;
+            let g = gc.clone();
+            let result =
+                match tokio::task::spawn_blocking(move || g.blocking_lock().collect()).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "image GC task failed");
+                        return;
+                    }
+                };
             match result {
                 Ok(0) => {}
                 Ok(freed) => tracing::info!(freed, "image garbage collection done"),

@@ -19,6 +19,8 @@ pub mod downward;
 pub mod error;
 /// Kubernetes Events the agent records about pods (component `kubelet`).
 pub mod events;
+/// Node-pressure eviction: thresholds, pressure conditions, pod ranking, admission.
+pub mod eviction;
 /// Commands run inside a running container (exec probes and hooks), bounded and timed.
 pub mod exec;
 /// gRPC probes (grpc.health.v1 over HTTP/2).

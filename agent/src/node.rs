@@ -129,6 +129,18 @@ impl Machine {
     }
 }
 
+/// The node's pressure: MemoryPressure and DiskPressure from the eviction manager once it
+/// has evaluated its thresholds (they hold for the transition period), else the machine's
+/// reading with the default thresholds; PIDPressure from the machine.
+fn pressure(cfg: &Config, m: &Machine) -> Pressure {
+    let mut p = m.pressure();
+    if let Some(c) = crate::eviction::shared(&cfg.node_name).conditions() {
+        p.memory = c.contains(&crate::eviction::Condition::MemoryPressure);
+        p.disk = c.contains(&crate::eviction::Condition::DiskPressure);
+    }
+    p
+}
+
 /// The Go architecture name of this machine (`amd64`, `arm64`, …).
 pub fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -250,7 +262,7 @@ pub fn status(cfg: &Config, m: &Machine, now: &Time) -> NodeStatus {
                 address: cfg.node_name.clone(),
             },
         ]),
-        conditions: Some(conditions(m.pressure(), now)),
+        conditions: Some(conditions(pressure(cfg, m), now)),
         node_info: Some(NodeSystemInfo {
             architecture: go_arch().into(),
             boot_id: m.boot_id.clone(),
@@ -507,6 +519,7 @@ mod tests {
             services: Default::default(),
             log_policy: Default::default(),
             image_gc: Default::default(),
+            eviction: Default::default(),
         }
     }
 

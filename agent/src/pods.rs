@@ -36,8 +36,11 @@ pub async fn run(
         &cfg.root_dir,
         cfg.insecure_registries.clone(),
     )?);
-    let gc = tokio::spawn(crate::imagegc::ImageGc::new(images.clone(), &cfg).run());
-    let _gc = AbortOnDrop(gc);
+    let gc = Arc::new(tokio::sync::Mutex::new(crate::imagegc::ImageGc::new(
+        images.clone(),
+        &cfg,
+    )));
+    let _gc = AbortOnDrop(tokio::spawn(crate::imagegc::ImageGc::run(gc.clone())));
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         client: client.clone(),
@@ -47,6 +50,9 @@ pub async fn run(
     let api: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let (reader, writer) = reflector::store();
+    let manager = crate::eviction::Manager::new(cfg.clone(), gc);
+    let r = reader.clone();
+    let _eviction = AbortOnDrop(tokio::spawn(manager.run(move || r.state())));
     let mut events = reflector(writer, watcher(api, wc))
         .default_backoff()
         .touched_objects()

@@ -154,6 +154,7 @@ mod tests {
             services,
             log_policy: Default::default(),
             image_gc: Default::default(),
+            eviction: Default::default(),
         }
     }
 

@@ -51,6 +51,9 @@ pub enum WorkerState {
     SandboxReady,
     /// Containers have been started (they may have exited since).
     Running,
+    /// Evicted under node pressure: containers killed, resources reclaimed; the pod object
+    /// stays (phase Failed) until it is deleted.
+    Evicted,
     /// Deletion asked: containers are being stopped.
     Terminating,
     /// Containers stopped; the pod's resources are being removed.
@@ -71,6 +74,10 @@ impl WorkerState {
                 | (SandboxReady, Running)
                 | (SandboxReady, Terminating)
                 | (Running, Terminating)
+                | (New, Evicted)
+                | (SandboxReady, Evicted)
+                | (Running, Evicted)
+                | (Evicted, Terminating)
                 | (Terminating, Terminated)
                 | (Terminated, Removed)
         )
@@ -100,6 +107,8 @@ pub struct Worker {
     start_time: Time,
     /// Termination messages of finished runs, by (container, restart).
     messages: HashMap<(String, u32), Option<String>>,
+    /// The node-pressure eviction of this pod, once the eviction manager asked for it.
+    evicted: Option<crate::eviction::Eviction>,
 }
 
 fn pod_key(p: &Pod) -> String {
@@ -133,6 +142,7 @@ impl Worker {
             sent: None,
             start_time: Time(k8s_openapi::jiff::Timestamp::now()),
             messages: HashMap::new(),
+            evicted: None,
         }
     }
 
@@ -172,6 +182,7 @@ impl Worker {
                     if let Err(e) = self.remove().await {
                         tracing::warn!(error = %e, "cannot remove the pod's resources");
                     }
+                    crate::eviction::shared(&self.cfg().node_name).forget(&self.uid);
                     return;
                 }
                 Some(p) => self.pod = p,
@@ -220,12 +231,29 @@ impl Worker {
 
     /// One pass: sandbox, containers, status.
     async fn sync(&mut self) -> Result<()> {
+        if self.state == WorkerState::Evicted {
+            return Ok(());
+        }
+        let pressure = crate::eviction::shared(&self.cfg().node_name);
+        if let Some(e) = pressure.eviction(&self.uid) {
+            return self.evict(e).await;
+        }
         if self.state == WorkerState::New {
             if sandbox::exists(&self.sandbox) && shim::alive(&self.dir) {
                 tracing::info!("adopting a running pod");
                 self.ips = self.read_ips();
                 self.transition(WorkerState::Running)?;
             } else {
+                // a pod in a terminal phase never runs again (evicted, rejected, done and
+                // cleaned up before an agent restart)
+                let phase = self.pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                if matches!(phase, Some("Failed" | "Succeeded")) {
+                    return Ok(());
+                }
+                let conditions = pressure.conditions().unwrap_or_default();
+                if let Some((reason, message)) = crate::eviction::admit(&self.pod, &conditions) {
+                    return self.reject(reason, &message).await;
+                }
                 if let Err(e) = self.make_sandbox().await {
                     let msg = format!(
                         "Failed to create pod sandbox: {}",
@@ -317,6 +345,72 @@ impl Worker {
             self.transition(WorkerState::Running)?;
         }
         self.send_status(&init_views, &views).await
+    }
+
+    /// Refuses the pod at admission, as the kubelet's `rejectPod`: phase Failed with the
+    /// reason and `Pod was rejected: <message>`, and a Warning event.
+    async fn reject(&mut self, reason: &str, message: &str) -> Result<()> {
+        let message = format!("Pod was rejected: {message}");
+        tracing::warn!(%reason, %message, "pod rejected");
+        self.event(None, events::Kind::Warning, reason, &message)
+            .await;
+        let api: Api<Pod> = Api::namespaced(
+            self.shared.client.clone(),
+            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let name = self.pod.metadata.name.clone().unwrap_or_default();
+        let patch = serde_json::json!({"status": {"phase": "Failed", "reason": reason,
+            "message": message, "qosClass": self.qos().as_str()}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::api("patch pod status", e))?;
+        Ok(())
+    }
+
+    /// Carries out a node-pressure eviction: kills the containers within the eviction's
+    /// grace (zero for hard thresholds), reports phase Failed, reason Evicted and the
+    /// manager's message, then reclaims the pod's containers, layers, volumes and logs as
+    /// the kubelet does for evicted pods. The pod object stays until it is deleted.
+    async fn evict(&mut self, e: crate::eviction::Eviction) -> Result<()> {
+        if self.evicted.is_none() {
+            tracing::warn!(message = %e.message, grace = ?e.grace, "evicting pod");
+            self.event(
+                None,
+                events::Kind::Warning,
+                crate::eviction::REASON,
+                &e.message,
+            )
+            .await;
+            self.evicted = Some(e.clone());
+        }
+        self.stop_all(e.grace).await;
+        let mut init_views = Vec::new();
+        let inits = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default();
+        for c in &inits {
+            init_views.push(self.final_view(c).await?);
+        }
+        let mut views = Vec::new();
+        for c in self.containers() {
+            views.push(self.final_view(&c).await?);
+        }
+        self.send_status(&init_views, &views).await?;
+        self.remove().await?;
+        self.transition(WorkerState::Evicted)?;
+        tracing::info!("evicted pod's resources reclaimed");
+        Ok(())
+    }
+
+    /// A stopped container's last view (never started: waiting).
+    async fn final_view(&mut self, c: &Container) -> Result<ContainerView> {
+        Ok(match shim::latest_record(&self.dir, &c.name)? {
+            Some(_) => self.step(c, "Never").await?,
+            None => waiting(c, "ContainerCreating"),
+        })
     }
 
     /// One container's step: start it if it never ran, restart it if it exited and the
@@ -1046,7 +1140,14 @@ impl Worker {
     /// returns the grace left for the stop signal.
     async fn pre_stop(&self, running: &[(String, String)], grace: Duration) -> Duration {
         let started = Instant::now();
-        let containers = self.containers();
+        // sidecars are init containers: their hooks are looked up there too
+        let containers: Vec<Container> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .cloned()
+            .collect();
         let hooks: Vec<_> = running
             .iter()
             .filter_map(|(_, n)| containers.iter().find(|c| &c.name == n))
@@ -1113,6 +1214,9 @@ impl Worker {
             &Time(k8s_openapi::jiff::Timestamp::now()),
         );
         crate::termination::limit_pod_messages(&self.pod, &mut st);
+        if let Some(e) = &self.evicted {
+            crate::eviction::evicted_status(&mut st, &e.message, self.pod.status.as_ref());
+        }
         let seen = k8s_openapi::jiff::Timestamp::now().duration_since(self.start_time.0);
         crate::metrics::global().observe_pod(&self.pod, &st, seen.try_into().unwrap_or_default());
         let current = self.pod.status.clone().unwrap_or_default();
@@ -1292,6 +1396,7 @@ impl Worker {
             Err(e) => return Err(Error::api("delete pod", e)),
         }
         self.transition(WorkerState::Removed)?;
+        crate::eviction::shared(&self.cfg().node_name).forget(&self.uid);
         tracing::info!("pod removed");
         Ok(())
     }
@@ -1497,7 +1602,15 @@ mod tests {
     #[test]
     fn legal_steps() {
         use WorkerState::*;
-        let all = [New, SandboxReady, Running, Terminating, Terminated, Removed];
+        let all = [
+            New,
+            SandboxReady,
+            Running,
+            Evicted,
+            Terminating,
+            Terminated,
+            Removed,
+        ];
         let legal = [
             (New, SandboxReady),
             (New, Running),
@@ -1505,6 +1618,10 @@ mod tests {
             (SandboxReady, Running),
             (SandboxReady, Terminating),
             (Running, Terminating),
+            (New, Evicted),
+            (SandboxReady, Evicted),
+            (Running, Evicted),
+            (Evicted, Terminating),
             (Terminating, Terminated),
             (Terminated, Removed),
         ];

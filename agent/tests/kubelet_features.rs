@@ -411,8 +411,9 @@ fn init_status(p: &Pod, name: &str) -> Option<ContainerStatus> {
 /// Sidecar init containers (`restartPolicy: Always`): the next init container waits for
 /// the sidecar's startup probe; the sidecar runs along the app container; a Job-style pod
 /// (restartPolicy Never) succeeds when its app container is done, the sidecar then being
-/// stopped; a sidecar that exits is restarted; on deletion the app container is stopped
-/// before the sidecar.
+/// stopped (its preStop hook first); a sidecar that exits is restarted; on deletion the app
+/// container is stopped before the sidecars, which go one at a time in reverse order, each
+/// after its preStop hook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_init_containers() {
     let c = cluster().await;
@@ -443,6 +444,7 @@ async fn sidecar_init_containers() {
             "volumes": vol("job"),
             "initContainers": [
                 container("side", img, &side, with(json!({"restartPolicy": "Always",
+                    "lifecycle": pre_stop("side-prestop"),
                     "startupProbe": {"exec": {"command": ["sh", "-c", "test -f /shared/side-up"]},
                         "periodSeconds": 1, "failureThreshold": 30}}))),
                 container("after", img, "test -f /shared/side-up && echo ok > /shared/after",
@@ -481,7 +483,7 @@ async fn sidecar_init_containers() {
     assert_eq!(app.state.unwrap().terminated.unwrap().exit_code, 0);
     assert_eq!(
         std::fs::read_to_string(shared.join("job/order")).unwrap(),
-        "app-done\nside-term\n"
+        "app-done\nside-prestop\nside-term\n"
     );
 
     // restartPolicy Always: a sidecar that exits is restarted; deletion stops the app first
@@ -489,14 +491,19 @@ async fn sidecar_init_containers() {
         "trap 'echo side-term >> /shared/order; exit 0' TERM; \
          if [ ! -f /shared/once ]; then touch /shared/once; exit 1; fi; {forever}"
     );
+    let side2 = format!("trap 'echo side2-term >> /shared/order; exit 0' TERM; {forever}");
     let app = format!("trap 'echo app-term >> /shared/order; exit 0' TERM; {forever}");
     let p = pod_of(
         "svc",
         "n-side",
         json!({"terminationGracePeriodSeconds": 10, "volumes": vol("svc"),
-            "initContainers": [container("side", img, &side,
-                with(json!({"restartPolicy": "Always"})))],
-            "containers": [container("app", img, &app, mount.clone())]}),
+            "initContainers": [
+                container("side", img, &side, with(json!({"restartPolicy": "Always",
+                    "lifecycle": pre_stop("side-prestop")}))),
+                container("side2", img, &side2, with(json!({"restartPolicy": "Always",
+                    "lifecycle": pre_stop("side2-prestop")})))],
+            "containers": [container("app", img, &app,
+                with(json!({"lifecycle": pre_stop("app-prestop")})))]}),
     );
     pods.create(&PostParams::default(), &p).await.unwrap();
     wait_pod(
@@ -510,6 +517,7 @@ async fn sidecar_init_containers() {
             let app = statuses(p).into_iter().next()?;
             (side.restart_count == 1
                 && side.state.as_ref()?.running.is_some()
+                && init_status(p, "side2")?.state.as_ref()?.running.is_some()
                 && app.state.as_ref()?.running.is_some()
                 && app.restart_count == 0
                 && p.status.as_ref()?.phase.as_deref() == Some("Running"))
@@ -524,8 +532,13 @@ async fn sidecar_init_containers() {
     .await;
     assert_eq!(
         std::fs::read_to_string(shared.join("svc/order")).unwrap(),
-        "app-term\nside-term\n"
+        "app-prestop\napp-term\nside2-prestop\nside2-term\nside-prestop\nside-term\n"
     );
+}
+
+/// A preStop exec hook that appends `line` to /shared/order.
+fn pre_stop(line: &str) -> serde_json::Value {
+    json!({"preStop": {"exec": {"command": ["sh", "-c", format!("echo {line} >> /shared/order")]}}})
 }
 
 /// A grpc.health.v1 server on loopback (HTTP/2 by hyper): answers Check with the status
@@ -722,6 +735,18 @@ impl Drop for LoopFs {
     }
 }
 
+/// Restarts `node`'s agent with its root dir on a 160 MiB file system of its own; returns
+/// the root dir and the file system once the node is Ready.
+async fn root_on_loop_fs(c: &Cluster, node: &mut TestNode) -> (PathBuf, LoopFs) {
+    node.kill_agent();
+    let root = node.path("root");
+    let _ = std::fs::remove_dir_all(&root);
+    let fs = LoopFs::new(&root, 160);
+    node.start_agent();
+    wait_node_ready(&c.client, node).await;
+    (root, fs)
+}
+
 /// The names of the images in a node's store.
 fn stored_images(root: &Path) -> Vec<String> {
     skiff_rootfs::store::Store::open(root)
@@ -775,42 +800,44 @@ async fn image_gc_under_disk_pressure() {
             "0s",
             "--image-gc-period",
             "1s",
+            // DiskPressure reported without evicting the pod that keeps its image (the
+            // eviction test covers that): a soft threshold whose grace never ends
+            "--eviction-hard=",
+            "--eviction-soft=imagefs.available<15%",
+            "--eviction-soft-grace-period=imagefs.available=1h",
+            "--eviction-pressure-transition-period=1s",
+            "--eviction-monitoring-period=1s",
         ],
     );
-    // the root dir on its own small file system
-    node.kill_agent();
-    let root = node.path("root");
-    let _ = std::fs::remove_dir_all(&root);
-    let fs = LoopFs::new(&root, 160);
-    node.start_agent();
-    wait_node_ready(&c.client, &node).await;
+    let (root, fs) = root_on_loop_fs(&c, &mut node).await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
     let image = |tag: &str| c._registry.reference(&format!("gc/{tag}:1"));
     // a and b are pulled and used by pods that then go; keep's pod stays
     for tag in ["a", "b", "keep"] {
-        // a and b run for 3 s, so that GC passes (every 1 s) see them in use: an image never
-        // seen in use goes before every used one, as the kubelet orders them
-        let script = if tag == "keep" {
-            "exec sleep 3600"
-        } else {
-            "sleep 3"
-        };
-        let policy = if tag == "keep" { "Always" } else { "Never" };
         let p = pod_of(
             &format!("gc-{tag}"),
             "n-gc",
-            json!({"restartPolicy": policy,
-                "containers": [container("c", &image(tag), script, json!({}))]}),
+            json!({"containers": [container("c", &image(tag), "exec sleep 3600", json!({}))]}),
         );
         pods.create(&PostParams::default(), &p).await.unwrap();
-        let want = if tag == "keep" {
-            "Running"
-        } else {
-            "Succeeded"
-        };
-        wait_pod(&pods, &format!("gc-{tag}"), want, 60, &node, |p| {
-            (p.status.as_ref()?.phase.as_deref() == Some(want)).then_some(())
+        wait_pod(&pods, &format!("gc-{tag}"), "Running", 60, &node, |p| {
+            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
         })
+        .await;
+        // a GC pass must have seen the image in use (an image never seen in use goes before
+        // every used one, as the kubelet orders them)
+        let seen = format!("gc/{tag}:1");
+        api_common::wait_for(
+            "image GC saw the image in use",
+            Duration::from_secs(30),
+            || {
+                let log = node.log();
+                let hit = log
+                    .lines()
+                    .any(|l| l.contains("image GC: image seen in use") && l.contains(&seen));
+                async move { hit.then_some(()) }
+            },
+        )
         .await;
         if tag != "keep" {
             pods.delete(&format!("gc-{tag}"), &DeleteParams::default())
@@ -888,6 +915,128 @@ async fn image_gc_under_disk_pressure() {
             .unwrap()
             .is_none()
             .then_some(())
+    })
+    .await;
+    node.kill_agent();
+    drop(fs);
+}
+
+/// Node-pressure eviction on a 160 MiB loop-mounted root dir with `nodefs.available<50%`
+/// (hard): the pod writing the most into its container's file system is evicted (phase
+/// Failed, reason Evicted, the kubelet's message naming the container), its writable layer
+/// reclaimed; the quiet pod keeps running; DiskPressure comes and goes (transition 1 s);
+/// a BestEffort pod created under DiskPressure is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_under_disk_pressure() {
+    let c = cluster().await;
+    let mut node = TestNode::with_args(
+        &c.server,
+        "n-evict",
+        &[
+            "--pod-network",
+            "none",
+            "--proxy=false",
+            "--dns=false",
+            "--eviction-hard=nodefs.available<50%",
+            "--eviction-pressure-transition-period=1s",
+            "--eviction-monitoring-period=1s",
+        ],
+    );
+    let (root, fs) = root_on_loop_fs(&c, &mut node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let quiet = pod_of(
+        "quiet",
+        "n-evict",
+        json!({"containers": [container("quiet", &c.image,
+            "dd if=/dev/zero of=/small bs=1M count=2; exec sleep 3600", json!({}))]}),
+    );
+    pods.create(&PostParams::default(), &quiet).await.unwrap();
+    wait_pod(&pods, "quiet", "Running", 60, &node, running_ready).await;
+    assert!(fs.used_percent() < 40, "{}% used", fs.used_percent());
+    // writes 4 MiB at a time into its own file system until stopped
+    let writer = pod_of(
+        "writer",
+        "n-evict",
+        json!({"containers": [container("writer", &c.image,
+            "i=0; while true; do dd if=/dev/zero of=/fill$i bs=1M count=4 2>/dev/null; \
+             i=$((i+1)); sleep 0.2; done", json!({}))]}),
+    );
+    pods.create(&PostParams::default(), &writer).await.unwrap();
+    let evicted = wait_pod(&pods, "writer", "Evicted", 120, &node, |p| {
+        let st = p.status.as_ref()?;
+        (st.phase.as_deref() == Some("Failed") && st.reason.as_deref() == Some("Evicted"))
+            .then(|| p.clone())
+    })
+    .await;
+    let st = evicted.status.unwrap();
+    let msg = st.message.unwrap_or_default();
+    assert!(
+        msg.starts_with("The node was low on resource: ephemeral-storage. Threshold quantity: ")
+            && msg.contains("Container writer was using ")
+            && msg.ends_with(", request is 0, has larger consumption of ephemeral-storage. "),
+        "{msg}"
+    );
+    let target = st
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .unwrap();
+    assert_eq!(target.reason.as_deref(), Some("TerminationByKubelet"));
+    assert!(node.log().contains("evicting pod"));
+    // the writer's layer is reclaimed: the pressure goes, the quiet pod ran on
+    api_common::wait_for("space back", Duration::from_secs(30), || async {
+        (fs.used_percent() < 40).then_some(())
+    })
+    .await;
+    let q = pods.get("quiet").await.unwrap();
+    assert_eq!(q.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(container_status(&q).unwrap().restart_count, 0);
+    api_common::wait_for("no DiskPressure", Duration::from_secs(30), || async {
+        let n = nodes.get("n-evict").await.ok()?;
+        (disk_pressure(&n).as_deref() == Some("False")).then_some(())
+    })
+    .await;
+    // under DiskPressure (ballast) no new pod is admitted
+    fs.fill_to("ballast", 60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while disk_pressure(&nodes.get("n-evict").await.unwrap()).as_deref() != Some("True") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no DiskPressure at {}% used; agent log:\n{}",
+            fs.used_percent(),
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let late = pod_of(
+        "late",
+        "n-evict",
+        json!({"containers": [container("late", &c.image, "exec sleep 3600", json!({}))]}),
+    );
+    pods.create(&PostParams::default(), &late).await.unwrap();
+    let rejected = wait_pod(&pods, "late", "rejected", 60, &node, |p| {
+        let st = p.status.as_ref()?;
+        (st.phase.as_deref() == Some("Failed")).then(|| st.clone())
+    })
+    .await;
+    assert_eq!(rejected.reason.as_deref(), Some("Evicted"));
+    assert_eq!(
+        rejected.message.as_deref(),
+        Some("Pod was rejected: The node had condition: [DiskPressure]. ")
+    );
+    std::fs::remove_file(root.join("ballast")).unwrap();
+    for name in ["quiet", "writer", "late"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    api_common::wait_for("pods gone", Duration::from_secs(60), || async {
+        for name in ["quiet", "writer", "late"] {
+            if pods.get_opt(name).await.ok()?.is_some() {
+                return None;
+            }
+        }
+        Some(())
     })
     .await;
     node.kill_agent();

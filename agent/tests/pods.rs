@@ -1126,41 +1126,8 @@ async fn kubectl_exec_through_master_and_agent() {
         assert!(out.status.success(), "{v}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "piped line\nsecond\ndone\n", "{v}");
     }
-    // a terminal, with the caller's size: kubectl under script(1) in a 40x100 pty
-    let (shown, code) = exec_in_terminal(&c, "1.32", "shell", "tty; stty size; exit 7").await;
-    assert!(shown.contains("/dev/pts/"), "{shown:?}");
-    assert!(shown.contains("40 100"), "{shown:?}");
-    assert_eq!(code, Some(7), "{shown:?}");
-    // attach: the output written from now on, until the container ends
-    pods.create(
-        &PostParams::default(),
-        &pod(
-            "ticks",
-            "n-exec",
-            &c.image,
-            "i=0; while [ $i -lt 16 ]; do echo tick $i; sleep 0.5; i=$((i+1)); done",
-            json!({"restartPolicy": "Never"}),
-        ),
-    )
-    .await
-    .unwrap();
-    wait_pod(&pods, "ticks", "ticks Running", 60, &node, |p| {
-        container_status(p)?.state?.running.map(|_| ())
-    })
-    .await;
-    api_common::wait_for("tick 1 logged", Duration::from_secs(20), || async {
-        let out = kubectl_timed(&c, "1.33", &["logs", "ticks"], None).await;
-        text(&out.stdout).contains("tick 1\n").then_some(())
-    })
-    .await;
-    let out = kubectl_timed(&c, "1.33", &["attach", "ticks"], None).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let shown = text(&out.stdout);
-    assert!(shown.contains("tick 15\n"), "{shown:?}");
-    assert!(
-        !shown.contains("tick 0\n"),
-        "attach shows only new output: {shown:?}"
-    );
+    // a terminal of the caller's size, then attach to a ticking pod (WebSocket)
+    terminal_then_attach(&c, &node, &pods, "1.32", "1.33").await;
     // the node token may not exec
     let (code, _) = c
         .server

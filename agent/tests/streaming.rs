@@ -70,31 +70,8 @@ async fn kubectl_exec_over_spdy() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout.len(), 1 << 20);
     assert!(out.stdout.iter().all(|b| *b == b'x'));
-    let (shown, code) = exec_in_terminal(&c, "1.28", "shell", "tty; stty size; exit 7").await;
-    assert!(shown.contains("/dev/pts/"), "{shown:?}");
-    assert!(shown.contains("40 100"), "{shown:?}");
-    assert_eq!(code, Some(7), "{shown:?}");
-    // attach over SPDY: the output from now on, until the container ends
-    pods.create(
-        &PostParams::default(),
-        &pod(
-            "ticks",
-            "n-spdy",
-            &c.image,
-            "i=0; while [ $i -lt 16 ]; do echo tick $i; sleep 0.5; i=$((i+1)); done",
-            json!({"restartPolicy": "Never"}),
-        ),
-    )
-    .await
-    .unwrap();
-    wait_pod(&pods, "ticks", "ticks Running", 60, &node, running_ready).await;
-    let out = kubectl_timed(&c, "1.27", &["attach", "ticks"], None).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("tick 15\n"),
-        "{}",
-        text(&out.stdout)
-    );
+    // a terminal of the caller's size, then attach to a ticking pod (SPDY)
+    terminal_then_attach(&c, &node, &pods, "1.28", "1.27").await;
     // skiff ctl (kube-client, WebSocket v5): the end of stdin reaches the container
     for (input, want) in [("hi\n", "hi\n"), ("", "")] {
         let mut ctl = tokio::process::Command::new(skiff_bin())

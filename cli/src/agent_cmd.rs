@@ -88,6 +88,8 @@ pub struct AgentArgs {
     #[command(flatten)]
     image_gc: ImageGcArgs,
     #[command(flatten)]
+    eviction: crate::eviction_args::EvictionArgs,
+    #[command(flatten)]
     services: NodeServiceArgs,
 }
 
@@ -273,6 +275,7 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
             a.container_log_max_files,
         )?,
         image_gc: a.image_gc.policy()?,
+        eviction: a.eviction.policy()?,
     };
     Ok(config)
 }

@@ -5,6 +5,7 @@ mod agent_cmd;
 mod config_file;
 mod ctl;
 mod dns_cmd;
+mod eviction_args;
 mod image_cmd;
 mod install_cmd;
 mod master_cmd;

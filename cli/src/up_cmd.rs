@@ -46,6 +46,9 @@ pub struct UpArgs {
     /// Log files kept per container run (passed to the agent).
     #[arg(long, default_value_t = skiff_agent::logrotate::DEFAULT_MAX_FILES)]
     container_log_max_files: u32,
+    /// Hard eviction thresholds (passed to the agent; "" for none).
+    #[arg(long, default_value = skiff_agent::eviction::DEFAULT_HARD)]
+    eviction_hard: String,
 }
 
 /// `skiff master …` / `skiff agent …` argument lists, parsed as those commands parse them.
@@ -93,6 +96,7 @@ fn agent_argv(a: &UpArgs, node_ip: IpAddr, token: &str) -> Vec<String> {
         a.container_log_max_size.clone(),
         "--container-log-max-files".into(),
         a.container_log_max_files.to_string(),
+        format!("--eviction-hard={}", a.eviction_hard),
     ];
     if let Some(n) = &a.node_name {
         v.extend(["--node-name".into(), n.clone()]);
@@ -208,6 +212,7 @@ mod tests {
             cgroup_prefix: "skiff-t".into(),
             container_log_max_size: "1Mi".into(),
             container_log_max_files: 3,
+            eviction_hard: "memory.available<1Gi".into(),
         };
         let argv = agent_argv(&up, "10.9.0.2".parse().unwrap(), "tok");
         let a = AgentCli::try_parse_from(argv).unwrap().args;
@@ -218,6 +223,7 @@ mod tests {
             "node_ip: Some(10.9.0.2)",
             "node_name: Some(\"n1\")",
             "cgroup_prefix: \"skiff-t\"",
+            "eviction_hard: \"memory.available<1Gi\"",
             "container_log_max_size: 1048576",
             "container_log_max_files: 3",
             "proxy: true",

@@ -112,6 +112,9 @@ impl Node {
             .args(["up", "--data-dir", &p("master"), "--root-dir", &p("root")])
             .args(["--run-dir", &p("run"), "--log-dir", &p("log")])
             .args(["--cgroup-prefix", &self.prefix])
+            // the host's disk is not the test's: memory only (its free space may be under
+            // the kubelet's imagefs threshold, which would refuse every pod)
+            .arg("--eviction-hard=memory.available<100Mi")
             .env("SKIFF_LOG", "info,libcgroups=error")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -96,8 +96,14 @@ impl TestNode {
             "--listen-port".into(),
             "0".into(),
         ];
+        // the host's disk is not the tests': its free space (this machine's root has 12 %)
+        // would meet the kubelet's default imagefs.available<15% and evict or refuse every
+        // pod; tests of eviction give their own thresholds
+        let eviction_off = (!extra.iter().any(|a| a.starts_with("--eviction-hard")))
+            .then(|| "--eviction-hard=".to_string());
         let args = args
             .into_iter()
+            .chain(eviction_off)
             .chain(extra.iter().map(|s| s.to_string()))
             .collect();
         let mut n = TestNode {
@@ -458,4 +464,49 @@ pub async fn exec_in_terminal(
         format!("{}{}", text(&out.stdout), text(&out.stderr)),
         out.status.code(),
     )
+}
+
+/// `kubectl exec -it` (kubectl `exec_version`) in pod `shell` gets a pty of the caller's
+/// size (40x100) and its exit code; then `kubectl attach` (`attach_version`) to a pod
+/// ticking 16 times shows the output written from then on, until the container ends.
+pub async fn terminal_then_attach(
+    c: &Cluster,
+    node: &TestNode,
+    pods: &Api<Pod>,
+    exec_version: &str,
+    attach_version: &str,
+) {
+    let (shown, code) = exec_in_terminal(c, exec_version, "shell", "tty; stty size; exit 7").await;
+    assert!(shown.contains("/dev/pts/"), "{shown:?}");
+    assert!(shown.contains("40 100"), "{shown:?}");
+    assert_eq!(code, Some(7), "{shown:?}");
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "ticks",
+            &node.name,
+            &c.image,
+            "i=0; while [ $i -lt 16 ]; do echo tick $i; sleep 0.5; i=$((i+1)); done",
+            json!({"restartPolicy": "Never"}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_pod(pods, "ticks", "ticks Running", 60, node, |p| {
+        container_status(p)?.state?.running.map(|_| ())
+    })
+    .await;
+    api_common::wait_for("tick 1 logged", Duration::from_secs(20), || async {
+        let out = kubectl_timed(c, attach_version, &["logs", "ticks"], None).await;
+        text(&out.stdout).contains("tick 1\n").then_some(())
+    })
+    .await;
+    let out = kubectl_timed(c, attach_version, &["attach", "ticks"], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("tick 15\n"), "{shown:?}");
+    assert!(
+        !shown.contains("tick 0\n"),
+        "attach shows only new output: {shown:?}"
+    );
 }

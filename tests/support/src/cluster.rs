@@ -317,6 +317,16 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // the host's disk is not the tests': its free space may be under the kubelet's
+        // default imagefs.available<15%, which would evict and refuse every pod
+        if !self
+            .cfg
+            .agent_args
+            .iter()
+            .any(|a| a.starts_with("--eviction-hard"))
+        {
+            args.push("--eviction-hard=memory.available<100Mi".into());
+        }
         args.extend(self.cfg.agent_args.iter().cloned());
         let mut agent = Agent {
             name,
