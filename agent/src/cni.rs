@@ -24,9 +24,9 @@ pub struct CniOptions {
     pub conf_dir: PathBuf,
     /// `--cni-bin-dir` (default /opt/cni/bin; Debian's plugins are in /usr/lib/cni).
     pub bin_dirs: Vec<PathBuf>,
-    /// The cluster's pod CIDR (`--cluster-cidr`): the Service proxy masquerades ClusterIP
-    /// traffic from outside it.
-    pub cluster_cidr: ipnet::Ipv4Net,
+    /// The cluster's pod CIDRs, one per family (`--cluster-cidr`): the Service proxy
+    /// masquerades ClusterIP traffic from outside them.
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// The agent's side of the CNI provider.

@@ -25,6 +25,8 @@ pub struct Config {
     pub log_dir: PathBuf,
     /// The node's InternalIP (default: the source address of the route to the server).
     pub node_ip: IpAddr,
+    /// A dual-stack node's InternalIP of the other family (`--node-ip IPV4,IPV6`).
+    pub secondary_node_ip: Option<IpAddr>,
     /// cgroup path under which the QoS parents and pod cgroups are made (default `skiff`).
     pub cgroup_prefix: String,
     /// Where the cgroup hierarchies are mounted (default /sys/fs/cgroup).
@@ -58,6 +60,13 @@ impl Config {
     /// The runtime state root of the pods' containers.
     pub fn runtime_root(&self) -> PathBuf {
         self.run_dir.join("runtime")
+    }
+
+    /// The node's InternalIPs, the primary first.
+    pub fn node_ips(&self) -> Vec<IpAddr> {
+        std::iter::once(self.node_ip)
+            .chain(self.secondary_node_ip)
+            .collect()
     }
 
     /// A pod's directory under the run dir (shim socket, container records, bundles).

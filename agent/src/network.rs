@@ -1,19 +1,20 @@
 //! The pod network of this node. With `--pod-network bridge` the agent waits for the
 //! master's node IPAM to give its Node a `spec.podCIDR`, makes the bridge network
-//! (skiff-netproxy's [`BridgeNetwork`]) from it and keeps host-gw routes to the other
-//! Nodes' podCIDRs in sync with a watch on Nodes. With `vxlan` the same bridge, and the
+//! (skiff-netproxy's [`BridgeNetwork`]) from its `spec.podCIDRs` (one IPv4 and one IPv6
+//! block when dual-stack, or an IPv6 block alone) and keeps host-gw routes to the other
+//! Nodes' podCIDRs (via their InternalIP of each family) in sync with a watch on Nodes. With `vxlan` the same bridge, and the
 //! VXLAN overlay instead of host-gw: the agent publishes its VTEP MAC in the Node
 //! annotation `skiff.dev/vxlan-mac` and keeps routes, neighbour and FDB entries for the
 //! other Nodes in sync. With `none`, pod namespaces keep loopback only ([`LoopbackOnly`]).
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, PodSpec};
 use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -23,7 +24,6 @@ use skiff_netproxy::podnet::{BridgeConfig, BridgeNetwork, NodeRoute, PortMapping
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::node;
 use crate::sandbox::{LoopbackOnly, PodNetwork};
 
 /// Settings of the bridge pod network (`skiff agent --pod-network bridge`).
@@ -31,9 +31,10 @@ use crate::sandbox::{LoopbackOnly, PodNetwork};
 pub struct BridgeOptions {
     /// The node bridge's name (`--bridge-name`, default `skiff0`).
     pub bridge: String,
-    /// The cluster's pod CIDR (`--cluster-cidr`, default 10.244.0.0/16): traffic from pods
-    /// leaving it is masqueraded.
-    pub cluster_cidr: Ipv4Net,
+    /// The cluster's pod CIDRs, one per family (`--cluster-cidr`, default 10.244.0.0/16;
+    /// dual-stack `10.244.0.0/16,fd00:10:244::/56`): traffic from pods leaving them is
+    /// masqueraded.
+    pub cluster_cidrs: Vec<IpNet>,
     /// MTU of the bridge and the pods' interfaces (`--pod-mtu`, default 1500; with VXLAN at
     /// most the VXLAN device's).
     pub mtu: u32,
@@ -47,7 +48,7 @@ pub struct Bridge(pub Arc<BridgeNetwork>);
 
 impl PodNetwork for Bridge {
     fn attach(&self, netns: &Path, pod_uid: &str) -> Result<Vec<IpAddr>> {
-        Ok(vec![IpAddr::V4(self.0.attach(netns, pod_uid)?)])
+        Ok(self.0.attach(netns, pod_uid)?)
     }
 
     fn detach(&self, _netns: &Path, pod_uid: &str) -> Result<()> {
@@ -94,28 +95,57 @@ pub fn host_ports(spec: &PodSpec) -> Vec<PortMapping> {
     out
 }
 
-/// What the routes need of a Node: its podCIDR (IPv4) and InternalIP (IPv4).
-pub fn node_route(n: &Node) -> Option<NodeRoute> {
-    let cidr: Ipv4Net = n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
-    let ip: Ipv4Addr = n
-        .status
-        .as_ref()?
-        .addresses
-        .as_ref()?
-        .iter()
-        .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse().ok())?;
-    Some(NodeRoute {
-        name: n.metadata.name.clone()?,
-        pod_cidr: cidr,
-        node_ip: ip,
-    })
+/// A Node's podCIDRs: `spec.podCIDRs`, else `spec.podCIDR` (an older master's).
+pub fn pod_cidrs_of(n: &Node) -> Vec<String> {
+    let Some(spec) = n.spec.as_ref() else {
+        return Vec::new();
+    };
+    match &spec.pod_cidrs {
+        Some(list) if !list.is_empty() => list.clone(),
+        _ => spec.pod_cidr.iter().cloned().collect(),
+    }
 }
 
-/// What the overlay needs of a Node: podCIDR, InternalIP (IPv4) and the VTEP MAC it
+/// What the routes need of a Node: each of its podCIDRs with its first InternalIP of that
+/// family (a podCIDR whose family has no InternalIP is not routed).
+pub fn node_routes(n: &Node) -> Vec<NodeRoute> {
+    let Some(name) = n.metadata.name.clone() else {
+        return Vec::new();
+    };
+    let ips: Vec<IpAddr> = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    pod_cidrs_of(n)
+        .iter()
+        .filter_map(|c| c.parse::<IpNet>().ok())
+        .filter_map(|cidr| {
+            let ip = ips
+                .iter()
+                .find(|ip| ip.is_ipv4() == cidr.network().is_ipv4())?;
+            Some(NodeRoute {
+                name: name.clone(),
+                pod_cidr: cidr,
+                node_ip: *ip,
+            })
+        })
+        .collect()
+}
+
+/// What the overlay needs of a Node: IPv4 podCIDR, IPv4 InternalIP and the VTEP MAC it
 /// published.
 pub fn node_vtep(n: &Node) -> Option<VtepPeer> {
-    let r = node_route(n)?;
+    let r = node_routes(n)
+        .into_iter()
+        .find_map(|r| match (r.pod_cidr, r.node_ip) {
+            (IpNet::V4(c), IpAddr::V4(ip)) => Some((r.name, c, ip)),
+            _ => None,
+        })?;
     let mac = vxlan::parse_mac(
         n.metadata
             .annotations
@@ -123,9 +153,9 @@ pub fn node_vtep(n: &Node) -> Option<VtepPeer> {
             .get(vxlan::MAC_ANNOTATION)?,
     )?;
     Some(VtepPeer {
-        name: r.name,
-        pod_cidr: r.pod_cidr,
-        node_ip: r.node_ip,
+        name: r.0,
+        pod_cidr: r.1,
+        node_ip: r.2,
         mac,
     })
 }
@@ -154,28 +184,32 @@ pub async fn start(client: &kube::Client, cfg: &Arc<Config>) -> Result<Box<dyn P
         return Ok(Box::new(LoopbackOnly));
     };
     let mut waiting_logged = false;
-    let cidr = loop {
-        match node::pod_cidr(client, cfg).await {
-            Ok(Some(c)) => break c,
-            Ok(None) if !waiting_logged => {
+    let cidrs = loop {
+        match own_pod_cidrs(client, cfg).await {
+            Ok(c) if !c.is_empty() => break c,
+            Ok(_) if !waiting_logged => {
                 tracing::info!(node = %cfg.node_name, "waiting for the node's podCIDR");
                 waiting_logged = true;
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the node's podCIDR"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let pod_cidr: Ipv4Net = cidr.parse().map_err(|_| Error::PodCidr(cidr.clone()))?;
-    let vxlan_ip = match (opts.vxlan, cfg.node_ip) {
+    let pod_cidrs = cidrs
+        .iter()
+        .map(|c| c.parse::<IpNet>().map_err(|_| Error::PodCidr(c.clone())))
+        .collect::<Result<Vec<_>>>()?;
+    // the overlay runs over the node's IPv4 InternalIP (primary or secondary)
+    let vxlan_ip = match (opts.vxlan, cfg.node_ips().iter().find(|ip| ip.is_ipv4())) {
         (false, _) => None,
-        (true, IpAddr::V4(ip)) => Some(ip),
-        (true, ip) => return Err(Error::VxlanNodeIp(ip)),
+        (true, Some(IpAddr::V4(ip))) => Some(*ip),
+        (true, _) => return Err(Error::VxlanNodeIp(cfg.node_ip)),
     };
     let net = Arc::new(BridgeNetwork::new(BridgeConfig {
         bridge: opts.bridge,
-        pod_cidr,
-        cluster_cidr: opts.cluster_cidr,
+        pod_cidrs,
+        cluster_cidrs: opts.cluster_cidrs,
         mtu: opts.mtu,
         state_dir: cfg.root_dir.join("podnet"),
         node_netns: None,
@@ -190,6 +224,16 @@ pub async fn start(client: &kube::Client, cfg: &Arc<Config>) -> Result<Box<dyn P
     }
     tokio::spawn(sync_routes(client.clone(), net.clone()));
     Ok(Box::new(Bridge(net)))
+}
+
+/// This node's podCIDRs, once the master (node IPAM) has set them (empty before).
+async fn own_pod_cidrs(client: &kube::Client, cfg: &Config) -> Result<Vec<String>> {
+    let api: Api<Node> = Api::all(client.clone());
+    let n = api
+        .get(&cfg.node_name)
+        .await
+        .map_err(|e| Error::api("get node", e))?;
+    Ok(pod_cidrs_of(&n))
 }
 
 /// Whether watch event `ev` calls for a route sync, tracking in `ready` whether the
@@ -242,8 +286,8 @@ async fn sync_routes(client: kube::Client, net: Arc<BridgeNetwork>) {
             continue;
         }
         let state = reader.state();
-        let mut nodes: Vec<NodeRoute> = state.iter().filter_map(|n| node_route(n)).collect();
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut nodes: Vec<NodeRoute> = state.iter().flat_map(|n| node_routes(n)).collect();
+        nodes.sort_by(|a, b| (&a.name, a.pod_cidr).cmp(&(&b.name, b.pod_cidr)));
         let mut peers: Vec<VtepPeer> = if overlay {
             state.iter().filter_map(|n| node_vtep(n)).collect()
         } else {
@@ -324,14 +368,36 @@ mod tests {
                 {"type": "InternalIP", "address": "192.168.1.2"}
             ]}
         }));
+        let r = |cidr: &str, ip: &str| NodeRoute {
+            name: "n2".into(),
+            pod_cidr: cidr.parse().unwrap(),
+            node_ip: ip.parse().unwrap(),
+        };
+        assert_eq!(node_routes(&full), vec![r("10.244.2.0/24", "192.168.1.2")]);
+        // dual-stack: podCIDRs in their order, each via the InternalIP of its family
+        let dual = node(serde_json::json!({
+            "metadata": {"name": "n2"},
+            "spec": {"podCIDR": "fd00:10:244:2::/64",
+                "podCIDRs": ["fd00:10:244:2::/64", "10.244.2.0/24"]},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "192.168.1.2"},
+                {"type": "InternalIP", "address": "fd00:1::2"}
+            ]}
+        }));
         assert_eq!(
-            node_route(&full),
-            Some(NodeRoute {
-                name: "n2".into(),
-                pod_cidr: "10.244.2.0/24".parse().unwrap(),
-                node_ip: "192.168.1.2".parse().unwrap(),
-            })
+            node_routes(&dual),
+            vec![
+                r("fd00:10:244:2::/64", "fd00:1::2"),
+                r("10.244.2.0/24", "192.168.1.2")
+            ]
         );
+        // IPv6 only
+        let v6 = node(serde_json::json!({
+            "metadata": {"name": "n2"},
+            "spec": {"podCIDR": "fd00:10:244:2::/64", "podCIDRs": ["fd00:10:244:2::/64"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "fd00:1::2"}]}
+        }));
+        assert_eq!(node_routes(&v6), vec![r("fd00:10:244:2::/64", "fd00:1::2")]);
         let cases = [
             // no podCIDR yet
             serde_json::json!({"metadata": {"name": "a"}, "spec": {},
@@ -339,12 +405,12 @@ mod tests {
             // no InternalIP
             serde_json::json!({"metadata": {"name": "a"}, "spec": {"podCIDR": "10.244.2.0/24"},
                 "status": {"addresses": [{"type": "Hostname", "address": "a"}]}}),
-            // IPv6 only
+            // an IPv6 podCIDR without an IPv6 InternalIP
             serde_json::json!({"metadata": {"name": "a"}, "spec": {"podCIDR": "fd00::/64"},
-                "status": {"addresses": [{"type": "InternalIP", "address": "fd00::1"}]}}),
+                "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}}),
         ];
         for c in cases {
-            assert_eq!(node_route(&node(c.clone())), None, "{c}");
+            assert_eq!(node_routes(&node(c.clone())), vec![], "{c}");
         }
     }
 

@@ -252,16 +252,20 @@ pub fn status(cfg: &Config, m: &Machine, now: &Time) -> NodeStatus {
     NodeStatus {
         capacity: Some(capacity),
         allocatable: Some(allocatable),
-        addresses: Some(vec![
-            NodeAddress {
-                type_: "InternalIP".into(),
-                address: cfg.node_ip.to_string(),
-            },
-            NodeAddress {
-                type_: "Hostname".into(),
-                address: cfg.node_name.clone(),
-            },
-        ]),
+        addresses: Some(
+            // the kubelet's order: the InternalIPs (primary first), then the hostname
+            cfg.node_ips()
+                .into_iter()
+                .map(|ip| NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.to_string(),
+                })
+                .chain([NodeAddress {
+                    type_: "Hostname".into(),
+                    address: cfg.node_name.clone(),
+                }])
+                .collect(),
+        ),
         conditions: Some(conditions(pressure(cfg, m), now)),
         node_info: Some(NodeSystemInfo {
             architecture: go_arch().into(),
@@ -468,16 +472,6 @@ pub async fn heartbeat(client: kube::Client, cfg: Arc<Config>) {
     }
 }
 
-/// The node's podCIDR, once the master (node IPAM) has set it.
-pub async fn pod_cidr(client: &kube::Client, cfg: &Config) -> Result<Option<String>> {
-    let api: Api<Node> = Api::all(client.clone());
-    let n = api
-        .get(&cfg.node_name)
-        .await
-        .map_err(|e| Error::api("get node", e))?;
-    Ok(n.spec.and_then(|s| s.pod_cidr))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +501,7 @@ mod tests {
             run_dir: "/run/x".into(),
             log_dir: "/l".into(),
             node_ip: "10.0.0.5".parse().unwrap(),
+            secondary_node_ip: None,
             cgroup_prefix: "skiff".into(),
             cgroup_root: "/sys/fs/cgroup".into(),
             shim_exe: "/skiff".into(),

@@ -55,13 +55,13 @@ pub fn dns_address(cfg: &Config) -> Option<IpAddr> {
 pub fn rules_config(cfg: &Config) -> RulesConfig {
     RulesConfig {
         node_name: cfg.node_name.clone(),
-        nodeport_addresses: NodePortAddresses::Only(vec![cfg.node_ip]),
+        nodeport_addresses: NodePortAddresses::Only(cfg.node_ips()),
         cluster_cidrs: cfg
             .pod_network
             .iter()
-            .map(|p| p.cluster_cidr)
-            .chain(cfg.cni.iter().map(|c| c.cluster_cidr))
-            .map(|c| cidr(ipnet::IpNet::V4(c)))
+            .flat_map(|p| p.cluster_cidrs.iter().copied())
+            .chain(cfg.cni.iter().flat_map(|c| c.cluster_cidrs.iter().copied()))
+            .map(cidr)
             .collect(),
         service_cidrs: vec![cidr(cfg.services.service_cidr)],
         node_local_ips: dns_address(cfg).into_iter().collect(),
@@ -137,6 +137,7 @@ mod tests {
             run_dir: "/run/x".into(),
             log_dir: "/l".into(),
             node_ip: "10.0.0.5".parse().unwrap(),
+            secondary_node_ip: None,
             cgroup_prefix: "skiff".into(),
             cgroup_root: "/sys/fs/cgroup".into(),
             shim_exe: "/skiff".into(),
@@ -145,7 +146,7 @@ mod tests {
             cluster_domain: "cluster.local".into(),
             pod_network: pod_network.then(|| crate::network::BridgeOptions {
                 bridge: "skiff0".into(),
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 mtu: 1500,
                 vxlan: false,
             }),

@@ -35,9 +35,10 @@ pub struct AgentArgs {
     /// Container logs.
     #[arg(long, default_value = "/var/log/pods")]
     log_dir: PathBuf,
-    /// The node's InternalIP (default: the local address of the route to the server).
-    #[arg(long)]
-    node_ip: Option<IpAddr>,
+    /// The node's InternalIP (default: the local address of the route to the server);
+    /// dual-stack: `IPV4,IPV6` (or `IPV6,IPV4`), the first is the primary.
+    #[arg(long, value_delimiter = ',')]
+    node_ip: Vec<IpAddr>,
     /// cgroup path under which pod cgroups are made.
     #[arg(long, default_value = "skiff")]
     cgroup_prefix: String,
@@ -70,9 +71,10 @@ pub struct AgentArgs {
     /// The node bridge's name (with --pod-network bridge).
     #[arg(long, default_value = skiff_netproxy::podnet::defaults::BRIDGE)]
     bridge_name: String,
-    /// The cluster's pod CIDR: pod traffic leaving it is masqueraded.
-    #[arg(long, default_value = skiff_netproxy::podnet::defaults::CLUSTER_CIDR)]
-    cluster_cidr: ipnet::Ipv4Net,
+    /// The cluster's pod CIDR: pod traffic leaving it is masqueraded. Dual-stack: one per
+    /// family, comma-separated (`10.244.0.0/16,fd00:10:244::/56`).
+    #[arg(long, value_delimiter = ',', default_value = skiff_netproxy::podnet::defaults::CLUSTER_CIDR)]
+    cluster_cidr: Vec<ipnet::IpNet>,
     /// MTU of the node bridge and the pods' interfaces.
     #[arg(long, default_value_t = skiff_netproxy::podnet::defaults::MTU)]
     pod_mtu: u32,
@@ -225,9 +227,11 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
             .to_string_lossy()
             .to_ascii_lowercase(),
     };
-    let node_ip = match a.node_ip {
-        Some(ip) => ip,
-        None => route_source(&a.server)?,
+    let (node_ip, secondary_node_ip) = match a.node_ip.as_slice() {
+        [] => (route_source(&a.server)?, None),
+        [ip] => (*ip, None),
+        [a, b] if a.is_ipv4() != b.is_ipv4() => (*a, Some(*b)),
+        _ => anyhow::bail!("--node-ip takes one address, or one IPv4 and one IPv6 address"),
     };
     let token = match (a.token, &a.token_file) {
         (Some(t), _) => t,
@@ -247,6 +251,7 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         run_dir: a.run_dir,
         log_dir: a.log_dir,
         node_ip,
+        secondary_node_ip,
         cgroup_prefix: a.cgroup_prefix,
         cgroup_root: a.cgroup_root,
         shim_exe: std::env::current_exe().context("cannot find the skiff binary")?,
@@ -256,7 +261,7 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         cni: (a.pod_network == PodNetworkKind::Cni).then(|| skiff_agent::cni::CniOptions {
             conf_dir: a.cni_conf_dir.clone(),
             bin_dirs: a.cni_bin_dir.clone(),
-            cluster_cidr: a.cluster_cidr,
+            cluster_cidrs: a.cluster_cidr.clone(),
         }),
         pod_network: matches!(
             a.pod_network,
@@ -264,7 +269,7 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         )
         .then_some(skiff_agent::network::BridgeOptions {
             bridge: a.bridge_name,
-            cluster_cidr: a.cluster_cidr,
+            cluster_cidrs: a.cluster_cidr,
             mtu: a.pod_mtu,
             vxlan: a.pod_network == PodNetworkKind::Vxlan,
         }),

@@ -53,7 +53,7 @@ enum Command {
     /// The API server: Kubernetes REST API over HTTPS.
     Master(master_cmd::MasterArgs),
     /// The node agent: registers this node and runs the pods bound to it.
-    Agent(agent_cmd::AgentArgs),
+    Agent(Box<agent_cmd::AgentArgs>),
     /// The Service proxy: programs nftables from Services and EndpointSlices (kube-proxy).
     Proxy(proxy_cmd::ProxyArgs),
     /// Cluster DNS: Service and pod records, other names forwarded upstream.
@@ -140,7 +140,7 @@ fn main() {
             Command::Rm(a) => run_cmd::rm(a),
             Command::Reap(a) => run_cmd::reap(a),
             Command::Master(a) => master_cmd::main(a),
-            Command::Agent(a) => agent_cmd::main(a),
+            Command::Agent(a) => agent_cmd::main(*a),
             Command::Proxy(a) => proxy_cmd::main(a),
             Command::Dns(a) => dns_cmd::main(a),
             Command::Up(a) => up_cmd::main(a),

@@ -220,7 +220,7 @@ mod tests {
         for want in [
             "server: \"https://127.0.0.1:7443\"",
             "ca_file: \"/d/master/ca.crt\"",
-            "node_ip: Some(10.9.0.2)",
+            "node_ip: [10.9.0.2]",
             "node_name: Some(\"n1\")",
             "cgroup_prefix: \"skiff-t\"",
             "eviction_hard: \"memory.available<1Gi\"",

@@ -4,11 +4,11 @@
 //! and removed on drop; nothing is done in the test runner's own namespace (`ip` and
 //! `busybox` are used only to build the LAN and to look).
 //!
-//! Needs root, `ip` (iproute2), `nft` and `/bin/busybox` (busybox-static).
+//! Needs root, `ip` (iproute2), `nft`, `conntrack` and `/bin/busybox` (busybox-static).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -68,7 +68,8 @@ impl Drop for Ns {
 }
 
 /// Pings `to` from `from` until one answer comes, or panics after 10 s.
-fn ping(from: &Ns, to: Ipv4Addr) {
+fn ping(from: &Ns, to: impl Into<IpAddr>) {
+    let to: IpAddr = to.into();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = from.exec(&["/bin/busybox", "ping", "-c1", "-W1", &to.to_string()]);
@@ -87,7 +88,8 @@ fn ping(from: &Ns, to: Ipv4Addr) {
 }
 
 /// Whether one ping from `from` to `to` is answered.
-fn ping_once(from: &Ns, to: Ipv4Addr) -> bool {
+fn ping_once(from: &Ns, to: impl Into<IpAddr>) -> bool {
+    let to: IpAddr = to.into();
     from.exec(&["/bin/busybox", "ping", "-c1", "-W1", &to.to_string()])
         .status
         .success()
@@ -119,12 +121,23 @@ fn network(node: &Ns, cidr: &str, state: &std::path::Path) -> BridgeNetwork {
 fn config(node: &Ns, cidr: &str, state: &std::path::Path) -> BridgeConfig {
     BridgeConfig {
         bridge: "skiff0".into(),
-        pod_cidr: cidr.parse().unwrap(),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        pod_cidrs: cidr.split(',').map(|c| c.parse().unwrap()).collect(),
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ],
         mtu: 1400,
         state_dir: state.to_path_buf(),
         node_netns: Some(node.path()),
         vxlan: None,
+    }
+}
+
+/// The IPv4 address of a pod attached to an IPv4-only network.
+fn attach4(net: &BridgeNetwork, pod: &Ns, uid: &str) -> Ipv4Addr {
+    match net.attach(&pod.path(), uid).unwrap().as_slice() {
+        [IpAddr::V4(ip)] => *ip,
+        other => panic!("{uid}: {other:?}"),
     }
 }
 
@@ -165,9 +178,9 @@ fn pods_talk_on_one_node_and_across_nodes() {
     );
 
     let (p1a, p1b, p2a) = (Ns::new("p1a"), Ns::new("p1b"), Ns::new("p2a"));
-    let ip1a = net1.attach(&p1a.path(), "uid-1a").unwrap();
-    let ip1b = net1.attach(&p1b.path(), "uid-1b").unwrap();
-    let ip2a = net2.attach(&p2a.path(), "uid-2a").unwrap();
+    let ip1a = attach4(&net1, &p1a, "uid-1a");
+    let ip1b = attach4(&net1, &p1b, "uid-1b");
+    let ip2a = attach4(&net2, &p2a, "uid-2a");
     assert_eq!(ip1a, "10.244.1.2".parse::<Ipv4Addr>().unwrap());
     assert_eq!(ip1b, "10.244.1.3".parse::<Ipv4Addr>().unwrap());
     assert_eq!(ip2a, "10.244.2.2".parse::<Ipv4Addr>().unwrap());
@@ -188,7 +201,7 @@ fn pods_talk_on_one_node_and_across_nodes() {
 
     // one node: pod to pod over the bridge, pod to its gateway
     ping(&p1a, ip1b);
-    ping(&p1b, "10.244.1.1".parse().unwrap());
+    ping(&p1b, "10.244.1.1".parse::<IpAddr>().unwrap());
 
     // across nodes: nothing before the routes, answers after
     assert!(!ping_once(&p1a, ip2a));
@@ -215,7 +228,7 @@ fn pods_talk_on_one_node_and_across_nodes() {
 
     // leaving the cluster CIDR: masqueraded to the node's address, so a host that has no
     // route to the pods still answers
-    ping(&p1a, "192.168.251.2".parse().unwrap());
+    ping(&p1a, "192.168.251.2".parse::<IpAddr>().unwrap());
 
     // a node gone: its route goes, the other routes stay
     let s = net1.sync_routes(&nodes[..1]).unwrap();
@@ -237,14 +250,14 @@ fn addresses_persist_release_and_stale_records_go() {
     {
         let net = network(&n, "10.244.5.0/24", state.path());
         net.setup().unwrap();
-        ip_a = net.attach(&pa.path(), "uid-a").unwrap();
-        net.attach(&pb.path(), "uid-b").unwrap();
+        ip_a = attach4(&net, &pa, "uid-a");
+        attach4(&net, &pb, "uid-b");
     }
     // a new network object (agent restart) over the same records
     let net = network(&n, "10.244.5.0/24", state.path());
     net.setup().unwrap();
     // re-attaching the same pod: same address, the old veth replaced, still reachable
-    assert_eq!(net.attach(&pa.path(), "uid-a").unwrap(), ip_a);
+    assert_eq!(attach4(&net, &pa, "uid-a"), ip_a);
     let links = n.ip(&["-o", "link", "show", "master", "skiff0"]);
     assert_eq!(
         links.matches(&host_veth_name("uid-a")).count(),
@@ -253,24 +266,24 @@ fn addresses_persist_release_and_stale_records_go() {
     );
     ping(&pb, ip_a);
     // a new pod does not get a taken address
-    let ip_c = net.attach(&pc.path(), "uid-c").unwrap();
+    let ip_c = attach4(&net, &pc, "uid-c");
     assert_eq!(ip_c, "10.244.5.4".parse::<Ipv4Addr>().unwrap());
 
     // detach: veth gone on both sides, address released
     net.detach("uid-b").unwrap();
     assert!(!has_link(&n, &host_veth_name("uid-b")));
     assert!(!has_link(&pb, "eth0"));
-    let held: Vec<String> = net.ipam().records().unwrap().into_values().collect();
+    let held: Vec<String> = net.records().unwrap().into_values().collect();
     assert_eq!(held, vec!["uid-a".to_string(), "uid-c".to_string()]);
     net.detach("uid-b").unwrap(); // twice is fine
 
     // on start, pods that no longer exist lose their addresses and veths
     let live: HashSet<String> = ["uid-a".to_string()].into();
-    assert_eq!(net.retain(&live).unwrap(), vec![ip_c]);
+    assert_eq!(net.retain(&live).unwrap(), vec![IpAddr::V4(ip_c)]);
     assert!(!has_link(&n, &host_veth_name("uid-c")));
-    let held: Vec<String> = net.ipam().records().unwrap().into_values().collect();
+    let held: Vec<String> = net.records().unwrap().into_values().collect();
     assert_eq!(held, vec!["uid-a".to_string()]);
-    ping(&pa, "10.244.5.1".parse().unwrap());
+    ping(&pa, "10.244.5.1".parse::<IpAddr>().unwrap());
 
     // teardown removes the node side
     net.teardown().unwrap();
@@ -337,8 +350,8 @@ fn vxlan_joins_nodes_on_different_segments() {
     assert_eq!(net1.mtu(), 1450);
     // pods and the bridge get the overlay's MTU
     let (p1, p2) = (Ns::new("vp1"), Ns::new("vp2"));
-    let pod1 = net1.attach(&p1.path(), "uid-v1").unwrap();
-    let pod2 = net2.attach(&p2.path(), "uid-v2").unwrap();
+    let pod1 = attach4(&net1, &p1, "uid-v1");
+    let pod2 = attach4(&net2, &p2, "uid-v2");
     assert!(p1.ip(&["link", "show", "eth0"]).contains("mtu 1450"));
     assert!(n1.ip(&["link", "show", "skiff0"]).contains("mtu 1450"));
 
@@ -482,7 +495,7 @@ fn host_ports_reach_pods_from_node_addresses() {
     let net = network(&n, "10.244.6.0/24", state.path());
     net.setup().unwrap();
     let pod = Ns::new("hp");
-    let pod_ip = net.attach(&pod.path(), "uid-h").unwrap();
+    let pod_ip = attach4(&net, &pod, "uid-h");
     // the pod answers TCP on 80 and UDP on 53 with the peer's address
     let (tcp, udp) = in_ns(&pod, || {
         (
@@ -552,7 +565,7 @@ fn host_ports_reach_pods_from_node_addresses() {
     // the pod through its own hostPort: masqueraded, so the answer comes back
     assert_eq!(
         tcp_from(&pod, "192.168.252.1:8080").unwrap(),
-        format!("tcp {}", net.gateway())
+        format!("tcp {}", net.gateways()[0])
     );
 
     // an agent restart: the table is rebuilt from the records, identical
@@ -574,4 +587,256 @@ fn host_ports_reach_pods_from_node_addresses() {
         hostport_table(&n)
     );
     assert!(tcp_from(&client, "192.168.252.1:8080").is_err());
+}
+
+/// Adds `ip` (with its prefix) to link `dev` in `ns` without duplicate address detection.
+fn addr6(ns: &Ns, dev: &str, ip: &str) {
+    ns.ip(&["addr", "add", ip, "dev", dev, "nodad"]);
+}
+
+/// Answers every TCP connection on port 8080 (both families) with "NAME PEER-ADDRESS".
+fn serve(ns: &Ns, name: &str) {
+    use std::io::Write;
+    let listener = in_ns(ns, || std::net::TcpListener::bind("[::]:8080").unwrap());
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(mut c) = c else { continue };
+            let peer = c
+                .peer_addr()
+                .map(|a| a.ip().to_canonical().to_string())
+                .unwrap_or_default();
+            let _ = c.write_all(format!("{name} {peer}").as_bytes());
+        }
+    });
+}
+
+/// Whether an `ip addr` listing shows a global IPv6 address still tentative (in duplicate
+/// address detection, not usable yet).
+fn global_tentative(listing: &str) -> bool {
+    listing
+        .lines()
+        .any(|l| l.contains("scope global") && l.contains("tentative"))
+}
+
+/// `ip:port` with IPv6 addresses in brackets.
+fn sock(ip: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+#[tokio::test]
+async fn dual_stack_pods_routes_masquerade_and_service() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use skiff_netproxy::proxy::nft::Nft;
+    use skiff_netproxy::proxy::rules::RulesConfig;
+    use skiff_netproxy::proxy::sync::Proxier;
+
+    let n1 = Ns::new("d1");
+    let n2 = Ns::new("d2");
+    let ext = Ns::new("dext");
+    wire(&n1, &n2, "lan0", "192.168.253.1", "192.168.253.2");
+    addr6(&n1, "lan0", "fd00:253::1/64");
+    addr6(&n2, "lan0", "fd00:253::2/64");
+    wire(&n1, &ext, "ext0", "192.168.254.1", "192.168.254.2");
+    addr6(&n1, "ext0", "fd00:254::1/64");
+    addr6(&ext, "ext0", "fd00:254::2/64");
+    // node 1's uplink: a node-originated packet to a ClusterIP needs a route before the
+    // proxy's DNAT (as on a real node, the default route)
+    n1.ip(&["-6", "route", "add", "default", "via", "fd00:254::2"]);
+    let s1 = tempfile::tempdir().unwrap();
+    let s2 = tempfile::tempdir().unwrap();
+    // node 1 lists IPv4 first, node 2 IPv6 first: pods' addresses follow that order
+    let net1 = network(&n1, "10.244.1.0/24,fd00:10:244:1::/64", s1.path());
+    let net2 = network(&n2, "fd00:10:244:2::/64,10.244.2.0/24", s2.path());
+    net1.setup().unwrap();
+    net1.setup().unwrap(); // idempotent
+    net2.setup().unwrap();
+
+    // the node side: both gateways on the bridge (usable at once), both forwardings, both
+    // masquerade tables
+    let br = n1.ip(&["addr", "show", "dev", "skiff0"]);
+    assert!(br.contains("inet 10.244.1.1/24"), "{br}");
+    assert!(br.contains("inet6 fd00:10:244:1::1/64"), "{br}");
+    assert!(!global_tentative(&br), "{br}");
+    for (f, want) in [
+        ("/proc/sys/net/ipv4/ip_forward", "1"),
+        ("/proc/sys/net/ipv6/conf/all/forwarding", "1"),
+    ] {
+        let out = n1.exec(&["cat", f]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{f}");
+    }
+    let table = n1.exec(&["nft", "list", "table", "ip6", "skiff_podnet"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("ip6 saddr fd00:10:244::/56 ip6 daddr != fd00:10:244::/56"),
+        "{table}"
+    );
+
+    let (p1a, p1b, p2a) = (Ns::new("dp1a"), Ns::new("dp1b"), Ns::new("dp2a"));
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let a1 = net1.attach(&p1a.path(), "uid-d1a").unwrap();
+    let b1 = net1.attach(&p1b.path(), "uid-d1b").unwrap();
+    let a2 = net2.attach(&p2a.path(), "uid-d2a").unwrap();
+    assert_eq!(a1, vec![ip("10.244.1.2"), ip("fd00:10:244:1::2")]);
+    assert_eq!(b1, vec![ip("10.244.1.3"), ip("fd00:10:244:1::3")]);
+    assert_eq!(a2, vec![ip("fd00:10:244:2::2"), ip("10.244.2.2")]);
+    let (a1_6, b1_6, a2_6) = (a1[1], b1[1], a2[0]);
+
+    // the pod side: both addresses on eth0, the IPv6 one usable at once, a default route
+    // per family
+    let eth0 = p1a.ip(&["addr", "show", "dev", "eth0"]);
+    assert!(eth0.contains("inet 10.244.1.2/24"), "{eth0}");
+    assert!(eth0.contains("inet6 fd00:10:244:1::2/64"), "{eth0}");
+    assert!(!global_tentative(&eth0), "{eth0}");
+    let r = p1a.ip(&["-6", "route", "show", "default"]);
+    assert!(r.contains("default via fd00:10:244:1::1 dev eth0"), "{r}");
+    let r = p1a.ip(&["-4", "route", "show", "default"]);
+    assert!(r.contains("default via 10.244.1.1 dev eth0"), "{r}");
+
+    // one node, IPv6: pod to pod over the bridge, pod to its gateway
+    ping(&p1a, b1_6);
+    ping(&p1b, ip("fd00:10:244:1::1"));
+
+    // across nodes: nothing before the routes, both families after
+    assert!(!ping_once(&p1a, a2_6));
+    let nodes = [
+        route("d1", "10.244.1.0/24", "192.168.253.1"),
+        route("d1", "fd00:10:244:1::/64", "fd00:253::1"),
+        route("d2", "fd00:10:244:2::/64", "fd00:253::2"),
+        route("d2", "10.244.2.0/24", "192.168.253.2"),
+    ];
+    let s = net1.sync_routes(&nodes).unwrap();
+    assert_eq!(s.set.len(), 2, "{s:?}");
+    assert!(s.failed.is_empty(), "{s:?}");
+    net2.sync_routes(&nodes).unwrap();
+    let r6 = n1.ip(&["-6", "route", "show", "proto", "152"]);
+    assert!(
+        r6.contains("fd00:10:244:2::/64 via fd00:253::2 dev lan0"),
+        "{r6}"
+    );
+    ping(&p1a, a2_6);
+    ping(&p2a, b1_6);
+    ping(&p1a, a2[1]);
+    // TCP across nodes keeps the pod's address (no masquerade inside the cluster CIDR)
+    serve(&p2a, "p2a");
+    serve(&p1b, "p1b");
+    assert_eq!(
+        tcp_from(&p1a, &sock(a2_6, 8080)).unwrap(),
+        format!("p2a {a1_6}")
+    );
+    // a second sync changes nothing
+    assert_eq!(
+        net1.sync_routes(&nodes).unwrap(),
+        skiff_netproxy::podnet::RouteSync::default()
+    );
+
+    // leaving the cluster CIDR over IPv6: masqueraded to the node's address, so a host that
+    // has no route to the pods answers, and sees the node
+    serve(&ext, "ext");
+    assert_eq!(
+        tcp_from(&p1a, "[fd00:254::2]:8080").unwrap(),
+        "ext fd00:254::1"
+    );
+
+    // an IPv6 ClusterIP through the proxy's ip6 table, to endpoints on both nodes
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "default", "name": "web6"},
+        "spec": {"clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10"],
+            "ipFamilies": ["IPv6"],
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}}))
+    .unwrap();
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+    "metadata": {"namespace": "default", "name": "web6-1",
+        "labels": {"kubernetes.io/service-name": "web6"}},
+    "addressType": "IPv6",
+    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    "endpoints": [
+        {"addresses": [b1_6.to_string()], "nodeName": "d1", "conditions": {"ready": true}},
+        {"addresses": [a2_6.to_string()], "nodeName": "d2", "conditions": {"ready": true}}
+    ]}))
+    .unwrap();
+    let mut proxier = Proxier::new(
+        RulesConfig {
+            node_name: "d1".into(),
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap(),
+            ],
+            service_cidrs: vec![
+                "10.96.0.0/12".parse().unwrap(),
+                "fd00:96::/112".parse().unwrap(),
+            ],
+            ..RulesConfig::default()
+        },
+        Nft {
+            netns: Some(n1.name.clone()),
+        },
+    );
+    proxier.sync(&[&svc], &[&slice]).await.unwrap();
+    for from in [&n1, &p1a] {
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "from {}: only {seen:?}",
+                from.name
+            );
+            let answer = tcp_from(from, "[fd00:96::10]:80").unwrap();
+            seen.insert(answer.split_whitespace().next().unwrap().to_string());
+        }
+        assert_eq!(seen, ["p1b".to_string(), "p2a".to_string()].into());
+    }
+    // a pod's own address is kept through the ClusterIP
+    let answer = loop {
+        let a = tcp_from(&p1a, "[fd00:96::10]:80").unwrap();
+        if a.starts_with("p2a") {
+            break a;
+        }
+    };
+    assert_eq!(answer, format!("p2a {a1_6}"));
+
+    // an agent restart: same addresses for the same pod, both records kept
+    drop(net1);
+    let net1 = network(&n1, "10.244.1.0/24,fd00:10:244:1::/64", s1.path());
+    net1.setup().unwrap();
+    assert_eq!(net1.attach(&p1a.path(), "uid-d1a").unwrap(), a1);
+    let held: Vec<(IpAddr, String)> = net1.records().unwrap().into_iter().collect();
+    assert_eq!(
+        held,
+        vec![
+            (a1[0], "uid-d1a".to_string()),
+            (b1[0], "uid-d1b".to_string()),
+            (a1[1], "uid-d1a".to_string()),
+            (b1[1], "uid-d1b".to_string()),
+        ]
+    );
+    ping(&p1a, a2_6);
+    // a new pod gets the next addresses of both blocks
+    let p1c = Ns::new("dp1c");
+    assert_eq!(
+        net1.attach(&p1c.path(), "uid-d1c").unwrap(),
+        vec![ip("10.244.1.4"), ip("fd00:10:244:1::4")]
+    );
+    // detach releases both families; retain too
+    net1.detach("uid-d1b").unwrap();
+    let live: HashSet<String> = ["uid-d1a".to_string()].into();
+    assert_eq!(
+        net1.retain(&live).unwrap(),
+        vec![ip("10.244.1.4"), ip("fd00:10:244:1::4")]
+    );
+    let held: Vec<IpAddr> = net1.records().unwrap().into_keys().collect();
+    assert_eq!(held, a1);
+
+    // a node gone: its routes of both families go
+    let s = net1.sync_routes(&nodes[..2]).unwrap();
+    assert_eq!(s.deleted.len(), 2, "{s:?}");
+    assert!(!ping_once(&p1a, a2_6));
+    net1.teardown().unwrap();
+    assert!(
+        !n1.exec(&["nft", "list", "table", "ip6", "skiff_podnet"])
+            .status
+            .success()
+    );
 }

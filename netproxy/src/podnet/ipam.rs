@@ -1,55 +1,79 @@
-//! Address management for one node's podCIDR, laid out as the host-local CNI plugin does:
-//! one file per allocated address (named by the address, holding the pod uid) and
-//! `last_reserved_ip.0`, under `<state-dir>/ipam/<cidr>/`. Allocation goes round-robin from
-//! the last reserved address, so an address just released is not handed out again at once.
-//! The records survive agent restarts; a pod asking again gets the address it holds.
+//! Address management for one node's podCIDR (IPv4 or IPv6), laid out as the host-local
+//! CNI plugin does: one file per allocated address (named by the address, holding the pod
+//! uid) and `last_reserved_ip.0`, under `<state-dir>/ipam/<network>-<prefix>/`. Allocation
+//! goes round-robin from the last reserved address, so an address just released is not
+//! handed out again at once. The records survive agent restarts; a pod asking again gets the
+//! address it holds. A dual-stack node has one `Ipam` per podCIDR.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{Error, Result};
 
 const LAST_RESERVED: &str = "last_reserved_ip.0";
 
-/// The addresses of `cidr` that pods may get: every host address except the first (the
-/// gateway on the node's bridge); a /31 or /32 has none.
-pub fn pod_range(cidr: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
-    let gateway = gateway(cidr);
-    let small = cidr.prefix_len() > 30;
-    cidr.hosts()
-        .filter(move |ip| !small && Some(*ip) != gateway)
+/// An address as a number (IPv4 in the low 32 bits).
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v) => u128::from(u32::from(v)),
+        IpAddr::V6(v) => u128::from(v),
+    }
 }
 
-/// The gateway of a podCIDR: its first host address (`None` for a /31 or /32).
-pub fn gateway(cidr: Ipv4Net) -> Option<Ipv4Addr> {
-    if cidr.prefix_len() > 30 {
-        return None;
+/// The address `n` of `cidr`'s family.
+fn from_u128(cidr: IpNet, n: u128) -> IpAddr {
+    match cidr {
+        // the range is computed within the IPv4 CIDR, so `n` fits
+        IpNet::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX))),
+        IpNet::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
     }
-    cidr.hosts().next()
+}
+
+/// The first and last address pods may get in `cidr` (as numbers): every address after the
+/// gateway (the network's first host address), but the IPv4 broadcast address; `None` when
+/// there is none (an IPv4 /31 or /32, an IPv6 /127 or /128).
+pub fn pod_bounds(cidr: IpNet) -> Option<(u128, u128)> {
+    let cidr = cidr.trunc();
+    let first = to_u128(cidr.network()) + 2;
+    let last = match cidr {
+        IpNet::V4(_) => to_u128(cidr.broadcast()).checked_sub(1)?,
+        IpNet::V6(_) => to_u128(cidr.broadcast()),
+    };
+    (first <= last).then_some((first, last))
+}
+
+/// The gateway of a podCIDR: its first host address (`None` when the CIDR has no room for
+/// pods besides it: an IPv4 /31 or /32, an IPv6 /127 or /128).
+pub fn gateway(cidr: IpNet) -> Option<IpAddr> {
+    pod_bounds(cidr)?;
+    Some(from_u128(cidr, to_u128(cidr.trunc().network()) + 1))
 }
 
 /// The next free address after `last` (round-robin, wrapping), or the first free one.
-pub fn next_free(
-    cidr: Ipv4Net,
-    used: &BTreeSet<Ipv4Addr>,
-    last: Option<Ipv4Addr>,
-) -> Option<Ipv4Addr> {
-    let last = last.filter(|l| cidr.contains(l));
-    let after = pod_range(cidr).filter(|ip| last.is_none_or(|l| *ip > l));
-    let before = pod_range(cidr).filter(|ip| last.is_some_and(|l| *ip <= l));
-    after.chain(before).find(|ip| !used.contains(ip))
+/// Looks at `used.len() + 1` candidates at most, so it is cheap in an IPv6 /64 too.
+pub fn next_free(cidr: IpNet, used: &BTreeSet<IpAddr>, last: Option<IpAddr>) -> Option<IpAddr> {
+    let (first, end) = pod_bounds(cidr)?;
+    let size = end - first + 1;
+    let start = match last.filter(|l| cidr.contains(l)).map(to_u128) {
+        Some(l) if l >= first && l < end => l + 1,
+        _ => first,
+    };
+    let tries = size.min(used.len() as u128 + 1);
+    (0..tries)
+        .map(|i| from_u128(cidr, first + (start - first + i) % size))
+        .find(|ip| !used.contains(ip))
 }
 
 /// The allocations of one podCIDR on disk.
 #[derive(Debug)]
 pub struct Ipam {
     dir: PathBuf,
-    cidr: Ipv4Net,
+    cidr: IpNet,
     lock: Mutex<()>,
 }
 
@@ -60,7 +84,8 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 
 impl Ipam {
     /// Opens (creating) the records of `cidr` under `state_dir`.
-    pub fn open(state_dir: &Path, cidr: Ipv4Net) -> Result<Ipam> {
+    pub fn open(state_dir: &Path, cidr: IpNet) -> Result<Ipam> {
+        let cidr = cidr.trunc();
         if gateway(cidr).is_none() {
             return Err(Error::CidrTooSmall { cidr });
         }
@@ -75,20 +100,26 @@ impl Ipam {
         })
     }
 
+    /// The podCIDR.
+    pub fn cidr(&self) -> IpNet {
+        self.cidr
+    }
+
     /// The directory holding the records.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Every allocation: address → pod uid.
-    pub fn records(&self) -> Result<BTreeMap<Ipv4Addr, String>> {
+    pub fn records(&self) -> Result<BTreeMap<IpAddr, String>> {
         let mut out = BTreeMap::new();
         for e in std::fs::read_dir(&self.dir).map_err(io("read", &self.dir))? {
             let e = e.map_err(io("read", &self.dir))?;
             let Some(ip) = e
                 .file_name()
                 .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+                .and_then(|n| n.parse::<IpAddr>().ok())
+                .filter(|ip| self.cidr.contains(ip))
             else {
                 continue;
             };
@@ -102,7 +133,7 @@ impl Ipam {
     }
 
     /// The address of pod `uid`: the one it already holds, else the next free one.
-    pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr> {
+    pub fn allocate(&self, uid: &str) -> Result<IpAddr> {
         let _guard = self.lock.lock().map_err(|_| Error::Poisoned)?;
         let records = self.records()?;
         if let Some((ip, _)) = records.iter().find(|(_, owner)| *owner == uid) {
@@ -112,7 +143,7 @@ impl Ipam {
         let last = std::fs::read_to_string(&last_path)
             .ok()
             .and_then(|s| s.trim().parse().ok());
-        let mut used: BTreeSet<Ipv4Addr> = records.keys().copied().collect();
+        let mut used: BTreeSet<IpAddr> = records.keys().copied().collect();
         loop {
             let ip =
                 next_free(self.cidr, &used, last).ok_or(Error::Exhausted { cidr: self.cidr })?;
@@ -140,17 +171,17 @@ impl Ipam {
     }
 
     /// Releases every address pod `uid` holds; returns them.
-    pub fn release(&self, uid: &str) -> Result<Vec<Ipv4Addr>> {
+    pub fn release(&self, uid: &str) -> Result<Vec<IpAddr>> {
         self.release_where(|owner| owner == uid)
     }
 
     /// Releases the addresses of pods not in `live` (pods deleted while the agent was
     /// down); returns them.
-    pub fn retain(&self, live: &HashSet<String>) -> Result<Vec<Ipv4Addr>> {
+    pub fn retain(&self, live: &HashSet<String>) -> Result<Vec<IpAddr>> {
         self.release_where(|owner| !live.contains(owner))
     }
 
-    fn release_where(&self, drop: impl Fn(&str) -> bool) -> Result<Vec<Ipv4Addr>> {
+    fn release_where(&self, drop: impl Fn(&str) -> bool) -> Result<Vec<IpAddr>> {
         let _guard = self.lock.lock().map_err(|_| Error::Poisoned)?;
         let mut released = Vec::new();
         for (ip, owner) in self.records()? {
@@ -183,13 +214,13 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
     #[test]
     fn next_free_round_robin() {
-        let net: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let net: IpNet = "10.244.1.0/24".parse().unwrap();
         let set = |v: &[&str]| v.iter().map(|s| ip(s)).collect::<BTreeSet<_>>();
         let cases: &[(&[&str], Option<&str>, Option<&str>)] = &[
             // nothing used: the first after the gateway
@@ -214,17 +245,53 @@ mod tests {
                 "{used:?} {last:?}"
             );
         }
-        let small: Ipv4Net = "10.0.0.0/30".parse().unwrap();
+        let small: IpNet = "10.0.0.0/30".parse().unwrap();
         assert_eq!(next_free(small, &set(&[]), None), Some(ip("10.0.0.2")));
         assert_eq!(next_free(small, &set(&["10.0.0.2"]), None), None);
-        assert_eq!(pod_range("10.0.0.0/31".parse().unwrap()).count(), 0);
-        assert_eq!(pod_range(net).count(), 253);
+        assert_eq!(pod_bounds("10.0.0.0/31".parse().unwrap()), None);
+        let (first, last) = pod_bounds(net).unwrap();
+        assert_eq!(last - first + 1, 253);
+
+        // IPv6: from ::2 on, the last address of the block included (no broadcast)
+        let v6: IpNet = "fd00:10:244:1::/64".parse().unwrap();
+        let cases: &[(&[&str], Option<&str>, Option<&str>)] = &[
+            (&[], None, Some("fd00:10:244:1::2")),
+            (&["fd00:10:244:1::2"], None, Some("fd00:10:244:1::3")),
+            (&[], Some("fd00:10:244:1::ff"), Some("fd00:10:244:1::100")),
+            (
+                &["fd00:10:244:1::2"],
+                Some("fd00:10:244:1:ffff:ffff:ffff:fffe"),
+                Some("fd00:10:244:1:ffff:ffff:ffff:ffff"),
+            ),
+            (
+                &[],
+                Some("fd00:10:244:1:ffff:ffff:ffff:ffff"),
+                Some("fd00:10:244:1::2"),
+            ),
+            // an IPv4 last does not steer an IPv6 block
+            (&[], Some("10.244.1.7"), Some("fd00:10:244:1::2")),
+        ];
+        for (used, last, want) in cases {
+            assert_eq!(
+                next_free(v6, &set(used), last.map(ip)),
+                want.map(ip),
+                "{used:?} {last:?}"
+            );
+        }
+        assert_eq!(gateway(v6), Some(ip("fd00:10:244:1::1")));
+        assert_eq!(gateway("fd00::/127".parse().unwrap()), None);
+        let tiny: IpNet = "fd00::/126".parse().unwrap();
+        assert_eq!(
+            next_free(tiny, &set(&["fd00::2"]), None),
+            Some(ip("fd00::3"))
+        );
+        assert_eq!(next_free(tiny, &set(&["fd00::2", "fd00::3"]), None), None);
     }
 
     #[test]
     fn records_survive_reopen_and_release() {
         let dir = tempfile::tempdir().unwrap();
-        let net: Ipv4Net = "10.244.3.0/29".parse().unwrap();
+        let net: IpNet = "10.244.3.0/29".parse().unwrap();
         let ipam = Ipam::open(dir.path(), net).unwrap();
         let a = ipam.allocate("pod-a").unwrap();
         let b = ipam.allocate("pod-b").unwrap();
@@ -254,5 +321,18 @@ mod tests {
             Ipam::open(dir.path(), "10.0.0.0/31".parse().unwrap()),
             Err(Error::CidrTooSmall { .. })
         ));
+
+        // an IPv6 block beside it: its own directory, the same pod uids
+        let v6 = Ipam::open(dir.path(), "fd00:10:244:3::/64".parse().unwrap()).unwrap();
+        assert!(v6.dir().ends_with("ipam/fd00:10:244:3::-64"));
+        assert_eq!(v6.allocate("pod-c").unwrap(), ip("fd00:10:244:3::2"));
+        drop(v6);
+        let v6 = Ipam::open(dir.path(), "fd00:10:244:3::/64".parse().unwrap()).unwrap();
+        assert_eq!(v6.allocate("pod-c").unwrap(), ip("fd00:10:244:3::2"));
+        assert_eq!(v6.allocate("pod-d").unwrap(), ip("fd00:10:244:3::3"));
+        assert_eq!(v6.release("pod-c").unwrap(), vec![ip("fd00:10:244:3::2")]);
+        assert_eq!(v6.allocate("pod-e").unwrap(), ip("fd00:10:244:3::4"));
+        // the IPv4 records are untouched by the IPv6 ones
+        assert!(ipam.records().unwrap().keys().all(|a| a.is_ipv4()));
     }
 }

@@ -1,13 +1,14 @@
 //! The pod network of one node, as the bridge CNI plugin with host-local IPAM and flannel's
 //! host-gw backend lay it out:
 //!
-//! - a bridge (`skiff0` by default) holding the podCIDR's first address as the pods'
-//!   gateway; IPv4 forwarding on in the node's namespace; pod traffic leaving the cluster
-//!   CIDR masqueraded ([`nft`]);
+//! - a bridge (`skiff0` by default) holding each podCIDR's first address as the pods'
+//!   gateway (dual-stack: one IPv4 and one IPv6 podCIDR, or an IPv6 one alone); forwarding
+//!   of those families on in the node's namespace; pod traffic leaving the cluster CIDR
+//!   masqueraded ([`nft`]);
 //! - per pod a veth pair: the host end (named from the pod uid, [`host_veth_name`]) on the
-//!   bridge with hairpin on, the other end moved into the pod's namespace as `eth0` with an
-//!   address from the podCIDR ([`ipam`]) and a default route via the gateway;
-//! - a route to every other node's podCIDR via its InternalIP ([`routes`]).
+//!   bridge with hairpin on, the other end moved into the pod's namespace as `eth0` with one
+//!   address from each podCIDR ([`ipam`]) and a default route per family via the gateway;
+//! - a route to every other node's podCIDRs via its InternalIP of that family ([`routes`]).
 //!
 //! All netlink work runs on threads that joined the namespace concerned ([`netns`]).
 
@@ -21,13 +22,13 @@ pub mod routes;
 pub mod vxlan;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -79,14 +80,23 @@ pub enum Error {
     #[error("no free address left in {cidr}")]
     Exhausted {
         /// The podCIDR.
-        cidr: Ipv4Net,
+        cidr: IpNet,
     },
     /// The podCIDR has no room for a gateway and pods.
-    #[error("the pod CIDR {cidr} is too small (a /30 at most)")]
+    #[error("the pod CIDR {cidr} is too small (a /30 or /126 at most)")]
     CidrTooSmall {
         /// The podCIDR.
-        cidr: Ipv4Net,
+        cidr: IpNet,
     },
+    /// The podCIDRs are not one or two blocks of different families.
+    #[error("the pod CIDRs {cidrs} are not one block, or one IPv4 and one IPv6 block")]
+    PodCidrs {
+        /// The CIDRs given.
+        cidrs: String,
+    },
+    /// The VXLAN overlay needs an IPv4 podCIDR.
+    #[error("the VXLAN overlay carries IPv4 only, and the node has no IPv4 pod CIDR")]
+    VxlanNeedsIpv4,
     /// A program could not be run.
     #[error("cannot run {program}")]
     Spawn {
@@ -154,10 +164,12 @@ pub fn host_veth_name(pod_uid: &str) -> String {
 pub struct BridgeConfig {
     /// The bridge's name (default `skiff0`).
     pub bridge: String,
-    /// This node's `spec.podCIDR`.
-    pub pod_cidr: Ipv4Net,
-    /// The whole cluster's pod CIDR (traffic leaving it is masqueraded).
-    pub cluster_cidr: Ipv4Net,
+    /// This node's `spec.podCIDRs` in the Node's order: one block, or one IPv4 and one
+    /// IPv6 block. Pods get one address of each, in this order.
+    pub pod_cidrs: Vec<IpNet>,
+    /// The whole cluster's pod CIDRs, one per family (pod traffic leaving those of its
+    /// family is masqueraded).
+    pub cluster_cidrs: Vec<IpNet>,
     /// MTU of the bridge and both veth ends.
     pub mtu: u32,
     /// Where the address records live (the agent's `<root-dir>/podnet`).
@@ -179,26 +191,40 @@ pub mod defaults {
     pub const MTU: u32 = 1500;
 }
 
+/// One podCIDR of the node: its gateway and its address records.
+#[derive(Debug)]
+struct Block {
+    cidr: IpNet,
+    gateway: IpAddr,
+    ipam: Ipam,
+}
+
 /// One node's bridge network.
 #[derive(Debug)]
 pub struct BridgeNetwork {
     cfg: BridgeConfig,
-    gateway: Ipv4Addr,
-    ipam: Ipam,
+    blocks: Vec<Block>,
     hostports: HostPorts,
     /// The pods' MTU: `cfg.mtu`, lowered to the VXLAN device's by `setup`.
     mtu: AtomicU32,
 }
 
+/// One address of a pod: the address, its prefix length and the gateway of its family.
+#[derive(Debug, Clone, Copy)]
+struct PodAddress {
+    ip: IpAddr,
+    prefix: u8,
+    gateway: IpAddr,
+}
+
 /// Pod-side netlink work: loopback up, a fresh veth `eth0` ↔ `host`, the host end moved to
-/// the node's namespace, `eth0` addressed, up, with the default route via the gateway.
+/// the node's namespace, `eth0` addressed (IPv6 without duplicate address detection, so the
+/// address is usable at once), up, with a default route per family via its gateway.
 async fn pod_side(
     h: Handle,
     host: String,
     node: std::fs::File,
-    ip: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
+    addrs: Vec<PodAddress>,
     mtu: u32,
 ) -> Result<()> {
     if let Some(lo) = link_index(&h, "lo").await? {
@@ -232,26 +258,39 @@ async fn pod_side(
     let eth0 = link_index(&h, "eth0").await?.ok_or_else(|| Error::NoLink {
         name: "eth0".into(),
     })?;
-    h.address()
-        .add(eth0, IpAddr::V4(ip), prefix)
-        .execute()
-        .await
-        .map_err(nl(format!("add {ip}/{prefix} to eth0")))?;
+    if addrs.iter().any(|a| a.ip.is_ipv6()) {
+        // this thread is in the pod's namespace, so is its /proc/sys/net
+        write_sysctl("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0")?;
+    }
+    for a in &addrs {
+        h.address()
+            .add(eth0, a.ip, a.prefix)
+            .execute()
+            .await
+            .map_err(nl(format!("add {}/{} to eth0", a.ip, a.prefix)))?;
+    }
     h.link()
         .set(LinkUnspec::new_with_index(eth0).up().build())
         .execute()
         .await
         .map_err(nl("set eth0 up"))?;
-    h.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gateway)
+    for a in &addrs {
+        let route = match a.gateway {
+            IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
                 .output_interface(eth0)
                 .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl(format!("add the default route via {gateway}")))?;
+            IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(gw)
+                .output_interface(eth0)
+                .build(),
+        };
+        h.route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(nl(format!("add the default route via {}", a.gateway)))?;
+    }
     Ok(())
 }
 
@@ -265,18 +304,20 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
-/// Makes `ip/prefix` the only IPv4 address of link `idx` (`name` for messages).
-async fn only_address(h: &Handle, idx: u32, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-    let mut have = false;
+/// Makes `want` (address, prefix length) the only addresses of link `idx` (`name` for
+/// messages), IPv6 link-local addresses aside.
+async fn only_addresses(h: &Handle, idx: u32, name: &str, want: &[(IpAddr, u8)]) -> Result<()> {
+    let mut have = Vec::new();
     let mut stale = Vec::new();
     let mut addrs = h.address().get().set_link_index_filter(idx).execute();
     while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
-        let v4 = a.attributes.iter().find_map(|at| match at {
-            netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+        let ip = a.attributes.iter().find_map(|at| match at {
+            netlink_packet_route::address::AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         });
-        match v4 {
-            Some(v) if v == ip && a.header.prefix_len == prefix => have = true,
+        match ip {
+            Some(IpAddr::V6(v)) if v.is_unicast_link_local() => {}
+            Some(v) if want.contains(&(v, a.header.prefix_len)) => have.push(v),
             Some(_) => stale.push(a),
             None => {}
         }
@@ -288,12 +329,18 @@ async fn only_address(h: &Handle, idx: u32, name: &str, ip: Ipv4Addr, prefix: u8
             .await
             .map_err(nl(format!("remove an old address of {name}")))?;
     }
-    if !have {
-        h.address()
-            .add(idx, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-            .map_err(nl(format!("add {ip}/{prefix} to {name}")))?;
+    if want.iter().any(|(ip, _)| ip.is_ipv6()) {
+        // the gateway must answer at once, not after duplicate address detection
+        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0")?;
+    }
+    for (ip, prefix) in want {
+        if !have.contains(ip) {
+            h.address()
+                .add(idx, *ip, *prefix)
+                .execute()
+                .await
+                .map_err(nl(format!("add {ip}/{prefix} to {name}")))?;
+        }
     }
     Ok(())
 }
@@ -310,78 +357,103 @@ async fn delete_link(h: &Handle, name: &str) -> Result<bool> {
     }
 }
 
-/// skiff's routes in the main table: destination → gateway.
-async fn owned_routes(h: &Handle) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>> {
+/// skiff's routes of both families in the main table: destination → gateway.
+async fn owned_routes(h: &Handle) -> Result<BTreeMap<IpNet, IpAddr>> {
     let mut out = BTreeMap::new();
-    let mut dump = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
-    while let Some(r) = dump.try_next().await.map_err(nl("list routes"))? {
-        if r.header.table != RouteHeader::RT_TABLE_MAIN
-            || r.header.protocol != RouteProtocol::Other(routes::ROUTE_PROTOCOL)
-        {
-            continue;
-        }
-        let mut dst = None;
-        let mut gw = None;
-        for a in &r.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                _ => {}
+    for query in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let mut dump = h.route().get(query).execute();
+        while let Some(r) = dump.try_next().await.map_err(nl("list routes"))? {
+            if r.header.table != RouteHeader::RT_TABLE_MAIN
+                || r.header.protocol != RouteProtocol::Other(routes::ROUTE_PROTOCOL)
+            {
+                continue;
             }
-        }
-        if let (Some(d), Some(g)) = (dst, gw)
-            && let Ok(net) = Ipv4Net::new(d, r.header.destination_prefix_length)
-        {
-            out.insert(net, g);
+            let mut dst = None;
+            let mut gw = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                        dst = Some(IpAddr::V4(*d))
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
+                        dst = Some(IpAddr::V6(*d))
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(IpAddr::V4(*g)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(IpAddr::V6(*g)),
+                    _ => {}
+                }
+            }
+            if let (Some(d), Some(g)) = (dst, gw)
+                && let Ok(net) = IpNet::new(d, r.header.destination_prefix_length)
+            {
+                out.insert(net, g);
+            }
         }
     }
     Ok(out)
 }
 
 /// A route of ours to `net` via `gw`; with `onlink`, `onlink` on that link (VXLAN).
+/// `None` when the two are of different families.
 fn route_message(
-    net: Ipv4Net,
-    gw: Ipv4Addr,
+    net: IpNet,
+    gw: IpAddr,
     onlink: Option<u32>,
-) -> netlink_packet_route::route::RouteMessage {
-    let b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(net.network(), net.prefix_len())
-        .gateway(gw)
-        .protocol(RouteProtocol::Other(routes::ROUTE_PROTOCOL));
-    match onlink {
-        Some(dev) => b.output_interface(dev).onlink().build(),
-        None => b.build(),
+) -> Option<netlink_packet_route::route::RouteMessage> {
+    let proto = RouteProtocol::Other(routes::ROUTE_PROTOCOL);
+    let mut m = match (net, gw) {
+        (IpNet::V4(n), IpAddr::V4(g)) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(n.network(), n.prefix_len())
+            .gateway(g)
+            .protocol(proto),
+        (IpNet::V6(n), IpAddr::V6(g)) => {
+            let b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(n.network(), n.prefix_len())
+                .gateway(g)
+                .protocol(proto);
+            return Some(match onlink {
+                Some(dev) => b.output_interface(dev).onlink().build(),
+                None => b.build(),
+            });
+        }
+        _ => return None,
+    };
+    if let Some(dev) = onlink {
+        m = m.output_interface(dev).onlink();
     }
+    Some(m.build())
 }
 
 /// Brings skiff's routes in line with `want` (destination → gateway; `onlink`: on that
 /// link). Routes the kernel refuses are reported, not fatal.
 async fn apply_routes(
     h: &Handle,
-    want: &BTreeMap<Ipv4Net, Ipv4Addr>,
+    want: &BTreeMap<IpNet, IpAddr>,
     onlink: Option<u32>,
 ) -> Result<RouteSync> {
     let have = owned_routes(h).await?;
     let plan = routes::plan(&have, want);
     let mut out = RouteSync::default();
     for (net, gw) in plan.delete {
-        match h.route().del(route_message(net, gw, None)).execute().await {
+        let Some(m) = route_message(net, gw, None) else {
+            continue;
+        };
+        match h.route().del(m).execute().await {
             Ok(()) => out.deleted.push((net, gw)),
             Err(e) if errno(&e) == Some(libc::ESRCH) => out.deleted.push((net, gw)),
             Err(e) => out.failed.push((net, gw, e.to_string())),
         }
     }
     for (net, gw) in plan.set {
-        match h
-            .route()
-            .add(route_message(net, gw, onlink))
-            .replace()
-            .execute()
-            .await
-        {
+        let Some(m) = route_message(net, gw, onlink) else {
+            out.failed
+                .push((net, gw, "gateway of another address family".into()));
+            continue;
+        };
+        match h.route().add(m).replace().execute().await {
             Ok(()) => out.set.push((net, gw)),
             Err(e) => out.failed.push((net, gw, e.to_string())),
         }
@@ -393,11 +465,11 @@ async fn apply_routes(
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RouteSync {
     /// Routes added or changed.
-    pub set: Vec<(Ipv4Net, Ipv4Addr)>,
+    pub set: Vec<(IpNet, IpAddr)>,
     /// Routes removed.
-    pub deleted: Vec<(Ipv4Net, Ipv4Addr)>,
+    pub deleted: Vec<(IpNet, IpAddr)>,
     /// Routes the kernel refused (e.g. a gateway not on a local segment), with its answer.
-    pub failed: Vec<(Ipv4Net, Ipv4Addr, String)>,
+    pub failed: Vec<(IpNet, IpAddr, String)>,
 }
 
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
@@ -411,16 +483,36 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
 impl BridgeNetwork {
     /// The network of a node; opens the address records. Nothing is changed yet.
     pub fn new(cfg: BridgeConfig) -> Result<BridgeNetwork> {
-        let pod_cidr = cfg.pod_cidr.trunc();
-        let gateway = ipam::gateway(pod_cidr).ok_or(Error::CidrTooSmall { cidr: pod_cidr })?;
-        let ipam = Ipam::open(&cfg.state_dir, pod_cidr)?;
+        let pod_cidrs: Vec<IpNet> = cfg.pod_cidrs.iter().map(|c| c.trunc()).collect();
+        let families_ok = match pod_cidrs.as_slice() {
+            [_] => true,
+            [a, b] => a.network().is_ipv4() != b.network().is_ipv4(),
+            _ => false,
+        };
+        if !families_ok {
+            let list: Vec<String> = pod_cidrs.iter().map(|c| c.to_string()).collect();
+            return Err(Error::PodCidrs {
+                cidrs: format!("[{}]", list.join(", ")),
+            });
+        }
+        let mut blocks = Vec::new();
+        for cidr in &pod_cidrs {
+            let gateway = ipam::gateway(*cidr).ok_or(Error::CidrTooSmall { cidr: *cidr })?;
+            blocks.push(Block {
+                cidr: *cidr,
+                gateway,
+                ipam: Ipam::open(&cfg.state_dir, *cidr)?,
+            });
+        }
+        if cfg.vxlan.is_some() && !pod_cidrs.iter().any(|c| c.network().is_ipv4()) {
+            return Err(Error::VxlanNeedsIpv4);
+        }
         let hostports = HostPorts::open(&cfg.state_dir)?;
         Ok(BridgeNetwork {
             hostports,
             mtu: AtomicU32::new(cfg.mtu),
-            cfg: BridgeConfig { pod_cidr, ..cfg },
-            gateway,
-            ipam,
+            cfg: BridgeConfig { pod_cidrs, ..cfg },
+            blocks,
         })
     }
 
@@ -429,9 +521,17 @@ impl BridgeNetwork {
         &self.cfg
     }
 
-    /// The pods' gateway (the bridge's address).
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.gateway
+    /// The pods' gateways (the bridge's addresses), in the order of the podCIDRs.
+    pub fn gateways(&self) -> Vec<IpAddr> {
+        self.blocks.iter().map(|b| b.gateway).collect()
+    }
+
+    /// The IPv4 podCIDR, if there is one.
+    fn v4_cidr(&self) -> Option<Ipv4Net> {
+        self.blocks.iter().find_map(|b| match b.cidr {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        })
     }
 
     /// The MTU of the bridge and the pods' interfaces (with VXLAN: known after `setup`).
@@ -439,9 +539,18 @@ impl BridgeNetwork {
         self.mtu.load(Ordering::Relaxed)
     }
 
-    /// The address records.
-    pub fn ipam(&self) -> &Ipam {
-        &self.ipam
+    /// The address records of every podCIDR, in their order.
+    pub fn ipams(&self) -> impl Iterator<Item = &Ipam> {
+        self.blocks.iter().map(|b| &b.ipam)
+    }
+
+    /// Every allocated address of every podCIDR: address → pod uid.
+    pub fn records(&self) -> Result<BTreeMap<IpAddr, String>> {
+        let mut out = BTreeMap::new();
+        for b in &self.blocks {
+            out.extend(b.ipam.records()?);
+        }
+        Ok(out)
     }
 
     fn node_ns(&self) -> Result<Netns> {
@@ -451,13 +560,14 @@ impl BridgeNetwork {
         }
     }
 
-    /// Makes the node side (idempotent): the bridge with the gateway address, up; IPv4
-    /// forwarding (and bridged traffic through netfilter where `br_netfilter` is loaded);
-    /// the masquerade table.
+    /// Makes the node side (idempotent): the bridge with the gateway addresses, up;
+    /// forwarding of the podCIDRs' families (and bridged traffic through netfilter where
+    /// `br_netfilter` is loaded); the masquerade tables.
     pub fn setup(&self) -> Result<()> {
         let ns = self.node_ns()?;
         if let Some(node_ip) = self.cfg.vxlan {
-            let overlay = vxlan::overlay_address(self.cfg.pod_cidr);
+            let v4 = self.v4_cidr().ok_or(Error::VxlanNeedsIpv4)?;
+            let overlay = vxlan::overlay_address(v4);
             let vx =
                 ns.netlink(
                     move |h| async move { vxlan::ensure_device(&h, node_ip, overlay).await },
@@ -465,7 +575,12 @@ impl BridgeNetwork {
             self.mtu.store(self.cfg.mtu.min(vx), Ordering::Relaxed);
         }
         let bridge = self.cfg.bridge.clone();
-        let (gw, prefix, mtu) = (self.gateway, self.cfg.pod_cidr.prefix_len(), self.mtu());
+        let want: Vec<(IpAddr, u8)> = self
+            .blocks
+            .iter()
+            .map(|b| (b.gateway, b.cidr.prefix_len()))
+            .collect();
+        let mtu = self.mtu();
         ns.netlink(move |h| async move {
             let idx = match link_index(&h, &bridge).await? {
                 Some(i) => i,
@@ -482,8 +597,8 @@ impl BridgeNetwork {
                         })?
                 }
             };
-            // addresses of an earlier podCIDR go; the gateway stays or is added
-            only_address(&h, idx, &bridge, gw, prefix).await?;
+            // addresses of an earlier podCIDR go; the gateways stay or are added
+            only_addresses(&h, idx, &bridge, &want).await?;
             h.link()
                 .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
                 .execute()
@@ -491,27 +606,47 @@ impl BridgeNetwork {
                 .map_err(nl(format!("set {bridge} up")))?;
             Ok(())
         })?;
-        let rules = nft::ruleset(self.cfg.cluster_cidr);
+        let rules = nft::ruleset(&self.cfg.cluster_cidrs);
         // the hostPort table as recorded (after an agent restart: as it was)
         let ports = hostport::ruleset(&self.hostports.all()?);
+        let v4 = self.blocks.iter().any(|b| b.cidr.network().is_ipv4());
+        let v6 = self.blocks.iter().any(|b| b.cidr.network().is_ipv6());
         ns.run(move || {
-            write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
             let bnf = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-            if Path::new(bnf).exists() {
-                write_sysctl(bnf, "1")?;
+            if v4 {
+                write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+                if Path::new(bnf).exists() {
+                    write_sysctl(bnf, "1")?;
+                }
+            }
+            if v6 {
+                write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+                let bnf6 = "/proc/sys/net/bridge/bridge-nf-call-ip6tables";
+                if Path::new(bnf6).exists() {
+                    write_sysctl(bnf6, "1")?;
+                }
             }
             nft::apply(&rules)?;
             nft::apply(&ports)
         })?;
-        tracing::info!(bridge = %self.cfg.bridge, gateway = %self.gateway,
-            pod_cidr = %self.cfg.pod_cidr, "pod network ready");
+        tracing::info!(bridge = %self.cfg.bridge, gateways = ?self.gateways(),
+            pod_cidrs = ?self.cfg.pod_cidrs, "pod network ready");
         Ok(())
     }
 
-    /// Wires the pod namespace at `pod_netns` to the bridge and returns its address (the one
-    /// it already holds, when attached before). A half-made earlier attachment is replaced.
-    pub fn attach(&self, pod_netns: &Path, pod_uid: &str) -> Result<Ipv4Addr> {
-        let ip = self.ipam.allocate(pod_uid)?;
+    /// Wires the pod namespace at `pod_netns` to the bridge and returns its addresses, one
+    /// per podCIDR in their order (the ones it already holds, when attached before). A
+    /// half-made earlier attachment is replaced.
+    pub fn attach(&self, pod_netns: &Path, pod_uid: &str) -> Result<Vec<IpAddr>> {
+        let mut addrs = Vec::new();
+        for b in &self.blocks {
+            addrs.push(PodAddress {
+                ip: b.ipam.allocate(pod_uid)?,
+                prefix: b.cidr.prefix_len(),
+                gateway: b.gateway,
+            });
+        }
+        let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip).collect();
         let host = host_veth_name(pod_uid);
         let node = self.node_ns()?;
         let pod = Netns::open(pod_netns)?;
@@ -522,13 +657,8 @@ impl BridgeNetwork {
             path: "node network namespace".into(),
             source,
         })?;
-        let (h2, gw, prefix, mtu) = (
-            host.clone(),
-            self.gateway,
-            self.cfg.pod_cidr.prefix_len(),
-            self.mtu(),
-        );
-        let done = pod.netlink(move |h| pod_side(h, h2, node_file, ip, prefix, gw, mtu));
+        let (h2, mtu) = (host.clone(), self.mtu());
+        let done = pod.netlink(move |h| pod_side(h, h2, node_file, addrs, mtu));
         if let Err(e) = done {
             let h2 = host.clone();
             let _ = node.netlink(move |h| async move { delete_link(&h, &h2).await });
@@ -568,33 +698,45 @@ impl BridgeNetwork {
                 .map_err(nl(format!("set {h2} up")))?;
             Ok(())
         })?;
-        tracing::info!(pod_uid = %pod_uid, %ip, veth = %host, "pod attached");
-        Ok(ip)
+        tracing::info!(pod_uid = %pod_uid, ips = ?ips, veth = %host, "pod attached");
+        Ok(ips)
     }
 
     /// Removes the pod's veth pair (its host end; the kernel takes the pod end with it) and
-    /// releases its address.
+    /// releases its addresses.
     pub fn detach(&self, pod_uid: &str) -> Result<()> {
         let host = host_veth_name(pod_uid);
         let h2 = host.clone();
         self.node_ns()?
             .netlink(move |h| async move { delete_link(&h, &h2).await })?;
         self.set_host_ports(pod_uid, &[])?;
-        let released = self.ipam.release(pod_uid)?;
+        let mut released = Vec::new();
+        for b in &self.blocks {
+            released.extend(b.ipam.release(pod_uid)?);
+        }
         tracing::info!(pod_uid = %pod_uid, ips = ?released, veth = %host, "pod detached");
         Ok(())
     }
 
-    /// Maps the pod's hostPorts to its address (the one attach gave it); an empty list
+    /// Maps the pod's hostPorts to its IPv4 address (the one attach gave it); an empty list
     /// removes its mappings. The table is rewritten only when the pod's mappings changed.
+    /// On a node without an IPv4 podCIDR hostPorts are not mapped (logged).
     pub fn set_host_ports(&self, pod_uid: &str, ports: &[PortMapping]) -> Result<()> {
         let mut list = Vec::new();
         if !ports.is_empty() {
-            let ip = self
+            let Some(v4) = self.blocks.iter().find(|b| b.cidr.network().is_ipv4()) else {
+                tracing::warn!(pod_uid = %pod_uid, ports = ?ports,
+                    "hostPorts need an IPv4 pod CIDR; not mapped");
+                return Ok(());
+            };
+            let ip = v4
                 .ipam
                 .records()?
                 .into_iter()
-                .find_map(|(ip, uid)| (uid == pod_uid).then_some(ip))
+                .find_map(|(ip, uid)| match ip {
+                    IpAddr::V4(v) if uid == pod_uid => Some(v),
+                    _ => None,
+                })
                 .ok_or_else(|| Error::NotAttached {
                     pod_uid: pod_uid.to_string(),
                 })?;
@@ -614,9 +756,8 @@ impl BridgeNetwork {
     }
 
     /// Releases the addresses (and removes the veths) of pods not in `live`.
-    pub fn retain(&self, live: &HashSet<String>) -> Result<Vec<Ipv4Addr>> {
-        let stale: Vec<String> = self
-            .ipam
+    pub fn retain(&self, live: &HashSet<String>) -> Result<Vec<IpAddr>> {
+        let stale: std::collections::BTreeSet<String> = self
             .records()?
             .into_values()
             .filter(|uid| !live.contains(uid))
@@ -632,17 +773,20 @@ impl BridgeNetwork {
         }
         let ports = self.hostports.retain(live)?;
         self.node_ns()?.run(move || nft::apply(&ports))?;
-        let released = self.ipam.retain(live)?;
+        let mut released = Vec::new();
+        for b in &self.blocks {
+            released.extend(b.ipam.retain(live)?);
+        }
         if !released.is_empty() {
             tracing::info!(ips = ?released, "released the addresses of pods that are gone");
         }
         Ok(released)
     }
 
-    /// Brings the host-gw routes in line with `nodes` (every Node with a podCIDR and an
-    /// InternalIP, this one included or not).
+    /// Brings the host-gw routes in line with `nodes` (every Node's podCIDRs with its
+    /// InternalIP of each family, this one included or not).
     pub fn sync_routes(&self, nodes: &[NodeRoute]) -> Result<RouteSync> {
-        let want = routes::desired(self.cfg.pod_cidr, nodes);
+        let want = routes::desired(&self.cfg.pod_cidrs, nodes);
         self.node_ns()?
             .netlink(move |h| async move { apply_routes(&h, &want, None).await })
     }
@@ -650,12 +794,13 @@ impl BridgeNetwork {
     /// Brings the VXLAN overlay in line with `peers` (every Node with a podCIDR, an
     /// InternalIP and a VTEP MAC, this one included or not): neighbour and FDB entries on
     /// the device, and a route to each peer's podCIDR via its overlay address, `onlink`.
-    /// Needs `setup` with [`BridgeConfig::vxlan`] first.
+    /// IPv4 only. Needs `setup` with [`BridgeConfig::vxlan`] first.
     pub fn sync_vxlan(&self, peers: &[VtepPeer]) -> Result<(RouteSync, vxlan::EntrySync)> {
         let own_ip = self.cfg.vxlan.ok_or_else(|| Error::NoLink {
             name: vxlan::DEVICE.into(),
         })?;
-        let want = vxlan::desired(self.cfg.pod_cidr, own_ip, peers);
+        let v4 = self.v4_cidr().ok_or(Error::VxlanNeedsIpv4)?;
+        let want = vxlan::desired(v4, own_ip, peers);
         self.node_ns()?.netlink(move |h| async move {
             let entries = vxlan::sync_entries(&h, &want).await?;
             let dev = link_index(&h, vxlan::DEVICE)
@@ -663,14 +808,16 @@ impl BridgeNetwork {
                 .ok_or_else(|| Error::NoLink {
                     name: vxlan::DEVICE.into(),
                 })?;
-            let routes: BTreeMap<Ipv4Net, Ipv4Addr> =
-                want.iter().map(|(net, e)| (*net, e.overlay)).collect();
+            let routes: BTreeMap<IpNet, IpAddr> = want
+                .iter()
+                .map(|(net, e)| (IpNet::V4(*net), IpAddr::V4(e.overlay)))
+                .collect();
             let r = apply_routes(&h, &routes, Some(dev)).await?;
             Ok((r, entries))
         })
     }
 
-    /// Removes the node side: routes, masquerade table and bridge (the pods' veths go with
+    /// Removes the node side: routes, masquerade tables and bridge (the pods' veths go with
     /// their namespaces).
     pub fn teardown(&self) -> Result<()> {
         self.sync_routes(&[])?;

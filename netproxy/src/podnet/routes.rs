@@ -1,11 +1,12 @@
 //! host-gw: a route to every other node's podCIDR via that node's InternalIP, as flannel's
 //! host-gw backend does. The routes skiff owns carry their own protocol number
-//! ([`ROUTE_PROTOCOL`]), so a sync touches nothing else in the main table.
+//! ([`ROUTE_PROTOCOL`]), so a sync touches nothing else in the main table. Dual-stack: one
+//! route per family, the IPv6 podCIDR via the node's IPv6 InternalIP.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// The `proto` of skiff's pod routes (`ip route show proto 152`).
 pub const ROUTE_PROTOCOL: u8 = 152;
@@ -15,22 +16,26 @@ pub const ROUTE_PROTOCOL: u8 = 152;
 pub struct NodeRoute {
     /// The Node's name.
     pub name: String,
-    /// Its `spec.podCIDR`.
-    pub pod_cidr: Ipv4Net,
-    /// Its InternalIP.
-    pub node_ip: Ipv4Addr,
+    /// One of its `spec.podCIDRs`.
+    pub pod_cidr: IpNet,
+    /// Its InternalIP of that CIDR's family.
+    pub node_ip: IpAddr,
 }
 
-/// The routes this node wants: every other node's podCIDR via its address. Our own podCIDR
-/// (on the bridge) and nodes claiming a CIDR that overlaps ours are left out; when two nodes
-/// claim one CIDR the first by name wins.
-pub fn desired(own_cidr: Ipv4Net, nodes: &[NodeRoute]) -> BTreeMap<Ipv4Net, Ipv4Addr> {
+/// The routes this node wants: every other node's podCIDR via its address of the same
+/// family. Our own podCIDRs (on the bridge) and nodes claiming a CIDR that overlaps one of
+/// ours are left out; when two nodes claim one CIDR the first by name wins.
+pub fn desired(own_cidrs: &[IpNet], nodes: &[NodeRoute]) -> BTreeMap<IpNet, IpAddr> {
     let mut sorted: Vec<&NodeRoute> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = BTreeMap::new();
     for n in sorted {
         let cidr = n.pod_cidr.trunc();
-        if cidr.contains(&own_cidr.network()) || own_cidr.contains(&cidr.network()) {
+        if cidr.network().is_ipv4() != n.node_ip.is_ipv4()
+            || own_cidrs
+                .iter()
+                .any(|own| cidr.contains(&own.network()) || own.contains(&cidr.network()))
+        {
             continue;
         }
         out.entry(cidr).or_insert(n.node_ip);
@@ -42,9 +47,9 @@ pub fn desired(own_cidr: Ipv4Net, nodes: &[NodeRoute]) -> BTreeMap<Ipv4Net, Ipv4
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RoutePlan {
     /// Routes to add or replace (a new gateway).
-    pub set: Vec<(Ipv4Net, Ipv4Addr)>,
+    pub set: Vec<(IpNet, IpAddr)>,
     /// Routes to delete.
-    pub delete: Vec<(Ipv4Net, Ipv4Addr)>,
+    pub delete: Vec<(IpNet, IpAddr)>,
 }
 
 impl RoutePlan {
@@ -55,10 +60,7 @@ impl RoutePlan {
 }
 
 /// The difference between the routes in place and the wanted ones.
-pub fn plan(
-    current: &BTreeMap<Ipv4Net, Ipv4Addr>,
-    desired: &BTreeMap<Ipv4Net, Ipv4Addr>,
-) -> RoutePlan {
+pub fn plan(current: &BTreeMap<IpNet, IpAddr>, desired: &BTreeMap<IpNet, IpAddr>) -> RoutePlan {
     RoutePlan {
         set: desired
             .iter()
@@ -85,7 +87,7 @@ mod tests {
         }
     }
 
-    fn map(v: &[(&str, &str)]) -> BTreeMap<Ipv4Net, Ipv4Addr> {
+    fn map(v: &[(&str, &str)]) -> BTreeMap<IpNet, IpAddr> {
         v.iter()
             .map(|(n, g)| (n.parse().unwrap(), g.parse().unwrap()))
             .collect()
@@ -93,7 +95,10 @@ mod tests {
 
     #[test]
     fn desired_routes() {
-        let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let own: Vec<IpNet> = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        ];
         let cases = [
             (vec![], map(&[])),
             (
@@ -117,9 +122,29 @@ mod tests {
                 ],
                 map(&[("10.244.4.0/24", "192.168.1.1")]),
             ),
+            // dual-stack: each podCIDR via the node's address of its family
+            (
+                vec![
+                    nr("n1", "fd00:10:244:1::/64", "fd00:1::1"),
+                    nr("n2", "10.244.2.0/24", "192.168.1.2"),
+                    nr("n2", "fd00:10:244:2::/64", "fd00:1::2"),
+                ],
+                map(&[
+                    ("10.244.2.0/24", "192.168.1.2"),
+                    ("fd00:10:244:2::/64", "fd00:1::2"),
+                ]),
+            ),
+            // a family mismatch is never routed
+            (
+                vec![
+                    nr("n3", "fd00:10:244:3::/64", "192.168.1.3"),
+                    nr("n3", "10.244.3.0/24", "fd00:1::3"),
+                ],
+                map(&[]),
+            ),
         ];
         for (nodes, want) in cases {
-            assert_eq!(desired(own, &nodes), want, "{nodes:?}");
+            assert_eq!(desired(&own, &nodes), want, "{nodes:?}");
         }
     }
 

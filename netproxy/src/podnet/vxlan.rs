@@ -24,7 +24,7 @@ use netlink_packet_route::neighbour::{
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
-use super::{Error, Result, errno, link_index, nl, only_address};
+use super::{Error, Result, errno, link_index, nl, only_addresses};
 
 /// The device's name (flannel: `flannel.1`).
 pub const DEVICE: &str = "skiff.1";
@@ -272,7 +272,7 @@ pub async fn ensure_device(h: &Handle, node_ip: Ipv4Addr, overlay: Ipv4Addr) -> 
         .execute()
         .await
         .map_err(nl(format!("set the MTU of {DEVICE}")))?;
-    only_address(h, idx, DEVICE, overlay, 32).await?;
+    only_addresses(h, idx, DEVICE, &[(IpAddr::V4(overlay), 32)]).await?;
     h.link()
         .set(LinkUnspec::new_with_index(idx).up().build())
         .execute()
