@@ -172,6 +172,7 @@ pub fn remove_network(bridge: &str, problems: &mut Vec<String>) {
         ("ip", proxy_table.as_str()),
         ("ip6", proxy_table.as_str()),
         ("ip", skiff_netproxy::podnet::nft::TABLE),
+        ("ip6", skiff_netproxy::podnet::nft::TABLE),
         ("ip", skiff_netproxy::podnet::hostport::TABLE),
     ];
     for (family, table) in tables {
@@ -195,8 +196,10 @@ pub fn remove_network(bridge: &str, problems: &mut Vec<String>) {
         }
     }
     let proto = skiff_netproxy::podnet::routes::ROUTE_PROTOCOL.to_string();
-    if let Err(e) = run("ip", &["-4", "route", "flush", "proto", &proto]) {
-        problems.push(format!("routes of protocol {proto}: {e:#}"));
+    for family in ["-4", "-6"] {
+        if let Err(e) = run("ip", &[family, "route", "flush", "proto", &proto]) {
+            problems.push(format!("routes ({family}) of protocol {proto}: {e:#}"));
+        }
     }
 }
 
