@@ -611,18 +611,40 @@ pub(crate) fn raw_item(kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
         serde_json::to_writer(&mut out, k).map_err(|e| ApiError::internal(e.to_string()))?;
         out.push(b':');
         if *k == "metadata" {
-            let mut m: serde_json::Map<String, Value> =
-                serde_json::from_str(v.get()).map_err(|e| {
-                    ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key))
-                })?;
-            m.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
-            serde_json::to_writer(&mut out, &m).map_err(|e| ApiError::internal(e.to_string()))?;
+            splice_resource_version(&mut out, v.get(), kv)?;
         } else {
             out.extend_from_slice(v.get().as_bytes());
         }
     }
     out.push(b'}');
     Ok(out)
+}
+
+/// Writes the stored `metadata` object text with `"resourceVersion"` added as its first
+/// member. Stored objects carry no resourceVersion ([`encode`] removes it), so the text is
+/// spliced without parsing the metadata; one that does carry a key of that name (written by
+/// hand into the store) is parsed and the key replaced, never duplicated.
+fn splice_resource_version(out: &mut Vec<u8>, meta: &str, kv: &KeyValue) -> Result<(), ApiError> {
+    let corrupt = |e: &dyn std::fmt::Display| {
+        ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key))
+    };
+    let Some(rest) = meta.strip_prefix('{') else {
+        return Err(corrupt(&"metadata is not an object"));
+    };
+    let rv = format!("{{\"resourceVersion\":\"{}\"", kv.mod_revision);
+    if meta.contains("\"resourceVersion\"") {
+        let mut m: serde_json::Map<String, Value> =
+            serde_json::from_str(meta).map_err(|e| corrupt(&e))?;
+        m.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        return serde_json::to_writer(out, &m).map_err(|e| ApiError::internal(e.to_string()));
+    }
+    out.extend_from_slice(rv.as_bytes());
+    // `rest` is the members after `{` (or just `}` for an empty object)
+    if !rest.trim_start().starts_with('}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest.as_bytes());
+    Ok(())
 }
 
 /// A stored object as JSON text in `info`'s version: as stored ([`raw_item`]) when that is
@@ -1626,6 +1648,8 @@ mod tests {
                    "status": {"phase": "Running"}}),
             json!({"apiVersion": "v1", "data": {"k": "v"}, "kind": "ConfigMap", "metadata": {"name": "é\u{1}"}}),
             json!({"kind": "Odd"}),
+            json!({"kind": "Empty", "metadata": {}}),
+            json!({"kind": "Spaced", "metadata": { }}),
         ];
         for (i, o) in objects.iter().enumerate() {
             let kv = KeyValue {
@@ -1637,6 +1661,30 @@ mod tests {
             let raw: serde_json::Value = serde_json::from_slice(&raw_item(&kv).unwrap()).unwrap();
             assert_eq!(raw, decode_kv(&kv).unwrap(), "object {i}");
         }
+    }
+
+    #[test]
+    fn raw_items_never_duplicate_a_stored_resource_version() {
+        // written into the store by hand (not through `encode`), with a stale version
+        let kv = KeyValue {
+            key: "/k/stale".into(),
+            value: br#"{"kind":"Pod","metadata":{"name":"p","resourceVersion":"1"}}"#.to_vec(),
+            create_revision: 1,
+            mod_revision: 9,
+        };
+        let text = String::from_utf8(raw_item(&kv).unwrap()).unwrap();
+        assert_eq!(text.matches("resourceVersion").count(), 1, "{text}");
+        // typed decoding rejects duplicate fields, so this is what a client would see
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_str(&text).unwrap();
+        assert_eq!(pod.metadata.resource_version.as_deref(), Some("9"));
+        let spliced = KeyValue {
+            value: br#"{"kind":"Pod","metadata":{"name":"p"}}"#.to_vec(),
+            ..kv
+        };
+        let pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_slice(&raw_item(&spliced).unwrap()).unwrap();
+        assert_eq!(pod.metadata.resource_version.as_deref(), Some("9"));
+        assert_eq!(pod.metadata.name.as_deref(), Some("p"));
     }
 
     #[test]
