@@ -158,7 +158,12 @@ impl ConfigFile {
                 };
                 let arg = sub
                     .get_arguments()
-                    .find(|a| a.get_long() == Some(key.as_str()) && !a.is_hide_set())
+                    .find(|a| {
+                        let alias = a
+                            .get_all_aliases()
+                            .is_some_and(|names| names.contains(&key.as_str()));
+                        (a.get_long() == Some(key.as_str()) || alias) && !a.is_hide_set()
+                    })
                     .filter(|_| !NOT_KEYS.contains(&key.as_str()))
                     .ok_or_else(|| {
                         err(|path, section, key| ConfigError::UnknownKey { path, section, key })
@@ -256,6 +261,12 @@ mod tests {
         leader_elect: Option<bool>,
         #[arg(long, value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        #[arg(
+            long = "service-cluster-ip-range",
+            visible_alias = "service-cidr",
+            default_value = "10.96.0.0/12"
+        )]
+        service_range: String,
     }
     #[derive(Args, Debug, PartialEq)]
     struct A {
@@ -310,6 +321,17 @@ mod tests {
         assert_eq!(m.listen, "0.0.0.0:6443");
         assert_eq!(m.grace, 40);
         assert!(parse("", &["skiff", "master"]).is_err());
+    }
+
+    #[test]
+    fn a_flag_alias_is_a_key_too() {
+        for key in ["service-cluster-ip-range", "service-cidr"] {
+            let yaml = format!("master:\n  data-dir: /d\n  {key}: 10.0.0.0/16,fd00::/108\n");
+            let m = master(parse(&yaml, &["skiff", "master"]).unwrap());
+            assert_eq!(m.service_range, "10.0.0.0/16,fd00::/108", "{key}");
+        }
+        let m = master(parse("", &["skiff", "master", "--data-dir=/d"]).unwrap());
+        assert_eq!(m.service_range, "10.96.0.0/12");
     }
 
     #[test]

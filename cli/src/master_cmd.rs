@@ -54,18 +54,31 @@ pub struct MasterArgs {
     /// Address to serve HTTPS on.
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
-    /// Service ClusterIP range.
-    #[arg(long, default_value = "10.96.0.0/12")]
+    /// Service ClusterIP ranges: one CIDR, or two of different families for dual-stack
+    /// Services (`10.96.0.0/12,fd00:10:96::/108`); the first is the primary family.
+    #[arg(
+        long = "service-cluster-ip-range",
+        visible_alias = "service-cidr",
+        default_value = "10.96.0.0/12"
+    )]
     service_cidr: String,
     /// NodePort range, inclusive (`LOW-HIGH`).
     #[arg(long, default_value = "30000-32767")]
     node_port_range: String,
-    /// Pod CIDR of the cluster; each node gets one block of it as its podCIDR.
+    /// Pod CIDRs of the cluster, one or one per family (`10.244.0.0/16,fd00:10:244::/56`);
+    /// each node gets one block of each as its podCIDRs.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
-    /// Prefix length of each node's podCIDR.
-    #[arg(long, default_value_t = 24)]
-    node_cidr_mask_size: u8,
+    /// Prefix length of each node's podCIDR on a single-stack cluster (default: the
+    /// family's, 24 or 64; not allowed with two cluster CIDRs).
+    #[arg(long)]
+    node_cidr_mask_size: Option<u8>,
+    /// Prefix length of each node's IPv4 podCIDR (default 24).
+    #[arg(long)]
+    node_cidr_mask_size_ipv4: Option<u8>,
+    /// Prefix length of each node's IPv6 podCIDR (default 64).
+    #[arg(long)]
+    node_cidr_mask_size_ipv6: Option<u8>,
     /// Seconds without a Lease renewal before a node is marked Ready=Unknown.
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_period: u64,
@@ -178,6 +191,14 @@ impl Master {
 /// Opens the store, starts the API server and the controllers; returns once it serves.
 pub(crate) async fn start(args: &MasterArgs) -> Result<Master> {
     let node_port_range = parse_range(&args.node_port_range)?;
+    // refused at start, as kube-controller-manager refuses them
+    skiff_master::controllers::nodeipam::cidr_sets(
+        &args.cluster_cidr,
+        args.node_cidr_mask_size.unwrap_or(0),
+        args.node_cidr_mask_size_ipv4.unwrap_or(0),
+        args.node_cidr_mask_size_ipv6.unwrap_or(0),
+    )
+    .context("invalid --cluster-cidr or node CIDR mask flags")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let store = open_store(args).await?;
@@ -197,7 +218,9 @@ pub(crate) async fn start(args: &MasterArgs) -> Result<Master> {
         let settings = skiff_master::controllers::Settings {
             lease_duration: args.leader_elect_lease_duration,
             cluster_cidr: args.cluster_cidr.clone(),
-            node_cidr_mask: args.node_cidr_mask_size,
+            node_cidr_mask: args.node_cidr_mask_size.unwrap_or(0),
+            node_cidr_mask_ipv4: args.node_cidr_mask_size_ipv4.unwrap_or(0),
+            node_cidr_mask_ipv6: args.node_cidr_mask_size_ipv6.unwrap_or(0),
             node_monitor_grace_period: std::time::Duration::from_secs(
                 args.node_monitor_grace_period,
             ),

@@ -3,6 +3,8 @@
 //! `discovery`, Service IP/port allocation in `services`.
 
 mod discovery;
+/// IPv4/IPv6: CIDRs of both families, the Service ranges, ipFamilyPolicy/ipFamilies rules.
+pub mod dualstack;
 mod eviction;
 mod measure;
 /// `metrics.k8s.io/v1beta1` from the metrics collector's cache.
@@ -20,7 +22,7 @@ mod watch;
 mod watch_lines;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -73,7 +75,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where to listen (port 0 = any).
     pub listen: SocketAddr,
-    /// The Service CIDR (`10.96.0.0/12`).
+    /// The Service CIDRs, `--service-cluster-ip-range`: one, or one per family
+    /// (`10.96.0.0/12,fd00:10:96::/108`), the primary first.
     pub service_cidr: String,
     /// The NodePort range, inclusive.
     pub node_port_range: (u16, u16),
@@ -92,20 +95,6 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// Parses `a.b.c.d/n`.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, len) = s
-        .split_once('/')
-        .ok_or_else(|| format!("{s:?} is not a CIDR"))?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{s:?} is not a CIDR"))?;
-    let len: u8 = len.parse().map_err(|_| format!("{s:?} is not a CIDR"))?;
-    if !(1..=30).contains(&len) {
-        return Err(format!("{s:?}: prefix length must be 1..=30"));
-    }
-    let mask = u32::MAX << (32 - len);
-    Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
-}
-
 /// Who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Identity {
@@ -120,7 +109,7 @@ pub(crate) struct Server {
     pub(crate) store: Arc<dyn Store>,
     admin_token: String,
     node_token: String,
-    pub(crate) service_net: (Ipv4Addr, u8),
+    pub(crate) service_cidrs: dualstack::ServiceCidrs,
     pub(crate) node_ports: (u16, u16),
     /// Serializes Service allocations (derived from stored Services).
     pub(crate) alloc_lock: tokio::sync::Mutex<()>,
@@ -204,13 +193,14 @@ impl ServerHandle {
 /// Starts the API server: credentials, bootstrap objects, TLS listener, namespace
 /// controller. Returns once it listens.
 pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
-    let service_net = parse_cidr(&config.service_cidr).map_err(ServeError::Config)?;
+    let service_cidrs =
+        dualstack::ServiceCidrs::parse(&config.service_cidr).map_err(ServeError::Config)?;
     if config.node_port_range.0 > config.node_port_range.1 {
         return Err(ServeError::Config("empty node port range".into()));
     }
-    let service_ip = Ipv4Addr::from(u32::from(service_net.0) + 1);
-    let creds =
-        certs::load_or_create(&config.data_dir, config.listen.ip(), IpAddr::V4(service_ip))?;
+    // the kubernetes Service: the first address of the primary range
+    let service_ip = service_cidrs.primary().nth(1);
+    let creds = certs::load_or_create(&config.data_dir, config.listen.ip(), service_ip)?;
     let tls = certs::server_tls_config(&creds, &config.data_dir)?;
     let kubelet_tls = Arc::new(certs::kubelet_client_tls(&creds, &config.data_dir)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
@@ -235,7 +225,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         metrics: api_metrics,
         admin_token: creds.admin_token.clone(),
         node_token: creds.node_token.clone(),
-        service_net,
+        service_cidrs,
         node_ports: config.node_port_range,
         alloc_lock: tokio::sync::Mutex::new(()),
         shutdown: rx.clone(),

@@ -2,7 +2,6 @@
 //! scale and binding subresources, bootstrap objects and the namespace controller.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -1511,7 +1510,10 @@ pub(crate) fn openapi_v2() -> Response {
 }
 
 /// Creates the bootstrap namespaces and the `kubernetes` Service when missing.
-pub(crate) async fn bootstrap(server: &Server, service_ip: Ipv4Addr) -> Result<(), ApiError> {
+pub(crate) async fn bootstrap(
+    server: &Server,
+    service_ip: std::net::IpAddr,
+) -> Result<(), ApiError> {
     let nsinfo =
         find("", "namespaces").ok_or_else(|| ApiError::internal("namespaces not served"))?;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -1541,7 +1543,8 @@ pub(crate) async fn bootstrap(server: &Server, service_ip: Ipv4Addr) -> Result<(
     });
     // the cluster DNS Service at the CIDR's tenth address, as kubeadm makes it; every agent
     // serves that address itself (docs/network.md), so it selects no pods of ours
-    let dns_ip = Ipv4Addr::from(u32::from(service_ip).wrapping_add(9));
+    let primary = server.service_cidrs.primary();
+    let dns_ip = primary.nth(10);
     let kube_dns = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kube-dns", "namespace": "kube-system",
@@ -1553,9 +1556,7 @@ pub(crate) async fn bootstrap(server: &Server, service_ip: Ipv4Addr) -> Result<(
                            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}],
                  "sessionAffinity": "None"}
     });
-    let (net, len) = server.service_net;
-    let in_net = u32::from(dns_ip) & (u32::MAX << (32 - len)) == u32::from(net)
-        && u32::from(dns_ip) != u32::from(net) | !(u32::MAX << (32 - len));
+    let in_net = primary.last_offset() > 10 && primary.allocatable(dns_ip);
     for (ns, name, obj) in [
         ("default", "kubernetes", Some(kubernetes)),
         ("kube-system", "kube-dns", in_net.then_some(kube_dns)),

@@ -7,13 +7,14 @@
 //! long enough for its Service to be stored (then the Service itself holds the address).
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use serde_json::{Value, json};
 
 use super::Server;
+use super::dualstack::{self, Family, ServiceCidrs, go_strings};
 use super::status::ApiError;
 use crate::resources::{FieldError, find};
 use crate::store::StoreError;
@@ -44,13 +45,9 @@ struct Reservation {
     at: i64,
 }
 
-/// The ClusterIP and NodePorts `svc` holds.
-fn held(svc: &Value) -> (Option<String>, Vec<u64>) {
-    let ip = svc
-        .pointer("/spec/clusterIP")
-        .and_then(Value::as_str)
-        .filter(|ip| !ip.is_empty() && *ip != "None")
-        .map(str::to_string);
+/// The ClusterIPs and NodePorts `svc` holds.
+fn held(svc: &Value) -> (Vec<String>, Vec<u64>) {
+    let ips = cluster_ips(svc);
     let ports = svc
         .pointer("/spec/ports")
         .and_then(Value::as_array)
@@ -58,7 +55,24 @@ fn held(svc: &Value) -> (Option<String>, Vec<u64>) {
         .flatten()
         .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
         .collect();
-    (ip, ports)
+    (ips, ports)
+}
+
+/// The addresses in `spec.clusterIPs` (and `spec.clusterIP`) of `svc`, without `None`.
+fn cluster_ips(svc: &Value) -> Vec<String> {
+    let mut ips: Vec<String> = svc
+        .pointer("/spec/clusterIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .chain(svc.pointer("/spec/clusterIP").and_then(Value::as_str))
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .map(str::to_string)
+        .collect();
+    let mut seen = HashSet::new();
+    ips.retain(|ip| seen.insert(ip.clone()));
+    ips
 }
 
 /// Fills in `spec.clusterIP(s)` and `nodePort`s of `svc` (stored at `key`; `old` is the
@@ -82,8 +96,8 @@ pub(crate) async fn allocate(
             .retain(|r| now - r.at < RESERVATION_SECONDS);
         let mut candidate = svc.clone();
         assign(server, key, &mut candidate, old, &mut reservations).await?;
-        let (ip, ports) = held(&candidate);
-        let (old_ip, old_ports) = old.map(held).unwrap_or_default();
+        let (ips, ports) = held(&candidate);
+        let (old_ips, old_ports) = old.map(held).unwrap_or_default();
         let mut new: Vec<Reservation> = ports
             .into_iter()
             .filter(|p| !old_ports.contains(p))
@@ -94,7 +108,7 @@ pub(crate) async fn allocate(
                 at: now,
             })
             .collect();
-        if let Some(ip) = ip.filter(|ip| old_ip.as_ref() != Some(ip)) {
+        for ip in ips.into_iter().filter(|ip| !old_ips.contains(ip)) {
             new.push(Reservation {
                 ip: Some(ip),
                 port: None,
@@ -171,9 +185,7 @@ async fn assign(
         let Ok(o) = serde_json::from_slice::<Value>(&kv.value) else {
             continue;
         };
-        if let Some(ip) = o.pointer("/spec/clusterIP").and_then(Value::as_str) {
-            ips.insert(ip.to_string());
-        }
+        ips.extend(cluster_ips(&o));
         for p in o
             .pointer("/spec/ports")
             .and_then(Value::as_array)
@@ -205,80 +217,17 @@ async fn assign(
     if ty == "ExternalName" {
         return Ok(());
     }
-    // ClusterIP: keep the old one on update
-    let old_ip = old
-        .and_then(|o| o.pointer("/spec/clusterIP"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let requested = spec
-        .get("clusterIP")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .or_else(|| {
-            spec.pointer("/clusterIPs/0")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .or(old_ip.clone());
-    let (net, len) = server.service_net;
-    let base = u32::from(net);
-    let size = 1u64 << (32 - len);
-    let ip = match requested {
-        Some(ip) if ip == "None" => ip,
-        Some(ip) => {
-            if let Some(old_ip) = &old_ip
-                && *old_ip != ip
-            {
-                return Err(invalid(
-                    &name,
-                    "spec.clusterIPs[0]",
-                    "Invalid value: []string{\"".to_string() + &ip + "\"}: may not change once set",
-                ));
-            }
-            let parsed: Ipv4Addr = ip.parse().map_err(|_| {
-                invalid(
-                    &name,
-                    "spec.clusterIPs[0]",
-                    format!("Invalid value: \"{ip}\": must be a valid IP address"),
-                )
-            })?;
-            let off = u64::from(u32::from(parsed).wrapping_sub(base));
-            if u32::from(parsed) < base || off == 0 || off >= size - 1 {
-                return Err(invalid(
-                    &name,
-                    "spec.clusterIPs",
-                    format!(
-                        "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {net}/{len}"
-                    ),
-                ));
-            }
-            if ips.contains(&ip) {
-                return Err(invalid(
-                    &name,
-                    "spec.clusterIPs",
-                    format!(
-                        "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"
-                    ),
-                ));
-            }
-            ip
-        }
-        None => {
-            // first free address, skipping .1 (the kubernetes Service) and the ends
-            let found = (2..size - 1)
-                .map(|off| Ipv4Addr::from(base.wrapping_add(off as u32)).to_string())
-                .find(|ip| !ips.contains(ip));
-            found.ok_or_else(|| {
-                ApiError::internal("failed to allocate a serviceIP: range is full")
-            })?
-        }
+    let old_spec = old.and_then(|o| o.get("spec")).and_then(Value::as_object);
+    let Some(spec_map) = spec.as_object_mut() else {
+        return Ok(());
     };
-    spec["clusterIP"] = json!(ip);
-    spec["clusterIPs"] = json!([ip]);
-    if ip != "None" && spec.get("ipFamilies").is_none() {
-        spec["ipFamilies"] = json!(["IPv4"]);
-        spec["ipFamilyPolicy"] = json!("SingleStack");
+    dualstack::init_ip_families(spec_map, old_spec, &server.service_cidrs)
+        .map_err(|errs| ApiError::invalid("", "Service", &name, &errs))?;
+    let used: HashSet<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    let ips = cluster_ips_for(&name, spec_map, old_spec, &server.service_cidrs, &used)?;
+    if let Some(first) = ips.first() {
+        spec["clusterIP"] = json!(first);
+        spec["clusterIPs"] = json!(ips);
     }
     // NodePorts
     let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
@@ -337,4 +286,91 @@ async fn assign(
         }
     }
     Ok(())
+}
+
+/// The clusterIPs of a Service spec whose `ipFamilies` are settled: per family the requested
+/// (or kept) address, checked to lie in that family's range and to be free of `used`, else
+/// the first free address of the range; `["None"]` for a headless Service.
+fn cluster_ips_for(
+    name: &str,
+    spec: &serde_json::Map<String, Value>,
+    old: Option<&serde_json::Map<String, Value>>,
+    cidrs: &ServiceCidrs,
+    used: &HashSet<IpAddr>,
+) -> Result<Vec<String>, ApiError> {
+    let list = |m: &serde_json::Map<String, Value>, k: &str| -> Vec<String> {
+        m.get(k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()
+    };
+    let requested = list(spec, "clusterIPs");
+    if requested.first().map(String::as_str) == Some("None") {
+        return Ok(requested);
+    }
+    let old_ips = old.map(|o| list(o, "clusterIPs")).unwrap_or_default();
+    for (i, (new, old)) in requested.iter().zip(&old_ips).enumerate() {
+        if new != old && old != "None" {
+            return Err(invalid(
+                name,
+                &format!("spec.clusterIPs[{i}]"),
+                format!(
+                    "Invalid value: {}: may not change once set",
+                    go_strings(&requested)
+                ),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (i, fam) in list(spec, "ipFamilies").iter().enumerate() {
+        let Some(range) = Family::parse(fam).and_then(|f| cidrs.get(f)) else {
+            continue;
+        };
+        let ip = match requested.get(i) {
+            Some(ip) => {
+                let parsed: IpAddr = ip.parse().map_err(|_| {
+                    invalid(
+                        name,
+                        &format!("spec.clusterIPs[{i}]"),
+                        format!("Invalid value: \"{ip}\": must be a valid IP address"),
+                    )
+                })?;
+                let kept = old_ips.get(i) == Some(ip);
+                if !kept && !range.allocatable(parsed) {
+                    return Err(invalid(
+                        name,
+                        "spec.clusterIPs",
+                        format!(
+                            "Invalid value: {}: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {range}",
+                            go_strings(&requested)
+                        ),
+                    ));
+                }
+                if !kept && used.contains(&parsed) {
+                    return Err(invalid(
+                        name,
+                        "spec.clusterIPs",
+                        format!(
+                            "Invalid value: {}: failed to allocate IP {ip}: provided IP is already allocated",
+                            go_strings(&requested)
+                        ),
+                    ));
+                }
+                ip.clone()
+            }
+            None => range
+                .first_free(used)
+                .ok_or_else(|| {
+                    ApiError::internal(format!(
+                        "failed to allocate a serviceIP: range {range} is full"
+                    ))
+                })?
+                .to_string(),
+        };
+        out.push(ip);
+    }
+    Ok(out)
 }

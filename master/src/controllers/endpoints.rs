@@ -429,7 +429,7 @@ fn slice_matches(
     labels: &BTreeMap<String, String>,
     owners: &[OwnerReference],
 ) -> bool {
-    slice.address_type == "IPv4"
+    slice.address_type == want.address_type.name()
         && slice.endpoints == want.endpoints
         && slice.ports.clone().unwrap_or_default() == want.ports
         && slice.labels() == labels
@@ -454,18 +454,23 @@ async fn sync_slices(
             .iter()
             .position(|s| slice_matches(s, &want, &labels, &owners))
             .or_else(|| {
+                existing.iter().position(|s| {
+                    s.address_type == want.address_type.name()
+                        && s.ports.clone().unwrap_or_default() == want.ports
+                })
+            })
+            // addressType is immutable: only a slice of the same type is reused
+            .or_else(|| {
                 existing
                     .iter()
-                    .position(|s| s.ports.clone().unwrap_or_default() == want.ports)
-            })
-            .or(if existing.is_empty() { None } else { Some(0) });
+                    .position(|s| s.address_type == want.address_type.name())
+            });
         match pos {
             Some(i) => {
                 let mut slice = existing.remove(i);
                 if slice_matches(&slice, &want, &labels, &owners) {
                     continue;
                 }
-                slice.address_type = "IPv4".into();
                 slice.endpoints = want.endpoints;
                 slice.ports = Some(want.ports);
                 slice.metadata.labels = Some(labels.clone());
@@ -483,7 +488,7 @@ async fn sync_slices(
                         owner_references: Some(owners.clone()),
                         ..Default::default()
                     },
-                    address_type: "IPv4".into(),
+                    address_type: want.address_type.name().into(),
                     endpoints: want.endpoints,
                     ports: Some(want.ports),
                 };

@@ -11,6 +11,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+pub use crate::api::dualstack::Family;
+
 /// Label naming the Service of an EndpointSlice.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label naming the controller that manages an EndpointSlice.
@@ -55,18 +57,54 @@ fn phase(pod: &Pod) -> &str {
         .unwrap_or("")
 }
 
-/// The pod's IPv4 address, when it has one.
-pub fn pod_ip(pod: &Pod) -> Option<&str> {
+/// The pod's address of `family` (from `podIPs`, else `podIP`), when it has one.
+pub fn pod_ip(pod: &Pod, family: Family) -> Option<&str> {
     let st = pod.status.as_ref()?;
-    let from_list = st
-        .pod_ips
+    st.pod_ips
         .iter()
         .flatten()
         .map(|p| p.ip.as_str())
-        .find(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
-    from_list
-        .or(st.pod_ip.as_deref())
-        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+        .chain(st.pod_ip.as_deref())
+        .find(|ip| Family::of_str(ip) == Some(family))
+}
+
+fn has_ip(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|st| {
+        st.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+            || st.pod_ips.as_ref().is_some_and(|l| !l.is_empty())
+    })
+}
+
+/// The address families of `svc`'s endpoints: its `ipFamilies`, else the families of its
+/// clusterIPs, else IPv4 (`getAddressTypesForService`).
+pub fn service_families(svc: &Service) -> Vec<Family> {
+    let Some(spec) = svc.spec.as_ref() else {
+        return vec![Family::V4];
+    };
+    let mut families: Vec<Family> = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .filter_map(|f| Family::parse(f))
+        .collect();
+    if families.is_empty() {
+        families = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.as_ref())
+            .filter_map(|ip| Family::of_str(ip))
+            .fold(Vec::new(), |mut acc, f| {
+                if !acc.contains(&f) {
+                    acc.push(f);
+                }
+                acc
+            });
+    }
+    if families.is_empty() {
+        families.push(Family::V4);
+    }
+    families
 }
 
 /// `podutil.IsPodReady`: the Ready condition is True.
@@ -89,7 +127,7 @@ pub fn should_be_endpoint(pod: &Pod, include_terminating: bool) -> bool {
     if matches!(phase(pod), "Succeeded" | "Failed") {
         return false;
     }
-    if pod_ip(pod).is_none() {
+    if !has_ip(pod) {
         return false;
     }
     include_terminating || !terminating(pod)
@@ -196,6 +234,7 @@ fn candidates<'a>(
     svc: &Service,
     pods: &[&'a Pod],
     include_terminating: bool,
+    family: Family,
 ) -> Vec<(&'a Pod, &'a str, Vec<EndpointPort>)> {
     let portless_headless = service_ports(svc).is_empty() && is_headless(svc);
     let mut out: Vec<(&'a Pod, &'a str, Vec<EndpointPort>)> = pods
@@ -203,7 +242,7 @@ fn candidates<'a>(
         .copied()
         .filter(|pod| should_be_endpoint(pod, include_terminating))
         .filter_map(|pod| {
-            let ip = pod_ip(pod)?;
+            let ip = pod_ip(pod, family)?;
             let ports = endpoint_ports(svc, pod);
             (!ports.is_empty() || portless_headless).then_some((pod, ip, ports))
         })
@@ -214,8 +253,8 @@ fn candidates<'a>(
 
 /// The Endpoints subsets of `svc` over `pods` (already filtered to the Service's namespace
 /// and selector): ready pods in `addresses`, the others in `notReadyAddresses` (all in
-/// `addresses` with publishNotReadyAddresses), grouped by their resolved ports, sorted.
-/// Returns the subsets and whether they were truncated to [`MAX_ENDPOINTS_ADDRESSES`].
+/// `addresses` with publishNotReadyAddresses), grouped by their resolved ports, sorted;
+/// addresses of the Service's primary family only, as upstream's Endpoints. Returns the subsets and whether they were truncated to [`MAX_ENDPOINTS_ADDRESSES`].
 pub fn endpoints_subsets(svc: &Service, pods: &[&Pod]) -> (Vec<EndpointSubset>, bool) {
     let publish = publish_not_ready(svc);
     // ports key → (ports, ready, not ready)
@@ -225,7 +264,8 @@ pub fn endpoints_subsets(svc: &Service, pods: &[&Pod]) -> (Vec<EndpointSubset>, 
         Vec<EndpointAddress>,
     );
     let mut groups: BTreeMap<Vec<(String, i32, String)>, Group> = BTreeMap::new();
-    let all = candidates(svc, pods, publish);
+    let primary = service_families(svc)[0];
+    let all = candidates(svc, pods, publish, primary);
     let truncated = all.len() > MAX_ENDPOINTS_ADDRESSES;
     for (pod, ip, ports) in all.into_iter().take(MAX_ENDPOINTS_ADDRESSES) {
         let addr = EndpointAddress {
@@ -285,27 +325,42 @@ pub fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
     labels
 }
 
-/// The content of one EndpointSlice: its ports and endpoints.
+/// The content of one EndpointSlice: its address type, ports and endpoints.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SliceContent {
+    /// `IPv4` or `IPv6`.
+    pub address_type: Family,
     /// Ports shared by every endpoint of the slice.
     pub ports: Vec<discovery::EndpointPort>,
     /// At most [`MAX_ENDPOINTS_PER_SLICE`].
     pub endpoints: Vec<discovery::Endpoint>,
 }
 
-/// The EndpointSlices of `svc` over `pods`: every pod with an IP (terminating ones too, with
+/// The EndpointSlices of `svc` over `pods`, one set per family of the Service (its
+/// `ipFamilies`): every pod with an address of that family (terminating ones too, with
 /// `serving`/`terminating` conditions), grouped by resolved ports, at most
 /// [`MAX_ENDPOINTS_PER_SLICE`] per slice. `zone_of` maps a node name to its
-/// `topology.kubernetes.io/zone`. No pods → one empty placeholder slice.
+/// `topology.kubernetes.io/zone`. A family without endpoints → one empty placeholder slice.
 pub fn slices(
     svc: &Service,
     pods: &[&Pod],
     zone_of: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<SliceContent> {
+    service_families(svc)
+        .into_iter()
+        .flat_map(|family| family_slices(svc, pods, zone_of, family))
+        .collect()
+}
+
+fn family_slices(
+    svc: &Service,
+    pods: &[&Pod],
+    zone_of: &dyn Fn(&str) -> Option<String>,
+    family: Family,
+) -> Vec<SliceContent> {
     let publish = publish_not_ready(svc);
     let mut groups: BTreeMap<Vec<(String, i32, String)>, SliceContent> = BTreeMap::new();
-    for (pod, ip, ports) in candidates(svc, pods, true) {
+    for (pod, ip, ports) in candidates(svc, pods, true, family) {
         let serving = is_ready(pod);
         let term = terminating(pod);
         let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -334,6 +389,7 @@ pub fn slices(
         groups
             .entry(port_key(&ports))
             .or_insert_with(|| SliceContent {
+                address_type: family,
                 ports: slice_ports,
                 endpoints: Vec::new(),
             })
@@ -344,6 +400,7 @@ pub fn slices(
     for group in groups.into_values() {
         for chunk in group.endpoints.chunks(MAX_ENDPOINTS_PER_SLICE) {
             out.push(SliceContent {
+                address_type: family,
                 ports: group.ports.clone(),
                 endpoints: chunk.to_vec(),
             });
@@ -351,6 +408,7 @@ pub fn slices(
     }
     if out.is_empty() {
         out.push(SliceContent {
+            address_type: family,
             ports: Vec::new(),
             endpoints: Vec::new(),
         });
@@ -535,10 +593,101 @@ mod tests {
         assert_eq!(
             empty,
             [SliceContent {
+                address_type: Family::V4,
                 ports: vec![],
                 endpoints: vec![]
             }]
         );
+    }
+
+    #[test]
+    fn one_slice_set_per_family_and_endpoints_of_the_primary() {
+        fn dual(name: &str, v4: &str, v6: &str) -> Pod {
+            let mut p = pod(name, Some(v4), true, "web-pod-port", 8080);
+            p.status.as_mut().unwrap().pod_ips = Some(vec![
+                k8s_openapi::api::core::v1::PodIP { ip: v4.into() },
+                k8s_openapi::api::core::v1::PodIP { ip: v6.into() },
+            ]);
+            p
+        }
+        let a = dual("a", "10.0.0.1", "fd00::1");
+        let b = dual("b", "10.0.0.2", "fd00::2");
+        let only4 = pod("c", Some("10.0.0.3"), true, "web-pod-port", 8080);
+        let pods = [&a, &b, &only4];
+        let with = |families: serde_json::Value| {
+            let mut s = web_service(false);
+            s.spec.as_mut().unwrap().ip_families = serde_json::from_value(families).unwrap();
+            s
+        };
+        let zone = |_: &str| None;
+        let addrs = |out: &[SliceContent]| -> Vec<(&'static str, Vec<String>)> {
+            out.iter()
+                .map(|s| {
+                    (
+                        s.address_type.name(),
+                        s.endpoints.iter().map(|e| e.addresses[0].clone()).collect(),
+                    )
+                })
+                .collect()
+        };
+        // (ipFamilies, slices by type, Endpoints addresses)
+        type Case = (
+            serde_json::Value,
+            Vec<(&'static str, Vec<&'static str>)>,
+            Vec<&'static str>,
+        );
+        let cases: [Case; 4] = [
+            (
+                json!(["IPv4"]),
+                vec![("IPv4", vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"])],
+                vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+            ),
+            (
+                json!(["IPv6"]),
+                vec![("IPv6", vec!["fd00::1", "fd00::2"])],
+                vec!["fd00::1", "fd00::2"],
+            ),
+            (
+                json!(["IPv4", "IPv6"]),
+                vec![
+                    ("IPv4", vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+                    ("IPv6", vec!["fd00::1", "fd00::2"]),
+                ],
+                vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+            ),
+            (
+                json!(["IPv6", "IPv4"]),
+                vec![
+                    ("IPv6", vec!["fd00::1", "fd00::2"]),
+                    ("IPv4", vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+                ],
+                vec!["fd00::1", "fd00::2"],
+            ),
+        ];
+        for (families, want_slices, want_endpoints) in cases {
+            let svc = with(families.clone());
+            let got = slices(&svc, &pods, &zone);
+            let want: Vec<(&str, Vec<String>)> = want_slices
+                .iter()
+                .map(|(t, l)| (*t, l.iter().map(|s| s.to_string()).collect()))
+                .collect();
+            assert_eq!(addrs(&got), want, "{families}");
+            let (subsets, _) = endpoints_subsets(&svc, &pods);
+            let all: Vec<&str> = subsets.iter().flat_map(|s| ips(&s.addresses)).collect();
+            assert_eq!(all, want_endpoints, "{families}");
+        }
+        // a family no pod has an address of still gets its placeholder
+        let got = slices(&with(json!(["IPv4", "IPv6"])), &[&only4], &zone);
+        assert_eq!(
+            got.iter()
+                .map(|s| (s.address_type, s.endpoints.len()))
+                .collect::<Vec<_>>(),
+            [(Family::V4, 1), (Family::V6, 0)]
+        );
+        // no ipFamilies: the clusterIPs' families
+        let mut svc = web_service(false);
+        svc.spec.as_mut().unwrap().cluster_ips = Some(vec!["fd00::10".into()]);
+        assert_eq!(service_families(&svc), [Family::V6]);
     }
 
     #[test]

@@ -47,10 +47,16 @@ use tracing::warn;
 /// Tunables of the controllers (all have Kubernetes' defaults).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Pod CIDR of the whole cluster, split into one block per node (`10.244.0.0/16`).
+    /// Pod CIDRs of the whole cluster, split into one block per node: one, or one per
+    /// family (`10.244.0.0/16,fd00:10:244::/56`).
     pub cluster_cidr: String,
-    /// Prefix length of each node's podCIDR (24).
+    /// `--node-cidr-mask-size`: prefix length of each node's podCIDR on a single-stack
+    /// cluster (0: not set, the family's default).
     pub node_cidr_mask: u8,
+    /// `--node-cidr-mask-size-ipv4` (0: not set, 24).
+    pub node_cidr_mask_ipv4: u8,
+    /// `--node-cidr-mask-size-ipv6` (0: not set, 64).
+    pub node_cidr_mask_ipv6: u8,
     /// A node whose Lease is older than this becomes Ready=Unknown (40 s).
     pub node_monitor_grace_period: Duration,
     /// tolerationSeconds given to pods for the not-ready/unreachable taints (300 s).
@@ -81,7 +87,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             cluster_cidr: "10.244.0.0/16".into(),
-            node_cidr_mask: 24,
+            node_cidr_mask: 0,
+            node_cidr_mask_ipv4: 0,
+            node_cidr_mask_ipv6: 0,
             node_monitor_grace_period: Duration::from_secs(40),
             default_toleration_seconds: 300,
             eviction_rate: 0.1,

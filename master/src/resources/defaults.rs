@@ -320,8 +320,8 @@ fn service_spec(spec: &mut Map<String, Value>) {
     }
     if ty != "ExternalName" {
         set_default(spec, "internalTrafficPolicy", json!("Cluster"));
-        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
-        set_default(spec, "ipFamilies", json!(["IPv4"]));
+        // ipFamilyPolicy and ipFamilies depend on the cluster's Service ranges: the API
+        // server sets them with the addresses (api::dualstack)
     }
     if ty == "NodePort" || ty == "LoadBalancer" {
         set_default(spec, "externalTrafficPolicy", json!("Cluster"));
@@ -428,7 +428,7 @@ mod tests {
             json!({"port": 80, "protocol": "TCP", "targetPort": 80})
         );
         assert_eq!(svc["spec"]["internalTrafficPolicy"], "Cluster");
-        assert_eq!(svc["spec"]["ipFamilyPolicy"], "SingleStack");
+        assert!(svc["spec"].get("ipFamilyPolicy").is_none());
         assert!(svc["spec"].get("externalTrafficPolicy").is_none());
 
         let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x:1"}]}}}});

@@ -364,6 +364,6 @@ mod table;
 /// Round trips through the k8s-openapi types (type checks, unknown fields).
 mod typed;
 /// Validation of objects, worded as the apiserver words it.
-mod validation;
+pub(crate) mod validation;
 /// Jobs, CronJobs and DaemonSets: defaults, validation, immutable fields, table columns.
 pub mod workloads;

@@ -35,22 +35,40 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub handle: ServerHandle,
     pub store: Arc<MemoryStore>,
+    pub service_cidr: String,
 }
 
 pub async fn start() -> TestServer {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    start_with("10.96.0.0/12").await
+}
+
+/// A server whose Service ranges are `service_cidr` (`10.96.0.0/12,fd00:10:96::/108`).
+pub async fn start_with(service_cidr: &str) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(MemoryStore::new());
+    serve_on(dir, Arc::new(MemoryStore::new()), service_cidr).await
+}
+
+async fn serve_on(
+    dir: tempfile::TempDir,
+    store: Arc<MemoryStore>,
+    service_cidr: &str,
+) -> TestServer {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let handle = serve(Config {
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        service_cidr: "10.96.0.0/12".into(),
+        service_cidr: service_cidr.into(),
         node_port_range: (30000, 32767),
         store: store.clone(),
     })
     .await
     .unwrap();
-    TestServer { dir, handle, store }
+    TestServer {
+        dir,
+        handle,
+        store,
+        service_cidr: service_cidr.into(),
+    }
 }
 
 pub fn kubectl_path(version: &str) -> PathBuf {
@@ -64,6 +82,19 @@ pub fn kubectl_path(version: &str) -> PathBuf {
 }
 
 impl TestServer {
+    /// Stops the server and starts a new one on the same data dir and store (a master
+    /// restart: nothing but what the store holds survives).
+    pub async fn restart(self) -> TestServer {
+        let TestServer {
+            dir,
+            handle,
+            store,
+            service_cidr,
+        } = self;
+        handle.shutdown().await;
+        serve_on(dir, store, &service_cidr).await
+    }
+
     pub fn kubeconfig(&self) -> &Path {
         &self.handle.kubeconfig
     }

@@ -59,8 +59,13 @@ impl SimCluster {
     /// A master (in-memory store) with controllers using `settings`, and no nodes yet.
     /// The API server gets the settings' default toleration seconds, and the `kubernetes`
     /// Service's endpoints point at it unless the settings say otherwise.
-    pub async fn start(mut settings: Settings) -> SimCluster {
-        let server = api_common::start().await;
+    pub async fn start(settings: Settings) -> SimCluster {
+        SimCluster::start_on(api_common::start().await, settings).await
+    }
+
+    /// Same, over `server` (e.g. one with dual-stack Service ranges). The simulated nodes
+    /// give pods one address per family of `settings.cluster_cidr`, in its order.
+    pub async fn start_on(server: TestServer, mut settings: Settings) -> SimCluster {
         server
             .handle
             .set_default_toleration_seconds(settings.default_toleration_seconds);
@@ -138,6 +143,7 @@ impl SimCluster {
             spec.name.clone(),
             idx,
             alive.clone(),
+            self.settings.cluster_cidr.clone(),
         ));
         self.nodes.push(SimNode {
             name: spec.name,
@@ -252,7 +258,15 @@ async fn terminate(api: &Api<Pod>, pod: &Pod, result: &str) {
 
 /// Renews the node's Lease every second, posts Ready=True when the node's Ready condition
 /// says otherwise, and marks its bound pods Running and Ready, while `alive`.
-async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<AtomicBool>) {
+async fn sim_node(
+    client: kube::Client,
+    name: String,
+    idx: usize,
+    alive: Arc<AtomicBool>,
+    cluster_cidr: String,
+) {
+    // one address per family of the cluster CIDRs, in their order
+    let families: Vec<bool> = cluster_cidr.split(',').map(|c| c.contains(':')).collect();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let pods: Api<Pod> = Api::all(client.clone());
     let mut next_ip = 2u32;
@@ -315,15 +329,27 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
                         }
                         continue;
                     }
-                    // A pod that has an IP keeps it.
-                    let ip = pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.pod_ip.clone())
-                        .unwrap_or_else(|| {
+                    // A pod that has IPs keeps them.
+                    let ips: Vec<String> = match pod.status.as_ref().and_then(|s| s.pod_ips.clone())
+                    {
+                        Some(list) if !list.is_empty() => list.into_iter().map(|p| p.ip).collect(),
+                        _ => {
                             next_ip += 1;
-                            format!("10.244.{idx}.{}", next_ip - 1)
-                        });
+                            let n = next_ip - 1;
+                            families
+                                .iter()
+                                .map(|v6| {
+                                    if *v6 {
+                                        format!("fd00:10:244:{idx:x}::{n:x}")
+                                    } else {
+                                        format!("10.244.{idx}.{n}")
+                                    }
+                                })
+                                .collect()
+                        }
+                    };
+                    let ip = ips[0].clone();
+                    let pod_ips: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
                     let now = chrono::Utc::now().to_rfc3339();
                     let containers: Vec<_> = pod
                         .spec
@@ -340,7 +366,7 @@ async fn sim_node(client: kube::Client, name: String, idx: usize, alive: Arc<Ato
                         "phase": "Running",
                         "hostIP": format!("192.168.77.{idx}"),
                         "podIP": ip,
-                        "podIPs": [{"ip": ip}],
+                        "podIPs": pod_ips,
                         "startTime": now,
                         "conditions": [
                             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},

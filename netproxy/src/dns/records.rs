@@ -870,6 +870,58 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_headless_answers_a_and_aaaa_from_both_slices() {
+        let services = vec![svc(json!({
+            "metadata": {"name": "db", "namespace": "prod"},
+            "spec": {"clusterIP": "None", "clusterIPs": ["None"],
+                     "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"],
+                     "ports": [{"name": "pg", "port": 5432}]}
+        }))];
+        let slices = vec![
+            slice(json!({
+                "metadata": {"name": "db-v4", "namespace": "prod",
+                             "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["10.244.1.5"], "hostname": "db-0",
+                               "conditions": {"ready": true}}]
+            })),
+            slice(json!({
+                "metadata": {"name": "db-v6", "namespace": "prod",
+                             "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": "IPv6",
+                "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["fd00:10:244:1::5"], "hostname": "db-0",
+                               "conditions": {"ready": true}}]
+            })),
+        ];
+        let table = Table::build(&ZoneSettings::new("cluster.local."), 7, &services, &slices);
+        let cases = [
+            (
+                "db.prod.svc.cluster.local.",
+                RecordType::A,
+                vec!["db.prod.svc.cluster.local. 5 A 10.244.1.5"],
+            ),
+            (
+                "db.prod.svc.cluster.local.",
+                RecordType::AAAA,
+                vec!["db.prod.svc.cluster.local. 5 AAAA fd00:10:244:1::5"],
+            ),
+            (
+                "db-0.db.prod.svc.cluster.local.",
+                RecordType::AAAA,
+                vec!["db-0.db.prod.svc.cluster.local. 5 AAAA fd00:10:244:1::5"],
+            ),
+        ];
+        for (name, qtype, want) in cases {
+            let Lookup::Answer(a) = table.lookup(&n(name), qtype) else {
+                panic!("{name} not ours");
+            };
+            assert_eq!(lines(&a.answers), want, "{name} {qtype}");
+        }
+    }
+
+    #[test]
     fn ttl_and_domain_are_settings() {
         let services = vec![svc(json!({
             "metadata": {"name": "a", "namespace": "b"},
