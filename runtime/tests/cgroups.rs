@@ -48,6 +48,12 @@ fn sleeper() -> Sleeper {
     Sleeper(Command::new("sleep").arg("100").spawn().unwrap())
 }
 
+/// Held by each test for its whole run. On a pure v2 host the default hierarchy's manager
+/// enables the available controllers in the host root's `cgroup.subtree_control` (as runc
+/// does: e.g. `hugetlb`, which systemd leaves off), so the unified test's check that it leaves
+/// the root alone holds only while the other test is not running.
+static HOST_ROOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The cgroup prefix a test owns, in every hierarchy: removed (deepest first) on drop, so a
 /// failing test leaves nothing behind either.
 struct Prefix(String);
@@ -125,6 +131,7 @@ fn lifecycle(root: Option<&Path>, path: &Path) {
 #[test]
 fn unified_hierarchy_membership_freeze_and_removal() {
     require_root();
+    let _root = HOST_ROOT.lock().unwrap_or_else(|e| e.into_inner());
     let unified = unified_root().expect("no cgroup2 hierarchy mounted on this host");
     // the test owns a prefix and hands it to the manager as its root, so that enabling
     // controllers (cgroup.subtree_control) happens only inside the prefix, never at the
@@ -147,6 +154,7 @@ fn unified_hierarchy_membership_freeze_and_removal() {
 #[test]
 fn default_hierarchy_limits_land_in_files() {
     require_root();
+    let _root = HOST_ROOT.lock().unwrap_or_else(|e| e.into_inner());
     let owned = Prefix::new("default");
     let prefix = owned.0.clone();
     let path = PathBuf::from(format!("/{prefix}/limits"));
