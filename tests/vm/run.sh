@@ -255,7 +255,7 @@ done
 
 # --- 3. a pod with limits on the one-node cluster --------------------------------------------
 log "pod with cpu and memory limits"
-guest 'skiff image import /mnt/host/busybox-oci.tar --name localhost/busybox >/dev/null'
+guest 'skiff image import /mnt/host/busybox-oci.tar --name localhost/busybox:vm >/dev/null'
 guest 'export KUBECONFIG=/etc/skiff/admin.kubeconfig K=/mnt/host/kubectl
     for i in $(seq 120); do $K get node skiff-vm -o jsonpath="{.status.conditions[?(@.type==\"Ready\")].status}" 2>/dev/null | grep -qx True && break; sleep 1; done
     $K wait --for=condition=Ready node/skiff-vm --timeout=10s
