@@ -194,6 +194,24 @@ fn systemctl(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The unit's cgroup relative to the hierarchy's root (`system.slice/skiff-agent.service`),
+/// from `systemctl show`; `None` unless it is a cgroup of that very unit (never the root or a
+/// slice, whose processes are not skiff's).
+fn unit_cgroup(unit: &str) -> Option<String> {
+    let out = Command::new("systemctl")
+        .args(["show", "--property=ControlGroup", "--value", unit])
+        .output()
+        .ok()?;
+    unit_cgroup_of(unit, &String::from_utf8_lossy(&out.stdout))
+}
+
+/// The pure part of [`unit_cgroup`]: `shown` is `systemctl show`'s ControlGroup value.
+fn unit_cgroup_of(unit: &str, shown: &str) -> Option<String> {
+    let rel = shown.trim().trim_start_matches('/');
+    let last = rel.rsplit('/').next()?;
+    (last == unit && !rel.split('/').any(|c| c == ".." || c.is_empty())).then(|| rel.to_string())
+}
+
 /// Polls `systemctl is-active` until the unit is active or the deadline passes.
 fn wait_active(unit: &str, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -403,9 +421,12 @@ pub fn uninstall(a: UninstallArgs) -> Result<i32> {
     let host = root == Path::new("/");
     let mut problems: Vec<String> = Vec::new();
     let units_dir = under(root, "/etc/systemd/system");
+    // the units' cgroups: KillMode=process leaves the agent's per-pod shims there after the stop
+    let mut unit_cgroups: Vec<String> = Vec::new();
     if systemd_running(root) {
         for u in [AGENT_UNIT, MASTER_UNIT] {
             if units_dir.join(u).exists() {
+                unit_cgroups.extend(unit_cgroup(u));
                 // `disable --now` stops the main process only (KillMode=process): the pods go below
                 note(
                     &mut problems,
@@ -442,6 +463,15 @@ pub fn uninstall(a: UninstallArgs) -> Result<i32> {
         "pod cgroups".into(),
         crate::uninstall_ops::remove_cgroups(&cgroup_root, &prefix),
     );
+    // then what the stopped units left behind (the shims, once their pods are gone), and the
+    // units' cgroups with them
+    for cg in &unit_cgroups {
+        note(
+            &mut problems,
+            format!("processes left in {cg}"),
+            crate::uninstall_ops::remove_cgroups(&cgroup_root, cg),
+        );
+    }
     // mounts under skiff's dirs (rootfs overlays, volumes, network namespaces)
     let dirs = [agent_root.clone(), agent_run.clone()];
     note(
@@ -501,6 +531,28 @@ pub fn uninstall(a: UninstallArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_cgroup_is_the_units_own() {
+        let table = [
+            (
+                "/system.slice/skiff-agent.service\n",
+                Some("system.slice/skiff-agent.service"),
+            ),
+            ("/system.slice/other.service", None),
+            ("/", None),
+            ("", None),
+            ("/system.slice", None),
+            ("/x/../skiff-agent.service", None),
+        ];
+        for (shown, want) in table {
+            assert_eq!(
+                unit_cgroup_of(AGENT_UNIT, shown).as_deref(),
+                want,
+                "{shown:?}"
+            );
+        }
+    }
 
     #[test]
     fn unit_has_what_pods_need() {

@@ -1,7 +1,11 @@
 //! cgroup handling on the real kernel, for both hierarchies this machine can offer: the
 //! host's default (v1 controllers here, v2 on most workers) and an explicit cgroup v2
 //! (unified) hierarchy, which on a hybrid host has no controllers but still supports
-//! membership, freezing and removal. Every test works under a prefix it owns and removes it.
+//! membership, freezing and removal. Every test works under a prefix of its own
+//! (`skiff-test-<pid>-<test>`) and removes it, also when it fails: on a pure v2 host both
+//! hierarchies are the one tree under /sys/fs/cgroup, so two tests sharing a prefix (they run
+//! in parallel) would see each other's cgroups, and removing the prefix gives EBUSY while the
+//! other test's child cgroup is still there — what the Debian VM test found.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -42,6 +46,44 @@ impl Drop for Sleeper {
 
 fn sleeper() -> Sleeper {
     Sleeper(Command::new("sleep").arg("100").spawn().unwrap())
+}
+
+/// Held by each test for its whole run. On a pure v2 host the default hierarchy's manager
+/// enables the available controllers in the host root's `cgroup.subtree_control` (as runc
+/// does: e.g. `hugetlb`, which systemd leaves off), so the unified test's check that it leaves
+/// the root alone holds only while the other test is not running.
+static HOST_ROOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The cgroup prefix a test owns, in every hierarchy: removed (deepest first) on drop, so a
+/// failing test leaves nothing behind either.
+struct Prefix(String);
+
+impl Prefix {
+    fn new(test: &str) -> Prefix {
+        Prefix(format!("skiff-test-{}-{test}", std::process::id()))
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        fn remove_tree(dir: &Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_tree(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        let root = Path::new("/sys/fs/cgroup");
+        remove_tree(&root.join(&self.0));
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for e in entries.flatten() {
+                remove_tree(&e.path().join(&self.0));
+            }
+        }
+    }
 }
 
 fn proc_state(pid: u32) -> char {
@@ -89,11 +131,13 @@ fn lifecycle(root: Option<&Path>, path: &Path) {
 #[test]
 fn unified_hierarchy_membership_freeze_and_removal() {
     require_root();
+    let _root = HOST_ROOT.lock().unwrap_or_else(|e| e.into_inner());
     let unified = unified_root().expect("no cgroup2 hierarchy mounted on this host");
     // the test owns a prefix and hands it to the manager as its root, so that enabling
     // controllers (cgroup.subtree_control) happens only inside the prefix, never at the
     // host's root
-    let prefix = unified.join(format!("skiff-test-{}", std::process::id()));
+    let owned = Prefix::new("unified");
+    let prefix = unified.join(&owned.0);
     std::fs::create_dir_all(&prefix).unwrap();
     let before = std::fs::read_to_string(unified.join("cgroup.subtree_control")).unwrap();
     let path = PathBuf::from("/v2");
@@ -110,7 +154,9 @@ fn unified_hierarchy_membership_freeze_and_removal() {
 #[test]
 fn default_hierarchy_limits_land_in_files() {
     require_root();
-    let prefix = format!("skiff-test-{}", std::process::id());
+    let _root = HOST_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    let owned = Prefix::new("default");
+    let prefix = owned.0.clone();
     let path = PathBuf::from(format!("/{prefix}/limits"));
     let cg = Cgroup::open(None, &path).unwrap();
     let s = sleeper();
@@ -157,5 +203,6 @@ fn default_hierarchy_limits_land_in_files() {
         let _ = std::fs::remove_dir(&p);
         assert!(!p.join("limits").exists(), "{} left behind", p.display());
     }
-    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&prefix));
+    let p = Path::new("/sys/fs/cgroup").join(&prefix);
+    assert!(!p.join("limits").exists(), "{} left behind", p.display());
 }
