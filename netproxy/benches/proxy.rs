@@ -1,0 +1,300 @@
+//! Service proxy benchmark (not a test): `cargo bench -p skiff-netproxy --bench proxy`
+//! (as root; needs `ip`, `nft`, `conntrack`, `wrk` and `busybox`).
+//!
+//! In a network namespace of its own (the host's ruleset is never touched):
+//! 1. 10,000 ClusterIP Services with 2 ready endpoints each, programmed from nothing (one
+//!    full sync), then one Service more, then one endpoint fewer: each sync's wall time,
+//!    statements and bytes, and the process's RSS (the proxy's state is the `Proxier`'s
+//!    applied tables, held here as in the agent).
+//! 2. HTTP throughput (wrk, busybox httpd in a "pod" namespace behind a veth) through one
+//!    of those Services' ClusterIP versus straight to the pod's IP, with all 10,001 Services
+//!    programmed.
+//!
+//! `SERVICES=N` changes the count, `WRK_SECONDS=N` the length of each wrk run (5).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::json;
+use skiff_netproxy::proxy::nft::Nft;
+use skiff_netproxy::proxy::rules::RulesConfig;
+use skiff_netproxy::proxy::sync::{Proxier, SyncReport};
+
+const POD_IP: &str = "10.250.0.2";
+const NODE_SIDE_IP: &str = "10.250.0.1";
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The bench's namespaces and server, removed on drop (also when a step panics).
+struct World {
+    node: String,
+    pod: String,
+    httpd: Option<Child>,
+    www: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let pid = std::process::id();
+        let w = World {
+            node: format!("skiff-bproxy-node-{pid}"),
+            pod: format!("skiff-bproxy-pod-{pid}"),
+            httpd: None,
+            www: tempfile::tempdir().unwrap(),
+        };
+        sh(&["ip", "netns", "add", &w.node]);
+        sh(&["ip", "netns", "add", &w.pod]);
+        let ip = |ns: &str, args: &[&str]| sh(&[&["ip", "-n", ns][..], args].concat());
+        ip(&w.node, &["link", "set", "lo", "up"]);
+        ip(&w.pod, &["link", "set", "lo", "up"]);
+        ip(
+            &w.node,
+            &[
+                "link", "add", "veth-pod", "type", "veth", "peer", "name", "eth0", "netns", &w.pod,
+            ],
+        );
+        ip(
+            &w.node,
+            &["addr", "add", &format!("{NODE_SIDE_IP}/24"), "dev", "veth-pod"],
+        );
+        ip(&w.node, &["link", "set", "veth-pod", "up"]);
+        // a node has a default route; locally made packets to a ClusterIP need one before
+        // the nat output hook rewrites them (then they are routed again, to the pod)
+        ip(&w.node, &["route", "add", "10.96.0.0/12", "dev", "veth-pod"]);
+        ip(&w.pod, &["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"]);
+        ip(&w.pod, &["link", "set", "eth0", "up"]);
+        ip(&w.pod, &["route", "add", "default", "via", NODE_SIDE_IP]);
+        w
+    }
+
+    fn start_httpd(&mut self) {
+        std::fs::write(self.www.path().join("index.html"), "hello from the pod\n").unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.pod, "busybox", "httpd", "-f", "-p"])
+            .arg("8080")
+            .arg("-h")
+            .arg(self.www.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("busybox httpd (apt-get install busybox-static)");
+        self.httpd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &self.node, "busybox", "wget", "-q", "-O", "-"])
+                .arg(format!("http://{POD_IP}:8080/index.html"))
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("httpd in the pod namespace did not answer");
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.httpd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.node, &self.pod] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Service `i`: ClusterIP 10.96.0.0/12 + i + 1, port 80 → named target port `http`.
+fn cluster_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i + 1)
+}
+
+fn service(i: u32) -> Service {
+    let ip = cluster_ip(i).to_string();
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "bench", "name": format!("svc-{i}")},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]},
+    }))
+    .unwrap()
+}
+
+fn slice(i: u32, addresses: &[String]) -> EndpointSlice {
+    let eps: Vec<_> = addresses
+        .iter()
+        .map(|a| json!({"addresses": [a], "conditions": {"ready": true}, "nodeName": "bench"}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "bench", "name": format!("svc-{i}-abcde"),
+                     "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps,
+    }))
+    .unwrap()
+}
+
+/// Two pod addresses of 10.244.0.0/16 for Service `i`.
+fn endpoints(i: u32) -> Vec<String> {
+    (0..2)
+        .map(|k| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 2 * i + k + 2).to_string())
+        .collect()
+}
+
+fn rss() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| format!("{:.1} MiB", kb / 1024.0))
+            .unwrap_or_default()
+    };
+    format!("VmRSS {}, peak VmHWM {}", field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn timed_sync(
+    p: &mut Proxier,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    what: &str,
+) -> SyncReport {
+    let svc: Vec<&Service> = services.iter().collect();
+    let sl: Vec<&EndpointSlice> = slices.iter().collect();
+    let start = Instant::now();
+    let report = p.sync(&svc, &sl).await.expect("sync");
+    let took = start.elapsed();
+    println!(
+        "{what}: {:.1} ms ({} statements, {} KiB{}); {}",
+        took.as_secs_f64() * 1000.0,
+        report.statements,
+        report.bytes / 1024,
+        if report.full { ", full" } else { "" },
+        rss()
+    );
+    report
+}
+
+/// Requests per second that wrk reports for `url`, run from the node namespace.
+fn wrk(node: &str, url: &str, seconds: u64) -> f64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", node, "wrk", "-t2", "-c16"])
+        .arg(format!("-d{seconds}s"))
+        .arg(url)
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wrk {url} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("Socket errors") && !text.contains("Non-2xx"),
+        "wrk saw errors: {text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output: {text}"))
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo test --all-targets` runs bench targets once without `--bench`: nothing to do.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the proxy bench needs root (network namespaces, nftables)"
+    );
+    let n = env_u64("SERVICES", 10_000) as u32;
+    let seconds = env_u64("WRK_SECONDS", 5);
+    let mut world = World::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut proxier = Proxier::new(
+        RulesConfig {
+            node_name: "bench".into(),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            ..RulesConfig::default()
+        },
+        Nft {
+            netns: Some(world.node.clone()),
+        },
+    );
+    println!("before: {}", rss());
+    let mut services: Vec<Service> = (0..n).map(service).collect();
+    let mut slices: Vec<EndpointSlice> = (0..n).map(|i| slice(i, &endpoints(i))).collect();
+    rt.block_on(timed_sync(
+        &mut proxier,
+        &services,
+        &slices,
+        &format!("{n} Services x 2 endpoints from nothing"),
+    ));
+    // one more Service, whose endpoint is the real pod
+    services.push(service(n));
+    slices.push(slice(n, &[POD_IP.to_string()]));
+    rt.block_on(timed_sync(
+        &mut proxier,
+        &services,
+        &slices,
+        "one Service more",
+    ));
+    slices[0] = slice(0, &endpoints(0)[..1]);
+    rt.block_on(timed_sync(
+        &mut proxier,
+        &services,
+        &slices,
+        "one endpoint fewer",
+    ));
+    let again = rt.block_on(timed_sync(&mut proxier, &services, &slices, "no change"));
+    assert_eq!(again.statements, 0, "a sync without changes sends nothing");
+
+    world.start_httpd();
+    let direct = wrk(
+        &world.node,
+        &format!("http://{POD_IP}:8080/index.html"),
+        seconds,
+    );
+    let via = wrk(
+        &world.node,
+        &format!("http://{}/index.html", cluster_ip(n)),
+        seconds,
+    );
+    println!(
+        "HTTP through the ClusterIP ({} Services programmed): {via:.0} req/s; straight to the pod: {direct:.0} req/s; ratio {:.3}",
+        n + 1,
+        via / direct
+    );
+}
