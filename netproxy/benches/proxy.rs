@@ -69,13 +69,25 @@ impl World {
         );
         ip(
             &w.node,
-            &["addr", "add", &format!("{NODE_SIDE_IP}/24"), "dev", "veth-pod"],
+            &[
+                "addr",
+                "add",
+                &format!("{NODE_SIDE_IP}/24"),
+                "dev",
+                "veth-pod",
+            ],
         );
         ip(&w.node, &["link", "set", "veth-pod", "up"]);
         // a node has a default route; locally made packets to a ClusterIP need one before
         // the nat output hook rewrites them (then they are routed again, to the pod)
-        ip(&w.node, &["route", "add", "10.96.0.0/12", "dev", "veth-pod"]);
-        ip(&w.pod, &["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"]);
+        ip(
+            &w.node,
+            &["route", "add", "10.96.0.0/12", "dev", "veth-pod"],
+        );
+        ip(
+            &w.pod,
+            &["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"],
+        );
         ip(&w.pod, &["link", "set", "eth0", "up"]);
         ip(&w.pod, &["route", "add", "default", "via", NODE_SIDE_IP]);
         w
@@ -96,7 +108,9 @@ impl World {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let ok = Command::new("ip")
-                .args(["netns", "exec", &self.node, "busybox", "wget", "-q", "-O", "-"])
+                .args([
+                    "netns", "exec", &self.node, "busybox", "wget", "-q", "-O", "-",
+                ])
                 .arg(format!("http://{POD_IP}:8080/index.html"))
                 .output()
                 .map(|o| o.status.success())
@@ -155,7 +169,9 @@ fn slice(i: u32, addresses: &[String]) -> EndpointSlice {
 /// Two pod addresses of 10.244.0.0/16 for Service `i`.
 fn endpoints(i: u32) -> Vec<String> {
     (0..2)
-        .map(|k| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 2 * i + k + 2).to_string())
+        .map(|k| {
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 2 * i + k + 2).to_string()
+        })
         .collect()
 }
 
