@@ -223,9 +223,11 @@ fn e2e_with(
         ClusterConfig {
             skiff: env!("CARGO_BIN_EXE_skiff").into(),
             lan: "10.77.0".into(),
+            // a grace of 20 s: a lease renewal (every 10 s) may come up to 10 s late under CI load
+            // before a node counts as lost (15 s lost a busy node's pods once)
             master_args: [
                 "--node-monitor-grace-period",
-                "15",
+                "20",
                 "--default-toleration-seconds",
                 "5",
                 "--node-eviction-rate",
