@@ -304,10 +304,27 @@ mod tests {
 
     #[tokio::test]
     async fn refused_connection_fails() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
+        // a socket bound but not listening: connections to its port are refused, and no
+        // other test can take the port meanwhile (a dropped listener's port can be)
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(127, 0, 0, 1, 0),
+        )
+        .unwrap();
+        let bound: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, bound.port()));
         let (ok, msg) = check(addr, "", Duration::from_secs(1)).await;
+        drop(fd);
         assert!(!ok);
         assert!(
             msg.starts_with("error: failed to connect service at"),
