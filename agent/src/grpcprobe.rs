@@ -306,25 +306,11 @@ mod tests {
     async fn refused_connection_fails() {
         // a socket bound but not listening: connections to its port are refused, and no
         // other test can take the port meanwhile (a dropped listener's port can be)
-        use nix::sys::socket::{
-            AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket,
-        };
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &SockaddrIn::new(127, 0, 0, 1, 0),
-        )
-        .unwrap();
-        let bound: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
-        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, bound.port()));
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
         let (ok, msg) = check(addr, "", Duration::from_secs(1)).await;
-        drop(fd);
+        drop(socket);
         assert!(!ok);
         assert!(
             msg.starts_with("error: failed to connect service at"),
