@@ -20,7 +20,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "packages"
 export DEBIAN_FRONTEND=noninteractive
 need=(build-essential pkg-config libseccomp-dev busybox-static ca-certificates curl
-    skopeo umoci nftables conntrack iproute2 protobuf-compiler)
+    skopeo umoci nftables conntrack iproute2 protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

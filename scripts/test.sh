@@ -19,6 +19,8 @@ for tool in docker-registry skopeo umoci htpasswd; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool (image tests)")
 done
 command -v protoc >/dev/null 2>&1 || missing+=("protoc (protobuf-compiler, builds etcd-client)")
+[ -f /usr/include/google/protobuf/descriptor.proto ] ||
+    missing+=("protobuf's well-known .proto files (libprotobuf-dev, builds etcd-client)")
 command -v etcd >/dev/null 2>&1 || missing+=("etcd (etcd-server, etcd store tests)")
 for tool in nft conntrack ip; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool (nftables, conntrack, iproute2: Service proxy tests)")
