@@ -2,7 +2,8 @@
 //! the signals `memory.available`, `nodefs.available`, `nodefs.inodesFree`,
 //! `imagefs.available` and `imagefs.inodesFree`; the MemoryPressure and DiskPressure
 //! conditions (held for the pressure transition period); reclaim (unused images) before
-//! eviction; pods ranked as the kubelet ranks them and evicted one per pass; admission of
+//! eviction, and on until the signal is back above its threshold plus its minimum reclaim
+//! (`--eviction-minimum-reclaim`); pods ranked as the kubelet ranks them and evicted one per pass; admission of
 //! new pods under pressure.
 //!
 //! The thresholds, their evaluation, the ranking, the messages and admission are pure
@@ -31,6 +32,9 @@ pub enum EvictionError {
     /// A soft threshold without a grace period.
     #[error("soft eviction threshold {0} has no grace period")]
     NoGrace(&'static str),
+    /// A minimum reclaim entry is not `signal=quantity` or `signal=percent%`.
+    #[error("invalid eviction minimum reclaim {0:?}: want signal=quantity or signal=percent%")]
+    MinimumReclaim(String),
 }
 
 /// An eviction signal.
@@ -132,6 +136,9 @@ pub struct Threshold {
     pub grace: Duration,
     /// Hard threshold (containers are killed with grace 0).
     pub hard: bool,
+    /// Once met, the threshold stays met until the signal is at least this much above it
+    /// (`--eviction-minimum-reclaim`; zero when unset).
+    pub min_reclaim: Value,
 }
 
 /// The kubelet's default `--eviction-hard`.
@@ -149,21 +156,41 @@ pub fn parse_thresholds(s: &str) -> Result<Vec<(Signal, Value)>, EvictionError> 
                 .split_once('<')
                 .ok_or_else(|| EvictionError::Threshold(t.to_string()))?;
             let signal = Signal::parse(sig.trim())?;
-            let val = val.trim();
-            let value = match val.strip_suffix('%') {
-                Some(p) => match p.parse::<f64>() {
-                    Ok(p) if (0.0..=100.0).contains(&p) => Value::Percentage(p / 100.0),
-                    _ => return Err(EvictionError::Threshold(t.to_string())),
-                },
-                None => {
-                    let q = k8s_openapi::apimachinery::pkg::api::resource::Quantity(val.into());
-                    match crate::qos::parse_quantity(&q) {
-                        Some(v) if v >= 0.0 && v.is_finite() => Value::Quantity(v.ceil() as u64),
-                        _ => return Err(EvictionError::Threshold(t.to_string())),
-                    }
-                }
-            };
+            let value =
+                parse_value(val.trim()).ok_or_else(|| EvictionError::Threshold(t.to_string()))?;
             Ok((signal, value))
+        })
+        .collect()
+}
+
+/// A quantity (`100Mi`) or a percentage of the capacity (`10%`).
+fn parse_value(val: &str) -> Option<Value> {
+    match val.strip_suffix('%') {
+        Some(p) => match p.parse::<f64>() {
+            Ok(p) if (0.0..=100.0).contains(&p) => Some(Value::Percentage(p / 100.0)),
+            _ => None,
+        },
+        None => {
+            let q = k8s_openapi::apimachinery::pkg::api::resource::Quantity(val.into());
+            match crate::qos::parse_quantity(&q) {
+                Some(v) if v >= 0.0 && v.is_finite() => Some(Value::Quantity(v.ceil() as u64)),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Parses `--eviction-minimum-reclaim` (`memory.available=0Mi,nodefs.available=500Mi`,
+/// percentages of the capacity allowed as in the thresholds).
+pub fn parse_minimum_reclaims(s: &str) -> Result<BTreeMap<Signal, Value>, EvictionError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let bad = || EvictionError::MinimumReclaim(t.to_string());
+            let (sig, val) = t.split_once('=').ok_or_else(bad)?;
+            let value = parse_value(val.trim()).ok_or_else(bad)?;
+            Ok((Signal::parse(sig.trim())?, value))
         })
         .collect()
 }
@@ -235,7 +262,7 @@ impl Default for EvictionPolicy {
     fn default() -> Self {
         let transition_period = Duration::from_secs(300);
         let period = Duration::from_secs(10);
-        EvictionPolicy::new(DEFAULT_HARD, "", "", transition_period, period).unwrap_or(
+        EvictionPolicy::new(DEFAULT_HARD, "", "", "", transition_period, period).unwrap_or(
             EvictionPolicy {
                 thresholds: Vec::new(),
                 transition_period,
@@ -246,15 +273,19 @@ impl Default for EvictionPolicy {
 }
 
 impl EvictionPolicy {
-    /// A policy from the flags' values: every soft threshold needs a grace period.
+    /// A policy from the flags' values: every soft threshold needs a grace period; a
+    /// minimum reclaim applies to the hard and the soft threshold of its signal.
     pub fn new(
         hard: &str,
         soft: &str,
         soft_grace: &str,
+        minimum_reclaim: &str,
         transition_period: Duration,
         period: Duration,
     ) -> Result<EvictionPolicy, EvictionError> {
         let graces = parse_grace_periods(soft_grace)?;
+        let reclaims = parse_minimum_reclaims(minimum_reclaim)?;
+        let min_reclaim = |s: Signal| reclaims.get(&s).copied().unwrap_or(Value::Quantity(0));
         let mut thresholds: Vec<Threshold> = parse_thresholds(hard)?
             .into_iter()
             .map(|(signal, value)| Threshold {
@@ -262,6 +293,7 @@ impl EvictionPolicy {
                 value,
                 grace: Duration::ZERO,
                 hard: true,
+                min_reclaim: min_reclaim(signal),
             })
             .collect();
         for (signal, value) in parse_thresholds(soft)? {
@@ -273,6 +305,7 @@ impl EvictionPolicy {
                 value,
                 grace,
                 hard: false,
+                min_reclaim: min_reclaim(signal),
             });
         }
         Ok(EvictionPolicy {
@@ -295,19 +328,36 @@ pub struct Observation {
 /// Observations by signal (a signal not observed never meets its threshold).
 pub type Observations = BTreeMap<Signal, Observation>;
 
-impl Threshold {
-    /// The threshold as an amount of the signal's unit.
-    pub fn quantity(&self, capacity: u64) -> u64 {
-        match self.value {
+impl Value {
+    /// The value as an amount of the signal's unit.
+    pub fn quantity(self, capacity: u64) -> u64 {
+        match self {
             Value::Quantity(q) => q,
             Value::Percentage(p) => (capacity as f64 * p) as u64,
         }
+    }
+}
+
+impl Threshold {
+    /// The threshold as an amount of the signal's unit.
+    pub fn quantity(&self, capacity: u64) -> u64 {
+        self.value.quantity(capacity)
     }
 
     /// Whether the observation is below the threshold.
     pub fn met(&self, obs: &Observations) -> bool {
         obs.get(&self.signal)
             .is_some_and(|o| o.available < self.quantity(o.capacity))
+    }
+
+    /// Whether the observation is below the threshold plus its minimum reclaim: a threshold
+    /// acted on is resolved only when this no longer holds (the kubelet's
+    /// `thresholdsMet(…, enforceMinReclaim=true)`).
+    pub fn unresolved(&self, obs: &Observations) -> bool {
+        obs.get(&self.signal).is_some_and(|o| {
+            let reclaim = self.min_reclaim.quantity(o.capacity);
+            o.available < self.quantity(o.capacity).saturating_add(reclaim)
+        })
     }
 }
 
@@ -320,19 +370,21 @@ pub struct Decision {
     pub act_on: Vec<Threshold>,
 }
 
-/// The manager's memory between evaluations: when each threshold was first seen met and
-/// each condition last seen.
+/// The manager's memory between evaluations: when each threshold was first seen met, each
+/// condition last seen, and which thresholds were acted on last time.
 #[derive(Debug, Default)]
 pub struct State {
     first_met: HashMap<usize, Instant>,
     last_seen: BTreeMap<Condition, Instant>,
+    acting: Vec<usize>,
 }
 
 impl State {
     /// Evaluates `policy` against `obs` at `now`, as the kubelet's `synchronize`: every
     /// threshold met now sets its condition (soft ones too); a condition stays set until
     /// none of its thresholds was met for the transition period; only thresholds met for
-    /// their grace period are acted on, hard ones first, memory before disk.
+    /// their grace period are acted on, hard ones first, memory before disk. A threshold
+    /// acted on stays met until its signal is back above threshold plus minimum reclaim.
     pub fn evaluate(
         &mut self,
         policy: &EvictionPolicy,
@@ -343,7 +395,7 @@ impl State {
             .thresholds
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.met(obs))
+            .filter(|(i, t)| t.met(obs) || (self.acting.contains(i) && t.unresolved(obs)))
             .collect();
         self.first_met
             .retain(|i, _| met.iter().any(|(j, _)| j == i));
@@ -353,15 +405,16 @@ impl State {
         }
         self.last_seen
             .retain(|_, at| now.saturating_duration_since(*at) < policy.transition_period);
-        let mut act_on: Vec<Threshold> = met
-            .iter()
+        let acting: Vec<(usize, &Threshold)> = met
+            .into_iter()
             .filter(|(i, t)| {
                 self.first_met
                     .get(i)
                     .is_some_and(|at| now.saturating_duration_since(*at) >= t.grace)
             })
-            .map(|(_, t)| **t)
             .collect();
+        self.acting = acting.iter().map(|(i, _)| *i).collect();
+        let mut act_on: Vec<Threshold> = acting.into_iter().map(|(_, t)| *t).collect();
         act_on.sort_by_key(|t| (!t.hard, t.signal));
         Decision {
             conditions: self.last_seen.keys().copied().collect(),
@@ -867,7 +920,8 @@ impl Manager {
     }
 
     /// Node-level reclaim for disk signals (the kubelet's image GC `DeleteUnusedImages`;
-    /// dead containers' layers go with their pods); true when the threshold is no longer met.
+    /// dead containers' layers go with their pods); true when the signal is back above the
+    /// threshold plus its minimum reclaim, so no pod need go.
     async fn reclaim(&self, t: &Threshold) -> bool {
         let gc = self.gc.clone();
         let freed = tokio::task::spawn_blocking(move || {
@@ -882,7 +936,7 @@ impl Manager {
             Err(e) => tracing::warn!(error = %e, "image reclaim panicked"),
         }
         let obs = self.measure().await;
-        if !t.met(&obs) {
+        if !t.unresolved(&obs) {
             tracing::info!(
                 signal = t.signal.name(),
                 "reclaim relieved the pressure: no eviction"
@@ -954,6 +1008,7 @@ mod tests {
                 "",
                 "memory.available<1Gi",
                 "",
+                "",
                 Duration::ZERO,
                 Duration::ZERO
             ),
@@ -962,6 +1017,87 @@ mod tests {
         let d = EvictionPolicy::default();
         assert_eq!(d.thresholds.len(), 4);
         assert!(d.thresholds.iter().all(|t| t.hard));
+        assert!(
+            d.thresholds
+                .iter()
+                .all(|t| t.min_reclaim == Value::Quantity(0))
+        );
+        let r = parse_minimum_reclaims(
+            "memory.available=0Mi, nodefs.available=500Mi,imagefs.available=2%",
+        )
+        .unwrap();
+        assert_eq!(r[&Signal::MemoryAvailable], Value::Quantity(0));
+        assert_eq!(r[&Signal::NodeFsAvailable], Value::Quantity(500 << 20));
+        assert_eq!(r[&Signal::ImageFsAvailable], Value::Percentage(0.02));
+        for bad in [
+            "memory.available<1Gi",
+            "nodefs.available=-1Gi",
+            "nodefs.available=x",
+        ] {
+            assert!(
+                matches!(
+                    parse_minimum_reclaims(bad),
+                    Err(EvictionError::MinimumReclaim(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_minimum_reclaims("pid.available=1"),
+            Err(EvictionError::Signal(_))
+        ));
+        let p = EvictionPolicy::new(
+            "nodefs.available<10%",
+            "nodefs.available<20%",
+            "nodefs.available=1m",
+            "nodefs.available=5%",
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert!(
+            p.thresholds
+                .iter()
+                .all(|t| t.min_reclaim == Value::Percentage(0.05))
+        );
+    }
+
+    #[test]
+    fn minimum_reclaim_table() {
+        // hard nodefs.available<10% with minimum reclaim 500 (of 10000): met below 1000,
+        // resolved only at 1500 once acted on
+        let policy = EvictionPolicy::new(
+            "nodefs.available<1000",
+            "",
+            "",
+            "nodefs.available=500",
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let at = |avail: u64| obs(&[(Signal::NodeFsAvailable, avail, 10_000)]);
+        // (available, acted on)
+        let steps = [
+            (1200, false), // above the threshold, never met: the reclaim margin does not apply
+            (900, true),   // met
+            (1100, true),  // above the threshold but short of the minimum reclaim
+            (1499, true),
+            (1500, false), // resolved
+            (1200, false), // resolved thresholds need the threshold itself crossed again
+            (999, true),
+        ];
+        let mut st = State::default();
+        for (n, (avail, acted)) in steps.into_iter().enumerate() {
+            let d = st.evaluate(&policy, &at(avail), t0 + Duration::from_secs(n as u64));
+            assert_eq!(!d.act_on.is_empty(), acted, "available {avail} (step {n})");
+            // once set, the condition is held for the transition period
+            assert_eq!(d.conditions.contains(&Condition::DiskPressure), n > 0);
+        }
+        // unresolved() is the reclaim's stopping rule
+        let t = policy.thresholds[0];
+        assert!(t.unresolved(&at(1499)) && !t.unresolved(&at(1500)));
+        assert!(t.met(&at(999)) && !t.met(&at(1000)));
     }
 
     #[test]
@@ -970,6 +1106,7 @@ mod tests {
             "memory.available<100Mi,nodefs.available<10%",
             "nodefs.available<20%",
             "nodefs.available=30s",
+            "",
             Duration::from_secs(60),
             Duration::from_secs(10),
         )
@@ -1081,6 +1218,7 @@ mod tests {
             value: Value::Percentage(0.1),
             grace: Duration::ZERO,
             hard: true,
+            min_reclaim: Value::Quantity(0),
         };
         let o = obs(&[(Signal::NodeFsAvailable, 4 << 20, 100 << 20)]);
         let used = [

@@ -16,6 +16,10 @@ pub struct EvictionArgs {
     /// Grace periods of the soft thresholds (`memory.available=1m30s`).
     #[arg(long, default_value = "")]
     eviction_soft_grace_period: String,
+    /// Once a threshold is met, reclaim (images, then pods) until the signal is this much
+    /// above it (`memory.available=0Mi,nodefs.available=500Mi`, or percentages).
+    #[arg(long, default_value = "")]
+    eviction_minimum_reclaim: String,
     /// How long a pressure condition stays after its last threshold was met.
     #[arg(long, default_value = "5m", value_parser = crate::master_cmd::parse_duration)]
     eviction_pressure_transition_period: std::time::Duration,
@@ -31,6 +35,7 @@ impl EvictionArgs {
             &self.eviction_hard,
             &self.eviction_soft,
             &self.eviction_soft_grace_period,
+            &self.eviction_minimum_reclaim,
             self.eviction_pressure_transition_period,
             self.eviction_monitoring_period
                 .max(std::time::Duration::from_secs(1)),
