@@ -1,6 +1,7 @@
 //! Kubelet container features on a real node (the `node_common` harness: an in-process API
 //! server, a loopback registry, `skiff agent` as a process): termination messages,
-//! privileged containers, emptyDir medium Memory and pod-level cgroup limits.
+//! privileged containers, emptyDir medium Memory, pod-level cgroup limits, image GC and
+//! node-pressure eviction (disk and memory).
 //!
 //! Needs root, `docker-registry`, `umoci`, `skopeo`, `/bin/busybox` (busybox-static) and
 //! the skiff binary built (`cargo build -p skiff`).
@@ -758,14 +759,19 @@ fn stored_images(root: &Path) -> Vec<String> {
         .collect()
 }
 
-fn disk_pressure(n: &Node) -> Option<String> {
+/// The status of the Node's condition `type_`.
+fn condition(n: &Node, type_: &str) -> Option<String> {
     n.status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| c.type_ == "DiskPressure")
+        .find(|c| c.type_ == type_)
         .map(|c| c.status.clone())
+}
+
+fn disk_pressure(n: &Node) -> Option<String> {
+    condition(n, "DiskPressure")
 }
 
 /// Image GC on a 160 MiB loop-mounted root dir: past 85 % use the unused images go, least
@@ -963,12 +969,7 @@ async fn eviction_under_disk_pressure() {
              i=$((i+1)); sleep 0.2; done", json!({}))]}),
     );
     pods.create(&PostParams::default(), &writer).await.unwrap();
-    let evicted = wait_pod(&pods, "writer", "Evicted", 120, &node, |p| {
-        let st = p.status.as_ref()?;
-        (st.phase.as_deref() == Some("Failed") && st.reason.as_deref() == Some("Evicted"))
-            .then(|| p.clone())
-    })
-    .await;
+    let evicted = wait_evicted(&pods, "writer", 120, &node).await;
     let st = evicted.status.unwrap();
     let msg = st.message.unwrap_or_default();
     assert!(
@@ -1017,13 +1018,32 @@ async fn eviction_under_disk_pressure() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_rejected(&c, &pods, &node, "DiskPressure").await;
+    std::fs::remove_file(root.join("ballast")).unwrap();
+    delete_pods(&pods, &["quiet", "writer", "late"]).await;
+    node.kill_agent();
+    drop(fs);
+}
+
+/// Waits until the pod is Failed with reason Evicted.
+async fn wait_evicted(pods: &Api<Pod>, name: &str, secs: u64, node: &TestNode) -> Pod {
+    wait_pod(pods, name, "Evicted", secs, node, |p| {
+        let st = p.status.as_ref()?;
+        (st.phase.as_deref() == Some("Failed") && st.reason.as_deref() == Some("Evicted"))
+            .then(|| p.clone())
+    })
+    .await
+}
+
+/// A BestEffort pod `late` created now is rejected for the node's `condition`.
+async fn assert_rejected(c: &Cluster, pods: &Api<Pod>, node: &TestNode, condition: &str) {
     let late = pod_of(
         "late",
-        "n-evict",
+        &node.name,
         json!({"containers": [container("late", &c.image, "exec sleep 3600", json!({}))]}),
     );
     pods.create(&PostParams::default(), &late).await.unwrap();
-    let rejected = wait_pod(&pods, "late", "rejected", 60, &node, |p| {
+    let rejected = wait_pod(pods, "late", "rejected", 60, node, |p| {
         let st = p.status.as_ref()?;
         (st.phase.as_deref() == Some("Failed")).then(|| st.clone())
     })
@@ -1031,14 +1051,17 @@ async fn eviction_under_disk_pressure() {
     assert_eq!(rejected.reason.as_deref(), Some("Evicted"));
     assert_eq!(
         rejected.message.as_deref(),
-        Some("Pod was rejected: The node had condition: [DiskPressure]. ")
+        Some(format!("Pod was rejected: The node had condition: [{condition}]. ").as_str())
     );
-    std::fs::remove_file(root.join("ballast")).unwrap();
-    for name in ["quiet", "writer", "late"] {
+}
+
+/// Deletes the pods and waits until they are gone.
+async fn delete_pods(pods: &Api<Pod>, names: &[&str]) {
+    for name in names {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
     api_common::wait_for("pods gone", Duration::from_secs(60), || async {
-        for name in ["quiet", "writer", "late"] {
+        for name in names {
             if pods.get_opt(name).await.ok()?.is_some() {
                 return None;
             }
@@ -1046,6 +1069,100 @@ async fn eviction_under_disk_pressure() {
         Some(())
     })
     .await;
+}
+
+/// `memory.available` as the agent measures it (MemTotal less the working set: MemFree plus
+/// `Inactive(file)`), in bytes.
+fn memory_available() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb = |key: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    (kb("MemFree:") + kb("Inactive(file):")) * 1024
+}
+
+/// Node-pressure eviction on memory: a hard `memory.available` threshold 1 GiB below what
+/// the machine has now; a BestEffort pod writing 32 MiB at a time into an emptyDir of
+/// medium Memory (resident tmpfs pages charged to its cgroup, at most 3 GiB) crosses it and
+/// is evicted (phase Failed, reason Evicted, the kubelet's message naming memory and the
+/// container); the Guaranteed pod beside it runs on; while MemoryPressure holds (transition
+/// period 5m) a BestEffort pod is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_under_memory_pressure() {
+    const MARGIN: u64 = 1 << 30;
+    let c = cluster().await;
+    let available = memory_available();
+    assert!(
+        available > 5 * MARGIN,
+        "the memory eviction test needs more than 5 GiB available (MemFree + Inactive(file)), \
+         the machine has {} MiB",
+        available >> 20
+    );
+    let threshold = format!(
+        "--eviction-hard=memory.available<{}Ki",
+        (available - MARGIN) >> 10
+    );
+    let mut node = TestNode::with_args(
+        &c.server,
+        "n-mempress",
+        &[
+            "--pod-network",
+            "none",
+            "--proxy=false",
+            "--dns=false",
+            &threshold,
+            "--eviction-pressure-transition-period=5m",
+            "--eviction-monitoring-period=1s",
+        ],
+    );
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let limits = json!({"cpu": "100m", "memory": "64Mi"});
+    let guaranteed = pod_of(
+        "guaranteed",
+        "n-mempress",
+        json!({"containers": [container("g", &c.image, "exec sleep 3600",
+            json!({"resources": {"requests": limits, "limits": limits}}))]}),
+    );
+    pods.create(&PostParams::default(), &guaranteed)
+        .await
+        .unwrap();
+    wait_pod(&pods, "guaranteed", "Running", 60, &node, running_ready).await;
+    let hog = pod_of(
+        "hog",
+        "n-mempress",
+        json!({"volumes": [{"name": "mem", "emptyDir": {"medium": "Memory"}}],
+            "containers": [container("hog", &c.image,
+                "i=0; while [ $i -lt 96 ]; do dd if=/dev/zero of=/mem/f$i bs=1M count=32 \
+                 2>/dev/null; i=$((i+1)); sleep 0.2; done; exec sleep 3600",
+                json!({"volumeMounts": [{"name": "mem", "mountPath": "/mem"}]}))]}),
+    );
+    pods.create(&PostParams::default(), &hog).await.unwrap();
+    let evicted = wait_evicted(&pods, "hog", 180, &node).await;
+    let msg = evicted.status.unwrap().message.unwrap_or_default();
+    assert!(
+        msg.starts_with("The node was low on resource: memory. Threshold quantity: ")
+            && msg.contains("Container hog was using ")
+            && msg.ends_with(", request is 0, has larger consumption of memory. "),
+        "{msg}"
+    );
+    assert!(node.log().contains("evicting pod"));
+    let g = pods.get("guaranteed").await.unwrap();
+    assert_eq!(g.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(container_status(&g).unwrap().restart_count, 0);
+    // MemoryPressure holds for the transition period: no BestEffort pod is admitted
+    api_common::wait_for("MemoryPressure", Duration::from_secs(30), || async {
+        let n = nodes.get("n-mempress").await.ok()?;
+        (condition(&n, "MemoryPressure").as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    assert_rejected(&c, &pods, &node, "MemoryPressure").await;
+    let g = pods.get("guaranteed").await.unwrap();
+    assert_eq!(g.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+    delete_pods(&pods, &["guaranteed", "hog", "late"]).await;
     node.kill_agent();
-    drop(fs);
 }
