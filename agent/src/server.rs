@@ -608,6 +608,11 @@ async fn streams(
             "container {container} is not running in pod {pod}"
         )));
     }
+    if !exec && q.stdin && !run.stdin {
+        return Err(HttpError::bad(format!(
+            "stdin is not enabled for container {container} in pod {pod}: the container spec needs stdin: true"
+        )));
+    }
     let cfg = state.cfg.clone();
     let log = t.log(run.restart);
     let id = run.id.clone();
@@ -1024,7 +1029,9 @@ async fn exec_process(
 }
 
 /// Attach: the container's output from now on, from its log as the shim writes it, until
-/// the container ends. (The shim gives containers no stdin: input is read and dropped.)
+/// the container ends; with stdin, the client's input goes to the shim's stdin socket of the
+/// run (its end of file ends this attach's input; the shim closes the container's stdin
+/// when the container has `stdinOnce`). Terminal output is not yet attached (no tty).
 async fn attach(
     log: PathBuf,
     pod_dir: &Path,
@@ -1035,6 +1042,12 @@ async fn attach(
     out: Out,
 ) -> Result<i32, String> {
     let mut reader = LogReader::at_end(log).await;
+    let mut stdin = match q.stdin {
+        true => tokio::net::UnixStream::connect(shim::stdin_socket(pod_dir, name, restart))
+            .await
+            .ok(),
+        false => None,
+    };
     loop {
         for l in reader.read_new().await {
             let channel = match l.stream {
@@ -1056,8 +1069,17 @@ async fn attach(
             return Ok(0);
         }
         tokio::select! {
-            msg = incoming.recv() => if msg.is_none() {
-                return Ok(0);
+            msg = incoming.recv() => match msg {
+                Some(WsIn::Stdin(bytes)) => {
+                    if let Some(s) = &mut stdin
+                        && s.write_all(&bytes).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                Some(WsIn::Close(remotecommand::STDIN)) => stdin = None,
+                Some(_) => {}
+                None => return Ok(0),
             },
             _ = tokio::time::sleep(POLL) => {}
         }

@@ -5,6 +5,11 @@
 //! start, finish and exit code in `<dir>/containers/<name>/<restart>.json`. The agent reads
 //! those records, so a restarted agent adopts running pods without touching them.
 //!
+//! A container with `stdin: true` gets a pipe as its stdin whose writing end the shim keeps;
+//! attach writes into it through `<dir>/containers/<name>/<restart>.stdin`, a socket whose
+//! connections are copied into the pipe one after the other (the first one's end closes the
+//! pipe with `stdinOnce`). So stdin survives agent restarts like the rest of the container.
+//!
 //! Protocol: one JSON [`Request`] line per connection on `<dir>/shim.sock`, one JSON
 //! [`Response`] line back.
 
@@ -56,6 +61,12 @@ pub struct StartRequest {
     /// When to rotate the log (absent from older agents: the kubelet's defaults).
     #[serde(default)]
     pub log_policy: crate::logrotate::LogPolicy,
+    /// The container's `stdin`: give it a pipe the agent can attach to.
+    #[serde(default)]
+    pub stdin: bool,
+    /// The container's `stdinOnce`: close that pipe when the first attach ends.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// The shim's answer.
@@ -103,6 +114,9 @@ pub struct RunRecord {
     /// The kernel's OOM killer killed a process of the container's cgroup.
     #[serde(default)]
     pub oom_killed: bool,
+    /// The run has a stdin to attach to ([`stdin_socket`]).
+    #[serde(default)]
+    pub stdin: bool,
     /// The container's termination message: filled in by the agent from the run's message
     /// file or log once it finished (`termination.rs`), never written by the shim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +126,11 @@ pub struct RunRecord {
 /// Where a container's run records live.
 pub fn records_dir(pod_dir: &Path, name: &str) -> PathBuf {
     pod_dir.join("containers").join(name)
+}
+
+/// The socket that feeds a run's stdin (present while the run can still take input).
+pub fn stdin_socket(pod_dir: &Path, name: &str, restart: u32) -> PathBuf {
+    records_dir(pod_dir, name).join(format!("{restart}.stdin"))
 }
 
 fn record_path(pod_dir: &Path, name: &str, restart: u32) -> PathBuf {
@@ -253,21 +272,57 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Redirects fds 1 and 2 to the given pipes while `f` runs (the runtime's children inherit
-/// them), then restores them.
-fn with_stdio<T>(out: &OwnedFd, err: &OwnedFd, f: impl FnOnce() -> T) -> Result<T> {
-    let keep1 = nix::fcntl::fcntl(1, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
-        .map_err(sys("dup stdout"))?;
-    let keep2 = nix::fcntl::fcntl(2, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
-        .map_err(sys("dup stderr"))?;
-    nix::unistd::dup2(out.as_raw_fd(), 1).map_err(sys("dup2 stdout"))?;
-    nix::unistd::dup2(err.as_raw_fd(), 2).map_err(sys("dup2 stderr"))?;
+/// Redirects fds 0 (when `input` is given; the shim's own stdin is /dev/null), 1 and 2 to
+/// the given pipes while `f` runs (the runtime's children inherit them), then restores them.
+fn with_stdio<T>(
+    input: Option<&OwnedFd>,
+    out: &OwnedFd,
+    err: &OwnedFd,
+    f: impl FnOnce() -> T,
+) -> Result<T> {
+    let fds: Vec<(i32, &OwnedFd)> = input
+        .map(|i| (0, i))
+        .into_iter()
+        .chain([(1, out), (2, err)])
+        .collect();
+    let mut kept = Vec::new();
+    for (fd, to) in &fds {
+        let keep = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+            .map_err(sys("dup stdio"))?;
+        kept.push((*fd, keep));
+        nix::unistd::dup2(to.as_raw_fd(), *fd).map_err(sys("dup2 stdio"))?;
+    }
     let r = f();
-    nix::unistd::dup2(keep1, 1).map_err(sys("restore stdout"))?;
-    nix::unistd::dup2(keep2, 2).map_err(sys("restore stderr"))?;
-    let _ = nix::unistd::close(keep1);
-    let _ = nix::unistd::close(keep2);
+    for (fd, keep) in kept {
+        nix::unistd::dup2(keep, fd).map_err(sys("restore stdio"))?;
+        let _ = nix::unistd::close(keep);
+    }
     Ok(r)
+}
+
+/// Copies each connection on `listener` into the container's stdin, one after the other,
+/// until the run ended (`ended`, then a connection wakes the accept) or, with `once`, the
+/// first connection ended; then the pipe is closed and the socket removed.
+fn serve_stdin(
+    listener: UnixListener,
+    path: PathBuf,
+    input: OwnedFd,
+    once: bool,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut input = std::fs::File::from(input);
+    for conn in listener.incoming() {
+        if ended.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        let Ok(mut conn) = conn else { continue };
+        // ends at the client's end of file or when the container stops reading for good
+        let _ = std::io::copy(&mut conn, &mut input);
+        if once {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
 }
 
 /// How many times the OOM killer struck in a cgroup (v1 `memory.oom_control`, v2
@@ -301,7 +356,12 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
         .map_err(|e| Error::io("open", &s.log, e))?;
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    let created = with_stdio(&out_w, &err_w, || -> Result<(i32, PathBuf)> {
+    let stdin = match s.stdin {
+        true => Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?),
+        false => None,
+    };
+    let input = stdin.as_ref().map(|(r, _)| r);
+    let created = with_stdio(input, &out_w, &err_w, || -> Result<(i32, PathBuf)> {
         let mut c = rt
             .create(&s.id, &s.bundle, &CreateOptions::default())
             .map_err(|source| Error::runtime(s.id.clone(), source))?;
@@ -313,6 +373,10 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
     })?;
     drop(out_w);
     drop(err_w);
+    let stdin = stdin.map(|(r, w)| {
+        drop(r);
+        w
+    });
     let started_at = now();
     let (pid, cgroup) = match created {
         Ok(c) => c,
@@ -341,8 +405,25 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
         started_at,
         image: s.image.clone(),
         image_id: s.image_id.clone(),
+        stdin: stdin.is_some(),
         ..Default::default()
     };
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stdin_sock = stdin_socket(pod_dir, &s.name, s.restart);
+    if let Some(input) = stdin {
+        let _ = std::fs::create_dir_all(records_dir(pod_dir, &s.name));
+        let _ = std::fs::remove_file(&stdin_sock);
+        match UnixListener::bind(&stdin_sock) {
+            Ok(listener) => {
+                let (path, once, ended) = (stdin_sock.clone(), s.stdin_once, ended.clone());
+                std::thread::spawn(move || serve_stdin(listener, path, input, once, ended));
+            }
+            Err(e) => {
+                tracing::warn!(container = %s.id, error = %e, "cannot serve stdin: attach gets none");
+                rec.stdin = false;
+            }
+        }
+    }
     save_record(pod_dir, &s.name, &rec)?;
     let log = Arc::new(Mutex::new(log));
     let copiers: Vec<_> = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)]
@@ -360,6 +441,9 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
     let ooms_before = oom_kills(&cgroup_root, &cgroup);
     std::thread::spawn(move || {
         let (code, signal) = wait_exit(&pidfd);
+        // wake the stdin server, if it still listens, to close the pipe and the socket
+        ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = UnixStream::connect(&stdin_sock);
         rec.oom_killed = code != 0 && oom_kills(&cgroup_root, &cgroup) > ooms_before;
         for c in copiers {
             let _ = c.join();
@@ -526,6 +610,8 @@ mod tests {
             image: "busybox".into(),
             image_id: "busybox@sha256:00".into(),
             log_policy: crate::logrotate::LogPolicy::default(),
+            stdin: true,
+            stdin_once: false,
         });
         let s = serde_json::to_string(&r).unwrap();
         assert!(!s.contains('\n'));

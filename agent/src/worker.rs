@@ -1016,6 +1016,8 @@ impl Worker {
             image: image.clone(),
             image_id: ready.image_id.clone(),
             log_policy: self.cfg().log_policy,
+            stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
         });
         let dir = self.dir.clone();
         let resp =

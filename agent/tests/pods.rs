@@ -1745,3 +1745,136 @@ async fn image_pull_secrets_authenticate_the_pull() {
     })
     .await;
 }
+
+/// A pod whose one container `c` runs `script` with the given `stdin`/`stdinOnce`.
+fn stdin_pod(name: &str, node: &str, image: &str, script: &str, once: bool) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": image, "command": ["/bin/sh", "-c", script],
+                "stdin": true, "stdinOnce": once}]
+        }
+    }))
+    .unwrap()
+}
+
+/// `kubectl attach -i` (kubectl `version`) to `pod` with `input` piped in and closed; with
+/// the container still running after its stdin's end, kubectl does not end: it is stopped
+/// once `want` is in the container's log.
+async fn attach_until_logged(c: &Cluster, version: &str, pod: &str, input: &str, want: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(api_common::kubectl_path(version))
+        .arg("--kubeconfig")
+        .arg(c.server.kubeconfig())
+        .args(["attach", "-i", pod])
+        .env("HOME", c.server.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut w = child.stdin.take().unwrap();
+    w.write_all(input.as_bytes()).await.unwrap();
+    drop(w);
+    api_common::wait_for(want, Duration::from_secs(60), || async {
+        let out = kubectl_timed(c, version, &["logs", pod], None).await;
+        text(&out.stdout).contains(want).then_some(())
+    })
+    .await;
+    let _ = child.kill().await;
+}
+
+/// Attach with stdin as the kubelet serves it (kubectl 1.32, WebSocket): lines sent by
+/// several `kubectl attach -i` in turn reach a `stdin: true` container, also after an agent
+/// restart (the shim owns the pipe); the last one ends the container and kubectl with it.
+/// With `stdinOnce` the first attach's end of file is the container's; a container without
+/// `stdin` refuses stdin; `kubectl run -i --rm --restart=Never` runs, feeds and deletes a pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach_with_stdin() {
+    let c = cluster().await;
+    let mut node = TestNode::new(&c.server, "n-attach");
+    wait_node_ready(&c.client, &node).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let v = "1.32";
+    let echo = "while read l; do echo \"got $l\"; [ \"$l\" = quit ] && exit 0; done; echo eof";
+    for (name, once) in [("reader", false), ("once", true)] {
+        let p = stdin_pod(name, "n-attach", &c.image, echo, once);
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    pods.create(
+        &PostParams::default(),
+        &pod("plain", "n-attach", &c.image, "exec sleep 1000", json!({})),
+    )
+    .await
+    .unwrap();
+    for name in ["reader", "once", "plain"] {
+        wait_pod(&pods, name, "Running", 60, &node, running_ready).await;
+    }
+    attach_until_logged(&c, v, "reader", "one\n", "got one\n").await;
+    attach_until_logged(&c, v, "reader", "two\n", "got two\n").await;
+    node.kill_agent();
+    node.start_agent();
+    wait_node_ready(&c.client, &node).await;
+    let out = kubectl_timed(&c, v, &["attach", "-i", "reader"], Some("three\nquit\n")).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("got three\ngot quit\n"), "{shown:?}");
+    let log = text(&kubectl_timed(&c, v, &["logs", "reader"], None).await.stdout);
+    assert_eq!(log, "got one\ngot two\ngot three\ngot quit\n");
+    // stdinOnce: the first attach's end of file closes the container's stdin
+    let out = kubectl_timed(&c, v, &["attach", "-i", "once"], Some("a\n")).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("got a\neof\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    // no stdin: true, no stdin
+    let out = kubectl_timed(&c, v, &["attach", "-i", "plain"], Some("x\n")).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("stdin is not enabled for container c in pod plain"),
+        "{}",
+        text(&out.stderr)
+    );
+    // kubectl run -i --rm: stdin and stdinOnce set by kubectl, the pod deleted after
+    let overrides = json!({"spec": {"nodeName": "n-attach"}}).to_string();
+    let out = kubectl_timed(
+        &c,
+        v,
+        &[
+            "run",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "runner",
+            "--image",
+            &c.image,
+            "--overrides",
+            &overrides,
+            "--",
+            "/bin/sh",
+            "-c",
+            "read l; echo \"got $l\"",
+        ],
+        Some("hello\n"),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("got hello"),
+        "{}",
+        text(&out.stdout)
+    );
+    api_common::wait_for("runner deleted", Duration::from_secs(60), || async {
+        pods.get_opt("runner").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    for name in ["reader", "once", "plain"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    node.kill_agent();
+}
