@@ -238,6 +238,13 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         (None, Some(path)) => read_token_file(path)?,
         (None, None) => anyhow::bail!("give --token or --token-file"),
     };
+    // every flag checked before anything is made on the machine
+    let log_policy = skiff_agent::logrotate::LogPolicy::new(
+        a.container_log_max_size,
+        a.container_log_max_files,
+    )?;
+    let image_gc = a.image_gc.policy()?;
+    let eviction = a.eviction.policy()?;
     for d in [&a.root_dir, &a.run_dir, &a.log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
@@ -275,12 +282,9 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         }),
         listen_port: a.listen_port,
         services,
-        log_policy: skiff_agent::logrotate::LogPolicy::new(
-            a.container_log_max_size,
-            a.container_log_max_files,
-        )?,
-        image_gc: a.image_gc.policy()?,
-        eviction: a.eviction.policy()?,
+        log_policy,
+        image_gc,
+        eviction,
     };
     Ok(config)
 }

@@ -1,7 +1,8 @@
-//! `skiff install` / `skiff uninstall` into a temp root, and the config file and
-//! `--log-format json` of a real `skiff master`. Needs root (uninstall unmounts a tmpfs the
-//! test mounts under the temp root). Nothing outside the temp dirs is touched: with a
-//! `--root` other than `/` neither systemd nor the host's network are.
+//! `skiff install` / `skiff uninstall` into a temp root, `skiff agent` refusing bad flags,
+//! and the config file and `--log-format json` of a real `skiff master`. Needs root
+//! (uninstall unmounts a tmpfs the test mounts under the temp root). Nothing outside the
+//! temp dirs is touched: with a `--root` other than `/` neither systemd nor the host's
+//! network are.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -366,5 +367,53 @@ fn completions_for_each_shell() {
         for sub in ["master", "agent", "install", "uninstall"] {
             assert!(out.contains(sub), "{shell}: {sub} missing");
         }
+    }
+}
+
+/// `skiff agent` checks its eviction flags before it makes anything: a bad
+/// `--eviction-minimum-reclaim` (or threshold) is a clear error and no directory appears.
+#[test]
+fn agent_refuses_bad_eviction_flags_and_makes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = |d: &str| t.path().join(d).to_str().unwrap().to_string();
+    let (root, run, log) = (dir("root"), dir("run"), dir("log"));
+    for (flag, want) in [
+        (
+            "--eviction-minimum-reclaim=memory.available<1Gi",
+            "invalid eviction minimum reclaim \"memory.available<1Gi\"",
+        ),
+        (
+            "--eviction-minimum-reclaim=nodefs.available=-5Mi",
+            "invalid eviction minimum reclaim \"nodefs.available=-5Mi\"",
+        ),
+        (
+            "--eviction-minimum-reclaim=pid.available=1",
+            "unknown eviction signal \"pid.available\"",
+        ),
+        (
+            "--eviction-hard=memory.available>1Gi",
+            "invalid eviction threshold",
+        ),
+    ] {
+        let out = skiff(&[
+            "agent",
+            "--server",
+            "https://127.0.0.1:1",
+            "--token",
+            "x",
+            "--node-ip",
+            "127.0.0.1",
+            "--root-dir",
+            &root,
+            "--run-dir",
+            &run,
+            "--log-dir",
+            &log,
+            flag,
+        ]);
+        assert!(!out.status.success(), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{flag}: {err}");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0, "{flag}");
     }
 }
