@@ -1789,7 +1789,7 @@ async fn attach_until_logged(c: &Cluster, version: &str, pod: &str, input: &str,
 
 /// Attach with stdin as the kubelet serves it (kubectl 1.32, WebSocket): lines sent by
 /// several `kubectl attach -i` in turn reach a `stdin: true` container, also after an agent
-/// restart (the shim owns the pipe); the last one ends the container and kubectl with it.
+/// restart (the shim owns the pipe) and over SPDY (kubectl 1.27); the last one ends the container and kubectl with it.
 /// With `stdinOnce` the first attach's end of file is the container's; a container without
 /// `stdin` refuses stdin; `kubectl run -i --rm --restart=Never` runs, feeds and deletes a pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1818,12 +1818,14 @@ async fn kubectl_attach_with_stdin() {
     node.kill_agent();
     node.start_agent();
     wait_node_ready(&c.client, &node).await;
+    // kubectl 1.27 speaks SPDY only
+    attach_until_logged(&c, "1.27", "reader", "spdy\n", "got spdy\n").await;
     let out = kubectl_timed(&c, v, &["attach", "-i", "reader"], Some("three\nquit\n")).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
     assert!(shown.contains("got three\ngot quit\n"), "{shown:?}");
     let log = text(&kubectl_timed(&c, v, &["logs", "reader"], None).await.stdout);
-    assert_eq!(log, "got one\ngot two\ngot three\ngot quit\n");
+    assert_eq!(log, "got one\ngot two\ngot spdy\ngot three\ngot quit\n");
     // stdinOnce: the first attach's end of file closes the container's stdin
     let out = kubectl_timed(&c, v, &["attach", "-i", "once"], Some("a\n")).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
