@@ -67,6 +67,10 @@ pub struct StartRequest {
     /// The container's `stdinOnce`: close that pipe when the first attach ends.
     #[serde(default)]
     pub stdin_once: bool,
+    /// The container's `tty` (the bundle's `process.terminal`): the shim takes the pty
+    /// master through a console socket, logs what it reads as stdout and feeds stdin to it.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// The shim's answer.
@@ -131,6 +135,29 @@ pub fn records_dir(pod_dir: &Path, name: &str) -> PathBuf {
 /// The socket that feeds a run's stdin (present while the run can still take input).
 pub fn stdin_socket(pod_dir: &Path, name: &str, restart: u32) -> PathBuf {
     records_dir(pod_dir, name).join(format!("{restart}.stdin"))
+}
+
+/// Receives the pty master of a `tty` run: the runtime's create sends it on the console
+/// socket at `path` (removed afterwards); gives up after `timeout`.
+fn receive_console(listener: &UnixListener, path: &Path, timeout: Duration) -> Result<OwnedFd> {
+    let err = |m: String| Error::io("receive the terminal on", path, std::io::Error::other(m));
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| err(e.to_string()))?;
+    let deadline = Instant::now() + timeout;
+    let conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(err(e.to_string())),
+        }
+    };
+    let _ = std::fs::remove_file(path);
+    conn.set_nonblocking(false)
+        .map_err(|e| err(e.to_string()))?;
+    skiff_runtime::console::recv_fd(conn.as_raw_fd()).map_err(|e| err(e.to_string()))
 }
 
 fn record_path(pod_dir: &Path, name: &str, restart: u32) -> PathBuf {
@@ -356,14 +383,32 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
         .map_err(|e| Error::io("open", &s.log, e))?;
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    let stdin = match s.stdin {
+    // a terminal replaces the pipes in the container: stdin then goes to the pty master
+    let stdin = match s.stdin && !s.tty {
         true => Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?),
         false => None,
+    };
+    let console_path = records_dir(pod_dir, &s.name).join(format!("{}.console", s.restart));
+    let console = match s.tty {
+        true => {
+            std::fs::create_dir_all(records_dir(pod_dir, &s.name))
+                .map_err(|e| Error::io("create", &console_path, e))?;
+            let _ = std::fs::remove_file(&console_path);
+            Some(
+                UnixListener::bind(&console_path)
+                    .map_err(|e| Error::io("listen on", &console_path, e))?,
+            )
+        }
+        false => None,
+    };
+    let opts = CreateOptions {
+        console_socket: console.as_ref().map(|_| console_path.clone()),
+        ..CreateOptions::default()
     };
     let input = stdin.as_ref().map(|(r, _)| r);
     let created = with_stdio(input, &out_w, &err_w, || -> Result<(i32, PathBuf)> {
         let mut c = rt
-            .create(&s.id, &s.bundle, &CreateOptions::default())
+            .create(&s.id, &s.bundle, &opts)
             .map_err(|source| Error::runtime(s.id.clone(), source))?;
         let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
         let cgroup = c.state().internal.cgroup_path.clone();
@@ -377,7 +422,18 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
         drop(r);
         w
     });
+    let master = match (&console, &created) {
+        (Some(l), Ok(_)) => Some(receive_console(l, &console_path, Duration::from_secs(10))),
+        _ => None,
+    };
+    drop(console);
+    let _ = std::fs::remove_file(&console_path);
     let started_at = now();
+    let (master, created) = match master {
+        Some(Err(e)) => (None, Err(e)),
+        Some(Ok(m)) => (Some(m), created),
+        None => (None, created),
+    };
     let (pid, cgroup) = match created {
         Ok(c) => c,
         Err(e) => {
@@ -405,9 +461,16 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
         started_at,
         image: s.image.clone(),
         image_id: s.image_id.clone(),
-        stdin: stdin.is_some(),
         ..Default::default()
     };
+    let stdin = match (&master, s.stdin) {
+        (Some(m), true) => Some(
+            m.try_clone()
+                .map_err(|e| Error::io("dup", &console_path, e))?,
+        ),
+        _ => stdin,
+    };
+    rec.stdin = stdin.is_some();
     let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stdin_sock = stdin_socket(pod_dir, &s.name, s.restart);
     if let Some(input) = stdin {
@@ -426,8 +489,10 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
     }
     save_record(pod_dir, &s.name, &rec)?;
     let log = Arc::new(Mutex::new(log));
+    // a terminal's output is the container's stdout (EIO once the container is gone)
     let copiers: Vec<_> = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)]
         .into_iter()
+        .chain(master.map(|m| (m, Stream::Stdout)))
         .map(|(fd, stream)| {
             let log = log.clone();
             std::thread::spawn(move || {
@@ -612,6 +677,7 @@ mod tests {
             log_policy: crate::logrotate::LogPolicy::default(),
             stdin: true,
             stdin_once: false,
+            tty: false,
         });
         let s = serde_json::to_string(&r).unwrap();
         assert!(!s.contains('\n'));

@@ -1018,6 +1018,7 @@ impl Worker {
             log_policy: self.cfg().log_policy,
             stdin: c.stdin.unwrap_or(false),
             stdin_once: c.stdin_once.unwrap_or(false),
+            tty: c.tty.unwrap_or(false),
         });
         let dir = self.dir.clone();
         let resp =

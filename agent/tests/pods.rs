@@ -1747,14 +1747,14 @@ async fn image_pull_secrets_authenticate_the_pull() {
 }
 
 /// A pod whose one container `c` runs `script` with the given `stdin`/`stdinOnce`.
-fn stdin_pod(name: &str, node: &str, image: &str, script: &str, once: bool) -> Pod {
+fn stdin_pod(name: &str, node: &str, image: &str, script: &str, once: bool, tty: bool) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {
             "nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
             "containers": [{"name": "c", "image": image, "command": ["/bin/sh", "-c", script],
-                "stdin": true, "stdinOnce": once}]
+                "stdin": true, "stdinOnce": once, "tty": tty}]
         }
     }))
     .unwrap()
@@ -1800,8 +1800,12 @@ async fn kubectl_attach_with_stdin() {
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
     let v = "1.32";
     let echo = "while read l; do echo \"got $l\"; [ \"$l\" = quit ] && exit 0; done; echo eof";
-    for (name, once) in [("reader", false), ("once", true)] {
-        let p = stdin_pod(name, "n-attach", &c.image, echo, once);
+    for (name, once, tty) in [
+        ("reader", false, false),
+        ("once", true, false),
+        ("term", false, true),
+    ] {
+        let p = stdin_pod(name, "n-attach", &c.image, echo, once, tty);
         pods.create(&PostParams::default(), &p).await.unwrap();
     }
     pods.create(
@@ -1810,7 +1814,7 @@ async fn kubectl_attach_with_stdin() {
     )
     .await
     .unwrap();
-    for name in ["reader", "once", "plain"] {
+    for name in ["reader", "once", "plain", "term"] {
         wait_pod(&pods, name, "Running", 60, &node, running_ready).await;
     }
     attach_until_logged(&c, v, "reader", "one\n", "got one\n").await;
@@ -1833,6 +1837,15 @@ async fn kubectl_attach_with_stdin() {
         text(&out.stdout).contains("got a\neof\n"),
         "{}",
         text(&out.stdout)
+    );
+    // a tty container: its terminal is logged as stdout (with the terminal's echo and
+    // CRLF), its stdin is the terminal
+    let out = kubectl_timed(&c, v, &["attach", "-i", "term"], Some("hi\nquit\n")).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&kubectl_timed(&c, v, &["logs", "term"], None).await.stdout);
+    assert!(
+        log.contains("got hi\r\n") && log.contains("got quit\r\n"),
+        "{log:?}"
     );
     // no stdin: true, no stdin
     let out = kubectl_timed(&c, v, &["attach", "-i", "plain"], Some("x\n")).await;
@@ -1875,7 +1888,7 @@ async fn kubectl_attach_with_stdin() {
         pods.get_opt("runner").await.ok()?.is_none().then_some(())
     })
     .await;
-    for name in ["reader", "once", "plain"] {
+    for name in ["reader", "once", "plain", "term"] {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
     node.kill_agent();
