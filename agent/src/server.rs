@@ -1031,7 +1031,8 @@ async fn exec_process(
 /// Attach: the container's output from now on, from its log as the shim writes it, until
 /// the container ends; with stdin, the client's input goes to the shim's stdin socket of the
 /// run (its end of file ends this attach's input; the shim closes the container's stdin
-/// when the container has `stdinOnce`). Terminal output is not yet attached (no tty).
+/// when the container has `stdinOnce`); with `tty`, resizes go to the shim, which sets the
+/// size of the run's terminal.
 async fn attach(
     log: PathBuf,
     pod_dir: &Path,
@@ -1078,6 +1079,22 @@ async fn attach(
                     }
                 }
                 Some(WsIn::Close(remotecommand::STDIN)) => stdin = None,
+                Some(WsIn::Resize { width, height }) if q.tty => {
+                    let req = shim::Request::Resize(shim::ResizeRequest {
+                        name: name.to_string(),
+                        restart,
+                        width,
+                        height,
+                    });
+                    let dir = pod_dir.to_path_buf();
+                    let answer = tokio::task::spawn_blocking(move || {
+                        shim::call(&dir, &req, Duration::from_secs(5))
+                    })
+                    .await;
+                    if !matches!(answer, Ok(Ok(shim::Response::Ok))) {
+                        tracing::debug!(container = name, ?answer, "attach resize not applied");
+                    }
+                }
                 Some(_) => {}
                 None => return Ok(0),
             },

@@ -36,9 +36,28 @@ pub const SOCKET: &str = "shim.sock";
 pub enum Request {
     /// Create and start a container from a prepared bundle.
     Start(StartRequest),
+    /// Resize the terminal of a `tty` run.
+    Resize(ResizeRequest),
     /// Exit (the pod is gone).
     Shutdown,
 }
+
+/// A new size for a run's terminal (an attach's resize).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeRequest {
+    /// Container name in the pod.
+    pub name: String,
+    /// Restart number.
+    pub restart: u32,
+    /// Columns.
+    pub width: u16,
+    /// Rows.
+    pub height: u16,
+}
+
+/// The pty masters of the running `tty` runs, by (container, restart).
+type Terminals = Arc<Mutex<std::collections::HashMap<(String, u32), OwnedFd>>>;
 
 /// One container run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -251,6 +270,7 @@ pub fn serve(args: &ShimArgs) -> Result<()> {
     std::fs::write(&pid_file, std::process::id().to_string())
         .map_err(|e| Error::io("write", &pid_file, e))?;
     let rt = Runtime::new(&args.runtime_root).with_cgroup_root(&args.cgroup_root);
+    let terminals = Terminals::default();
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let mut line = String::new();
@@ -258,7 +278,8 @@ pub fn serve(args: &ShimArgs) -> Result<()> {
             continue;
         }
         let (resp, stop) = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Start(s)) => match start(&rt, &args.dir, &args.cgroup_root, &s) {
+            Ok(Request::Resize(r)) => (resize(&terminals, &r), false),
+            Ok(Request::Start(s)) => match start(&rt, args, &terminals, &s) {
                 Ok(pid) => (Response::Started { pid }, false),
                 Err(e) => {
                     let message = error_chain(&e);
@@ -375,7 +396,24 @@ pub fn oom_kills(cgroup_root: &Path, cgroup: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> Result<i32> {
+/// Sets the size of a running `tty` run's terminal.
+fn resize(terminals: &Terminals, r: &ResizeRequest) -> Response {
+    let terminals = terminals.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(master) = terminals.get(&(r.name.clone(), r.restart)) else {
+        return Response::Error {
+            message: format!("container {} (run {}) has no terminal", r.name, r.restart),
+        };
+    };
+    match skiff_runtime::sys::set_winsize(master.as_raw_fd(), r.height, r.width) {
+        Ok(()) => Response::Ok,
+        Err(e) => Response::Error {
+            message: format!("cannot resize the terminal: {e}"),
+        },
+    }
+}
+
+fn start(rt: &Runtime, args: &ShimArgs, terminals: &Terminals, s: &StartRequest) -> Result<i32> {
+    let (pod_dir, cgroup_root) = (args.dir.as_path(), args.cgroup_root.as_path());
     if let Some(parent) = s.log.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
     }
@@ -471,6 +509,15 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
         _ => stdin,
     };
     rec.stdin = stdin.is_some();
+    let key = (s.name.clone(), s.restart);
+    if let Some(m) = &master {
+        let m = m
+            .try_clone()
+            .map_err(|e| Error::io("dup", &console_path, e))?;
+        let mut t = terminals.lock().unwrap_or_else(|e| e.into_inner());
+        t.insert(key.clone(), m);
+    }
+    let terminals = terminals.clone();
     let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stdin_sock = stdin_socket(pod_dir, &s.name, s.restart);
     if let Some(input) = stdin {
@@ -506,6 +553,10 @@ fn start(rt: &Runtime, pod_dir: &Path, cgroup_root: &Path, s: &StartRequest) -> 
     let ooms_before = oom_kills(&cgroup_root, &cgroup);
     std::thread::spawn(move || {
         let (code, signal) = wait_exit(&pidfd);
+        terminals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         // wake the stdin server, if it still listens, to close the pipe and the socket
         ended.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = UnixStream::connect(&stdin_sock);

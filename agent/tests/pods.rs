@@ -1808,15 +1808,25 @@ async fn kubectl_attach_with_stdin() {
         let p = stdin_pod(name, "n-attach", &c.image, echo, once, tty);
         pods.create(&PostParams::default(), &p).await.unwrap();
     }
+    // waits (10 s at most) for the attach's resize to reach its terminal
+    let sized = "i=0; while [ \"$(stty size)\" != '40 100' ] && [ $i -lt 100 ]; do \
+        sleep 0.1; i=$((i+1)); done; echo \"size $(stty size)\"";
+    let p = stdin_pod("sized", "n-attach", &c.image, sized, false, true);
+    pods.create(&PostParams::default(), &p).await.unwrap();
     pods.create(
         &PostParams::default(),
         &pod("plain", "n-attach", &c.image, "exec sleep 1000", json!({})),
     )
     .await
     .unwrap();
-    for name in ["reader", "once", "plain", "term"] {
+    for name in ["reader", "once", "plain", "term", "sized"] {
         wait_pod(&pods, name, "Running", 60, &node, running_ready).await;
     }
+    // attach -it in a 40x100 terminal: the size reaches the container's terminal
+    let (shown, code) = kubectl_in_terminal(&c, v, "attach -it sized").await;
+    assert_eq!(code, Some(0), "{shown:?}");
+    let log = text(&kubectl_timed(&c, v, &["logs", "sized"], None).await.stdout);
+    assert!(log.contains("size 40 100"), "{log:?} (shown: {shown:?})");
     attach_until_logged(&c, v, "reader", "one\n", "got one\n").await;
     attach_until_logged(&c, v, "reader", "two\n", "got two\n").await;
     node.kill_agent();
@@ -1888,7 +1898,7 @@ async fn kubectl_attach_with_stdin() {
         pods.get_opt("runner").await.ok()?.is_none().then_some(())
     })
     .await;
-    for name in ["reader", "once", "plain", "term"] {
+    for name in ["reader", "once", "plain", "term", "sized"] {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
     node.kill_agent();

@@ -441,9 +441,20 @@ pub async fn exec_in_terminal(
     pod: &str,
     command: &str,
 ) -> (String, Option<i32>) {
+    kubectl_in_terminal(
+        c,
+        version,
+        &format!("exec -it {pod} -- /bin/sh -c '{command}'"),
+    )
+    .await
+}
+
+/// kubectl with `args` (shell words) under `script(1)` in a 40x100 terminal: the output
+/// shown and the exit code.
+pub async fn kubectl_in_terminal(c: &Cluster, version: &str, args: &str) -> (String, Option<i32>) {
     let kubectl = api_common::kubectl_path(version);
     let inner = format!(
-        "stty rows 40 cols 100; {} --kubeconfig {} exec -it {pod} -- /bin/sh -c '{command}'",
+        "stty rows 40 cols 100; {} --kubeconfig {} {args}",
         kubectl.display(),
         c.server.kubeconfig().display()
     );
@@ -458,7 +469,7 @@ pub async fn exec_in_terminal(
     let child = script.spawn().unwrap();
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
-        .expect("kubectl exec -it did not finish")
+        .unwrap_or_else(|_| panic!("kubectl {args} in a terminal did not finish"))
         .unwrap();
     (
         format!("{}{}", text(&out.stdout), text(&out.stderr)),
