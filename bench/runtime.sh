@@ -4,6 +4,8 @@
 #
 #   bench/runtime.sh                  # RUNS=50 WARMUP=5 TIME_RUNS=30
 #   RUNS=20 TIME_RUNS=10 bench/runtime.sh
+#   PROFILE=perf bench/runtime.sh     # build and measure target/perf/skiff instead
+#   SKIFF=path/to/skiff bench/runtime.sh   # measure this binary, build nothing
 #
 # Prints, per runtime: median wall time and mean CPU time user+sys (hyperfine, which reads
 # rusage in microseconds), peak RSS (GNU time's %M over TIME_RUNS runs: the largest resident
@@ -21,6 +23,8 @@ RUNS=${RUNS:-50}
 WARMUP=${WARMUP:-5}
 TIME_RUNS=${TIME_RUNS:-30}
 OUT=${OUT:-target/bench}
+PROFILE=${PROFILE:-release}
+SKIFF=${SKIFF:-}
 
 die() {
     echo "$0: $*" >&2
@@ -33,7 +37,12 @@ command -v hyperfine >/dev/null || die "hyperfine is missing: apt-get install hy
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     . "$HOME/.cargo/env"
 fi
-cargo build --release -p skiff
+if [ -z "$SKIFF" ]; then
+    cargo build --profile "$PROFILE" -p skiff
+    SKIFF=target/$PROFILE/skiff
+fi
+[ -x "$SKIFF" ] || die "no skiff binary at $SKIFF"
+SKIFF=$(cd "$(dirname "$SKIFF")" && pwd)/$(basename "$SKIFF")
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -70,7 +79,7 @@ bind_v2_controllers() {
 
 scripts/busybox-bundle.sh "$work/bundle" /bin/true >/dev/null
 mkdir "$work/bin"
-ln -s "$PWD/target/release/skiff" "$work/bin/skiff-runc"
+ln -s "$SKIFF" "$work/bin/skiff-runc"
 
 names=(skiff-runc runc crun)
 declare -A exe=(
@@ -131,6 +140,7 @@ ratio() {
 
 summary="$OUT/summary.txt"
 {
+    echo "skiff: $SKIFF"
     echo "busybox /bin/true bundle; hyperfine --warmup $WARMUP --runs $RUNS; peak RSS: GNU time over $TIME_RUNS runs"
     echo "host: $(uname -r), $(nproc) CPUs; runc: $(${exe[runc]:-false} --version 2>/dev/null | head -n 1); crun: $(${exe[crun]:-false} --version 2>/dev/null | head -n 1)"
     printf '%-11s %15s %18s %13s %10s %9s\n' runtime "median wall ms" "mean user+sys ms" "peak RSS KiB" "wall/crun" "cpu/crun"
