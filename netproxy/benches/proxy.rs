@@ -22,6 +22,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use skiff_netproxy::proxy::nft::Nft;
 use skiff_netproxy::proxy::rules::RulesConfig;
+use skiff_netproxy::proxy::rules::service_key;
 use skiff_netproxy::proxy::sync::{Proxier, SyncReport};
 
 const POD_IP: &str = "10.250.0.2";
@@ -193,12 +194,21 @@ async fn timed_sync(
     p: &mut Proxier,
     services: &[Service],
     slices: &[EndpointSlice],
+    changed: Option<&[usize]>,
     what: &str,
 ) -> SyncReport {
     let svc: Vec<&Service> = services.iter().collect();
     let sl: Vec<&EndpointSlice> = slices.iter().collect();
     let start = Instant::now();
-    let report = p.sync(&svc, &sl).await.expect("sync");
+    // `None`: render and diff every Service (start-up); else the watch's dirty Services
+    let report = match changed {
+        None => p.sync(&svc, &sl).await,
+        Some(idx) => {
+            let keys = idx.iter().map(|&i| service_key(&services[i])).collect();
+            p.sync_changed(&svc, &sl, &keys).await
+        }
+    }
+    .expect("sync");
     let took = start.elapsed();
     println!(
         "{what}: {:.1} ms ({} statements, {} KiB{}); {}",
@@ -276,6 +286,7 @@ fn main() {
         &mut proxier,
         &services,
         &slices,
+        None,
         &format!("{n} Services x 2 endpoints from nothing"),
     ));
     // one more Service, whose endpoint is the real pod
@@ -285,6 +296,7 @@ fn main() {
         &mut proxier,
         &services,
         &slices,
+        Some(&[n as usize]),
         "one Service more",
     ));
     slices[0] = slice(0, &endpoints(0)[..1]);
@@ -292,10 +304,28 @@ fn main() {
         &mut proxier,
         &services,
         &slices,
+        Some(&[0]),
         "one endpoint fewer",
     ));
-    let again = rt.block_on(timed_sync(&mut proxier, &services, &slices, "no change"));
+    let again = rt.block_on(timed_sync(
+        &mut proxier,
+        &services,
+        &slices,
+        Some(&[]),
+        "no change",
+    ));
     assert_eq!(again.statements, 0, "a sync without changes sends nothing");
+    let again = rt.block_on(timed_sync(
+        &mut proxier,
+        &services,
+        &slices,
+        None,
+        "no change, every Service rendered and diffed",
+    ));
+    assert_eq!(
+        again.statements, 0,
+        "a full sync without changes sends nothing"
+    );
 
     world.start_httpd();
     let direct = wrk(

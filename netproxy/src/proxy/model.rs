@@ -197,6 +197,9 @@ pub struct Table {
     pub sets: BTreeMap<String, Set>,
     /// UDP Service ports by service port name (not rendered: for conntrack cleanup).
     pub udp: BTreeMap<String, UdpPort>,
+    /// In the fragment of a Service: the sets it shares with the other Services (the
+    /// table's maps), of which it owns only its elements. Empty in a whole table.
+    pub shared: BTreeSet<String>,
 }
 
 impl Table {
@@ -208,7 +211,98 @@ impl Table {
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),
             udp: BTreeMap::new(),
+            shared: BTreeSet::new(),
         }
+    }
+
+    /// Adds a fragment (the chains, sets, elements and UDP ports of some Services) to this
+    /// table. A set the fragment shares with the table (a map of all Services) gets the
+    /// fragment's elements; any other name is the fragment's own.
+    pub fn merge(&mut self, frag: &Table) {
+        for (n, c) in &frag.chains {
+            self.chains.insert(n.clone(), c.clone());
+        }
+        for (n, s) in &frag.sets {
+            match self.sets.get_mut(n) {
+                Some(own) if own.same_decl(s) && frag.shares(n) => {
+                    own.elements
+                        .extend(s.elements.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                _ => {
+                    self.sets.insert(n.clone(), s.clone());
+                }
+            }
+        }
+        for (n, u) in &frag.udp {
+            self.udp.insert(n.clone(), u.clone());
+        }
+    }
+
+    /// Takes a fragment merged earlier out of this table again.
+    pub fn unmerge(&mut self, frag: &Table) {
+        for n in frag.chains.keys() {
+            self.chains.remove(n);
+        }
+        for (n, s) in &frag.sets {
+            if frag.shares(n) {
+                if let Some(own) = self.sets.get_mut(n) {
+                    for k in s.elements.keys() {
+                        own.elements.remove(k);
+                    }
+                }
+            } else {
+                self.sets.remove(n);
+            }
+        }
+        for n in frag.udp.keys() {
+            self.udp.remove(n);
+        }
+    }
+
+    /// Whether the set `name` of this fragment is one it shares with other fragments: the
+    /// fragments of Services declare the table's shared maps without elements of their own
+    /// (`shared` lists them).
+    fn shares(&self, name: &str) -> bool {
+        self.shared.contains(name)
+    }
+
+    /// The part of this table that a fragment touches: its chains and sets, and of the
+    /// shared sets only the fragment's keys. Diffing two such parts gives the statements
+    /// a diff of the whole tables gives for those names.
+    pub fn part(&self, names: &Table) -> Table {
+        let mut out = Table::new(self.family, self.name.clone());
+        for n in names.chains.keys() {
+            if let Some(c) = self.chains.get(n) {
+                out.chains.insert(n.clone(), c.clone());
+            }
+        }
+        for (n, s) in &names.sets {
+            let Some(own) = self.sets.get(n) else {
+                continue;
+            };
+            if names.shares(n) {
+                let mut part = Set {
+                    key: own.key.clone(),
+                    verdict_map: own.verdict_map,
+                    dynamic_timeout: own.dynamic_timeout,
+                    elements: BTreeMap::new(),
+                };
+                for k in s.elements.keys() {
+                    if let Some(v) = own.elements.get(k) {
+                        part.elements.insert(k.clone(), v.clone());
+                    }
+                }
+                out.sets.insert(n.clone(), part);
+            } else {
+                out.sets.insert(n.clone(), own.clone());
+            }
+        }
+        for n in names.udp.keys() {
+            if let Some(u) = self.udp.get(n) {
+                out.udp.insert(n.clone(), u.clone());
+            }
+        }
+        out
     }
 
     /// `ip skiff`.

@@ -357,10 +357,7 @@ pub fn port_endpoints(
 
 /// The desired tables, one per family, for these Services and EndpointSlices.
 pub fn desired(services: &[&Service], slices: &[&EndpointSlice], cfg: &RulesConfig) -> Vec<Table> {
-    [Family::V4, Family::V6]
-        .into_iter()
-        .map(|f| desired_family(f, services, slices, cfg))
-        .collect()
+    desired_parts(services, slices, cfg).0
 }
 
 fn hook(kind: &'static str, hook: &'static str, priority: i32) -> Option<Hook> {
@@ -487,7 +484,12 @@ fn base_chains(t: &mut Table, cfg: &RulesConfig) {
         check.push(format!("{ip} daddr {c} drop"));
     }
     add(CLUSTER_IPS_CHECK, None, check);
+    base_sets(t, cfg);
+}
 
+/// The maps and sets of all Services.
+fn base_sets(t: &mut Table, cfg: &RulesConfig) {
+    let fam = t.family;
     let addr = fam.addr_type();
     t.sets.insert(
         SERVICE_IPS.into(),
@@ -527,46 +529,100 @@ fn put(t: &mut Table, set: &str, key: String, value: &str) {
     }
 }
 
-fn desired_family(
-    family: Family,
+/// A Service: its namespace and name.
+pub type ServiceKey = (String, String);
+
+/// The key of a Service.
+pub fn service_key(svc: &Service) -> ServiceKey {
+    (
+        svc.metadata.namespace.clone().unwrap_or_default(),
+        svc.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The key of the Service an EndpointSlice belongs to.
+pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceKey> {
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        svc.clone(),
+    ))
+}
+
+/// The tables with what does not depend on any Service: base chains, the maps (empty).
+pub fn base_tables(cfg: &RulesConfig) -> Vec<Table> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| {
+            let mut t = Table::new(f, cfg.table.clone());
+            base_chains(&mut t, cfg);
+            t
+        })
+        .collect()
+}
+
+/// What one Service adds to the tables, one fragment per family: its chains and sets, and
+/// its elements of the shared maps. The tables are the base tables with the fragments of
+/// all Services merged (`Table::merge`).
+pub fn service_fragment(svc: &Service, slices: &[&EndpointSlice], cfg: &RulesConfig) -> Vec<Table> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .map(|family| {
+            let mut t = Table::new(family, cfg.table.clone());
+            base_sets(&mut t, cfg);
+            for s in t.sets.values_mut() {
+                s.elements.clear();
+            }
+            t.shared = t.sets.keys().cloned().collect();
+            for sp in service_ports(svc, family) {
+                if sp
+                    .cluster_ips
+                    .iter()
+                    .all(|a| cfg.node_local_ips.contains(a))
+                {
+                    // served on the node itself (cluster DNS): left to the local listener
+                    continue;
+                }
+                let eps = port_endpoints(&sp, slices, family, &cfg.node_name);
+                service_port_rules(&mut t, &sp, &eps, cfg);
+            }
+            t
+        })
+        .collect()
+}
+
+/// The EndpointSlices of each Service.
+pub fn slices_by_service<'a>(
+    slices: &[&'a EndpointSlice],
+) -> BTreeMap<ServiceKey, Vec<&'a EndpointSlice>> {
+    let mut out: BTreeMap<ServiceKey, Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if let Some(k) = slice_service(s) {
+            out.entry(k).or_default().push(s);
+        }
+    }
+    out
+}
+
+/// The desired tables and the fragment of each Service they are made of.
+pub fn desired_parts(
     services: &[&Service],
     slices: &[&EndpointSlice],
     cfg: &RulesConfig,
-) -> Table {
-    let mut t = Table::new(family, cfg.table.clone());
-    base_chains(&mut t, cfg);
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
-        let ns = s.metadata.namespace.as_deref().unwrap_or("");
-        if let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        {
-            by_service.entry((ns, svc.as_str())).or_default().push(s);
-        }
-    }
+) -> (Vec<Table>, BTreeMap<ServiceKey, Vec<Table>>) {
+    let mut tables = base_tables(cfg);
+    let by_service = slices_by_service(slices);
+    let mut fragments = BTreeMap::new();
     for svc in services {
-        let key = (
-            svc.metadata.namespace.as_deref().unwrap_or(""),
-            svc.metadata.name.as_deref().unwrap_or(""),
-        );
+        let key = service_key(svc);
         let svc_slices = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        for sp in service_ports(svc, family) {
-            if sp
-                .cluster_ips
-                .iter()
-                .all(|a| cfg.node_local_ips.contains(a))
-            {
-                // served on the node itself (cluster DNS): left to the local listener
-                continue;
-            }
-            let eps = port_endpoints(&sp, svc_slices, family, &cfg.node_name);
-            service_port_rules(&mut t, &sp, &eps, cfg);
+        let frag = service_fragment(svc, svc_slices, cfg);
+        for (t, f) in tables.iter_mut().zip(&frag) {
+            t.merge(f);
         }
+        fragments.insert(key, frag);
     }
-    t
+    (tables, fragments)
 }
 
 fn service_port_rules(t: &mut Table, sp: &SvcPort, eps: &[Endpoint], cfg: &RulesConfig) {

@@ -1,8 +1,11 @@
 //! The proxy's loop: kube-runtime reflectors over all Services and EndpointSlices; any
-//! change marks the ruleset dirty, and a sync runs at most once per `min_sync_interval`
+//! change marks its Service dirty, and a sync runs at most once per `min_sync_interval`
 //! (kube-proxy's `--min-sync-period`), at least once per `sync_period`, and again after a
-//! failed one (then in full).
+//! failed one. A sync re-renders only the dirty Services (`Proxier::sync_changed`); the
+//! first one, the one after a watch had to list again and the one after a failure render
+//! all of them.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::nft::Nft;
-use super::rules::RulesConfig;
+use super::rules::{RulesConfig, ServiceKey, service_key, slice_service};
 use super::sync::Proxier;
 
 /// How the proxy runs.
@@ -26,7 +29,7 @@ pub struct Settings {
     pub rules: RulesConfig,
     /// Least time between two syncs.
     pub min_sync_interval: Duration,
-    /// Most time between two syncs (each recomputes; an unchanged ruleset sends nothing).
+    /// Most time between two syncs (only the Services changed since the last sync are re-rendered; none changed: nothing is sent).
     pub sync_period: Duration,
     /// Program this network namespace (under /run/netns) instead of the proxy's own.
     pub netns: Option<String>,
@@ -55,13 +58,25 @@ pub enum RunError {
     },
 }
 
-/// One reflector: its store and a stream that yields whether the store is now complete.
+/// What one watch event means for the proxy.
+enum Change {
+    /// The initial listing is going on (or starts again after a watch failure: objects
+    /// deleted meanwhile send no event, so the next sync is a full one).
+    Listing,
+    /// The store is complete; the sync after a listing re-renders everything.
+    Listed,
+    /// An object of this Service (if it belongs to one) changed.
+    Service(Option<ServiceKey>),
+}
+
+/// One reflector: its store and a stream of what changed (`None`: the watch failed).
 fn reflect<K>(
     api: Api<K>,
     kind: &'static str,
+    key: fn(&K) -> Option<ServiceKey>,
 ) -> (
     Store<K>,
-    impl Stream<Item = Option<bool>> + Send + Unpin + 'static,
+    impl Stream<Item = Option<Change>> + Send + Unpin + 'static,
 )
 where
     K: kube::Resource<DynamicType = ()>
@@ -76,9 +91,11 @@ where
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .map(move |ev| match ev {
-            Ok(watcher::Event::InitDone) => Some(true),
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Some(false),
-            Ok(_) => Some(true),
+            Ok(watcher::Event::InitDone) => Some(Change::Listed),
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Some(Change::Listing),
+            Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                Some(Change::Service(key(&o)))
+            }
             Err(e) => {
                 warn!(kind, error = %e, "watch failed, retrying");
                 None
@@ -95,8 +112,16 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let (services, mut svc_events) = reflect(Api::<Service>::all(client.clone()), "Service");
-    let (slices, mut slice_events) = reflect(Api::<EndpointSlice>::all(client), "EndpointSlice");
+    let (services, mut svc_events) = reflect(
+        Api::<Service>::all(client.clone()),
+        "Service",
+        |s: &Service| Some(service_key(s)),
+    );
+    let (slices, mut slice_events) = reflect(
+        Api::<EndpointSlice>::all(client),
+        "EndpointSlice",
+        slice_service,
+    );
     let mut proxier = Proxier::new(
         settings.rules.clone(),
         Nft {
@@ -106,6 +131,9 @@ pub async fn run(
     let min = settings.min_sync_interval;
     let (mut svc_ready, mut slice_ready) = (false, false);
     let mut dirty = true;
+    // Services changed since the last sync; `full`: re-render all of them
+    let mut changed: BTreeSet<ServiceKey> = BTreeSet::new();
+    let mut full = true;
     let mut next_allowed = Instant::now();
     let mut next_periodic = Instant::now() + settings.sync_period;
     tokio::pin!(shutdown);
@@ -117,12 +145,12 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
             ev = svc_events.next() => match ev {
                 None => return Err(RunError::WatchEnded { kind: "Service" }),
-                Some(Some(done)) => { svc_ready |= done; dirty = true; }
+                Some(Some(c)) => note(c, &mut svc_ready, &mut full, &mut changed, &mut dirty),
                 Some(None) => {}
             },
             ev = slice_events.next() => match ev {
                 None => return Err(RunError::WatchEnded { kind: "EndpointSlice" }),
-                Some(Some(done)) => { slice_ready |= done; dirty = true; }
+                Some(Some(c)) => note(c, &mut slice_ready, &mut full, &mut changed, &mut dirty),
                 Some(None) => {}
             },
             _ = tokio::time::sleep_until(due), if ready => {
@@ -132,16 +160,45 @@ pub async fn run(
                 let ep_refs: Vec<&EndpointSlice> = eps.iter().map(|s| s.as_ref()).collect();
                 next_allowed = Instant::now() + min;
                 next_periodic = Instant::now() + settings.sync_period;
-                match proxier.sync(&svc_refs, &ep_refs).await {
-                    Ok(_) => dirty = false,
+                let synced = if full {
+                    proxier.sync(&svc_refs, &ep_refs).await
+                } else {
+                    proxier.sync_changed(&svc_refs, &ep_refs, &changed).await
+                };
+                match synced {
+                    Ok(_) => {
+                        dirty = false;
+                        full = false;
+                        changed.clear();
+                    }
                     Err(e) => {
                         warn!(error = ?e, "sync failed, retrying in full");
                         dirty = true;
+                        full = true;
                     }
                 }
             }
         }
     }
+}
+
+/// Records one watch change: a listing makes the next sync a full one.
+fn note(
+    c: Change,
+    ready: &mut bool,
+    full: &mut bool,
+    changed: &mut BTreeSet<ServiceKey>,
+    dirty: &mut bool,
+) {
+    match c {
+        Change::Listing => *full = true,
+        Change::Listed => *ready = true,
+        Change::Service(Some(k)) => {
+            changed.insert(k);
+        }
+        Change::Service(None) => {}
+    }
+    *dirty = true;
 }
 
 /// How the proxy reaches the API server.
