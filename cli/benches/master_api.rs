@@ -173,6 +173,8 @@ fn main() {
         }
         eprintln!("10 raw lists: {:?}", raw_lists);
         let raw_median = median(raw_lists);
+        let (rss_lists, _) = rss_kib(pid);
+        eprintln!("RSS after the lists: {:.1} MiB", rss_lists as f64 / 1024.0);
 
         // Watchers from the current revision; each must see every one of `burst` creates.
         let rv = api

@@ -228,3 +228,62 @@ async fn concurrent_patches_without_resource_version_all_apply() {
         "{err}"
     );
 }
+
+/// Lists longer than the server's page of store reads: a full list has every object once, in
+/// order; a selector with a limit pages through with continue tokens at one resourceVersion,
+/// and the last page has no token.
+#[tokio::test]
+async fn lists_longer_than_a_store_page_are_whole_and_page_with_tokens() {
+    let server = api_common::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client(&server).await, "default");
+    let n = 1_234;
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let mut c = cm(&format!("page-{i:05}"), &i.to_string());
+                let parity = if i % 2 == 0 { "even" } else { "odd" };
+                c.metadata
+                    .labels
+                    .get_or_insert_default()
+                    .insert("parity".into(), parity.into());
+                api.create(&PostParams::default(), &c).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap();
+
+    let all = api.list(&ListParams::default()).await.unwrap();
+    let names: Vec<String> = all
+        .items
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| format!("page-{i:05}")).collect();
+    assert_eq!(names, want);
+    assert!(
+        all.items
+            .iter()
+            .all(|c| c.metadata.resource_version.is_some())
+    );
+
+    let mut params = ListParams::default().labels("parity=even").limit(300);
+    let mut seen = Vec::new();
+    let mut versions = Vec::new();
+    loop {
+        let page = api.list(&params).await.unwrap();
+        assert!(page.items.len() <= 300);
+        seen.extend(page.items.iter().map(|c| c.metadata.name.clone().unwrap()));
+        versions.push(page.metadata.resource_version.clone().unwrap());
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    let even: Vec<String> = (0..n).step_by(2).map(|i| format!("page-{i:05}")).collect();
+    assert_eq!(seen, even);
+    assert_eq!(versions.len(), 3, "617 objects in pages of 300");
+    assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
+}

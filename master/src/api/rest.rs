@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chrono::{SecondsFormat, Utc};
@@ -526,70 +527,131 @@ pub(crate) async fn list_objects(
     ctx: &Ctx<'_>,
     limit: usize,
 ) -> Result<(Vec<Value>, u64, Option<String>), ApiError> {
-    list_with(ctx, limit, |kv, decoded| match decoded {
-        Some(o) => Ok(o),
-        None => decode_kv(kv),
-    })
-    .await
+    let mut walk = ListWalk::new(ctx, limit)?;
+    let mut items = Vec::new();
+    while !walk.done {
+        items.extend(
+            walk.next_page(ctx.server, |kv, decoded| match decoded {
+                Some(o) => Ok(o),
+                None => decode_kv(kv),
+            })
+            .await?,
+        );
+    }
+    Ok((items, walk.revision, walk.token))
 }
 
-/// The stored objects of a list request: those the selectors match, from the continue point,
-/// at most `limit` (0: all), each made into an item by `item` (given the object when the
-/// selectors needed it decoded); with the list's revision and the next continue token.
-async fn list_with<T>(
-    ctx: &Ctx<'_>,
+/// Stored objects read from the store per page of a list: a list of 10,000 pods is read,
+/// rendered and sent a page at a time instead of being held whole, several times over.
+const LIST_PAGE: usize = 500;
+
+/// A list request's walk over the store, a page at a time: the objects the selectors match,
+/// from the continue point, at most `limit` (0: all). Every page after the first is read at
+/// the first one's revision, so the whole list is one snapshot.
+struct ListWalk {
+    label: LabelSelector,
+    field: FieldSelector,
+    prefix: String,
     limit: usize,
-    mut item: impl FnMut(&KeyValue, Option<Value>) -> Result<T, ApiError>,
-) -> Result<(Vec<T>, u64, Option<String>), ApiError> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (ls, fs) = selectors(ctx)?;
-    let mut start = None;
-    let mut rv = None;
-    if let Some(c) = ctx.q("continue").filter(|c| !c.is_empty()) {
-        let tok: Continue = b64
-            .decode(c)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
-        rv = Some(tok.rv);
-        start = Some(tok.start);
-    }
-    let res = ctx
-        .server
-        .store
-        .list(&ctx.target.prefix(), start.as_deref(), 0, None)
-        .await?;
-    let revision = rv.unwrap_or(res.revision);
-    let mut items = Vec::new();
-    let mut token = None;
-    let mut last_key: Option<&str> = None;
-    let selecting = !ls.0.is_empty() || !fs.0.is_empty();
-    for kv in &res.items {
-        let decoded = if selecting {
-            let o = decode_kv(kv)?;
-            if !ls.matches(&o) || !fs.matches(&o) {
-                continue;
-            }
-            Some(o)
-        } else {
-            None
+    /// Items handed out so far.
+    taken: usize,
+    /// The last key read: the next page starts after it.
+    after: Option<String>,
+    /// The last key handed out: where a continue token starts.
+    last: Option<String>,
+    /// The store revision the pages are read at, once the first is read.
+    at: Option<u64>,
+    /// The list's resourceVersion: the continue token's, else the first page's revision.
+    revision: u64,
+    /// The continue token, once the limit is reached with more matching objects.
+    token: Option<String>,
+    done: bool,
+}
+
+impl ListWalk {
+    fn new(ctx: &Ctx<'_>, limit: usize) -> Result<ListWalk, ApiError> {
+        use base64::Engine;
+        let (label, field) = selectors(ctx)?;
+        let mut walk = ListWalk {
+            label,
+            field,
+            prefix: ctx.target.prefix(),
+            limit,
+            taken: 0,
+            after: None,
+            last: None,
+            at: None,
+            revision: 0,
+            token: None,
+            done: false,
         };
-        if limit > 0 && items.len() == limit {
-            if let Some(start) = last_key {
-                let raw = serde_json::to_vec(&Continue {
-                    rv: revision,
-                    start: start.to_string(),
-                })
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-                token = Some(b64.encode(raw));
-            }
-            break;
+        if let Some(c) = ctx.q("continue").filter(|c| !c.is_empty()) {
+            let tok: Continue = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            walk.revision = tok.rv;
+            walk.after = Some(tok.start);
         }
-        last_key = Some(&kv.key);
-        items.push(item(kv, decoded)?);
+        Ok(walk)
     }
-    Ok((items, revision, token))
+
+    /// The next page's items, each made into an item by `item` (given the object when the
+    /// selectors needed it decoded); empty once `done`.
+    async fn next_page<T>(
+        &mut self,
+        server: &Server,
+        mut item: impl FnMut(&KeyValue, Option<Value>) -> Result<T, ApiError>,
+    ) -> Result<Vec<T>, ApiError> {
+        use base64::Engine;
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let res = server
+            .store
+            .list(&self.prefix, self.after.as_deref(), LIST_PAGE, self.at)
+            .await?;
+        if self.at.is_none() {
+            self.at = Some(res.revision);
+            if self.revision == 0 {
+                self.revision = res.revision;
+            }
+        }
+        self.done = !res.more;
+        let selecting = !self.label.0.is_empty() || !self.field.0.is_empty();
+        let mut items = Vec::new();
+        for kv in &res.items {
+            let decoded = if selecting {
+                let o = decode_kv(kv)?;
+                if !self.label.matches(&o) || !self.field.matches(&o) {
+                    continue;
+                }
+                Some(o)
+            } else {
+                None
+            };
+            if self.limit > 0 && self.taken == self.limit {
+                if let Some(start) = self.last.take() {
+                    let raw = serde_json::to_vec(&Continue {
+                        rv: self.revision,
+                        start,
+                    })
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                    self.token = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+                }
+                self.done = true;
+                return Ok(items);
+            }
+            self.last = Some(kv.key.clone());
+            self.taken += 1;
+            items.push(item(kv, decoded)?);
+        }
+        if let Some(last) = res.items.last() {
+            self.after = Some(last.key.clone());
+        }
+        Ok(items)
+    }
 }
 
 /// A stored object as JSON text with its resourceVersion set. Only the top level and
@@ -684,27 +746,85 @@ pub(crate) async fn list(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         return Ok(json_response(StatusCode::OK, &t));
     }
     // The items are spliced in as JSON text, never decoded as a whole.
-    let (items, revision, token) =
-        list_with(ctx, limit, |kv, _| item_bytes(ctx.info(), kv)).await?;
+    let info = ctx.info();
+    let render = move |kv: &KeyValue, _: Option<Value>| item_bytes(info, kv);
+    let mut walk = ListWalk::new(ctx, limit)?;
+    let mut items = Vec::new();
+    let mut joined = 0;
+    join_items(
+        &mut items,
+        walk.next_page(ctx.server, render).await?,
+        &mut joined,
+    );
+    // With a limit the list is bounded and read whole, as its continue token goes in the
+    // metadata, ahead of the items.
+    while limit > 0 && !walk.done {
+        join_items(
+            &mut items,
+            walk.next_page(ctx.server, render).await?,
+            &mut joined,
+        );
+    }
     let head = json!({
-        "kind": format!("{}List", ctx.info().kind),
-        "apiVersion": ctx.info().api_version(),
-        "metadata": list_meta(revision, token),
+        "kind": format!("{}List", info.kind),
+        "apiVersion": info.api_version(),
+        "metadata": list_meta(walk.revision, walk.token.take()),
     })
     .to_string();
-    let mut body =
-        Vec::with_capacity(head.len() + 16 + items.iter().map(|i| i.len() + 1).sum::<usize>());
+    let mut body = Vec::with_capacity(head.len() + 16 + items.len());
     // `head` is an object: drop its closing brace and append the items.
     body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
     body.extend_from_slice(b",\"items\":[");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(item);
+    body.extend_from_slice(&items);
+    if walk.done {
+        body.extend_from_slice(b"]}");
+        return Ok(typed_response(StatusCode::OK, body, "application/json"));
     }
-    body.extend_from_slice(b"]}");
-    Ok(typed_response(StatusCode::OK, body, "application/json"))
+    // The rest streams a page at a time: the first page was read before answering, so an
+    // error there still gets its status; a later one can only cut the body short.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let server = ctx.server.clone();
+    let key_prefix = walk.prefix.clone();
+    tokio::spawn(async move {
+        let mut chunk = body;
+        while !walk.done {
+            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+            chunk = Vec::new();
+            match walk.next_page(&server, render).await {
+                Ok(page) => join_items(&mut chunk, page, &mut joined),
+                Err(e) => {
+                    tracing::warn!(prefix = %key_prefix, error = %e.message, "list cut short");
+                    let _ = tx.send(Err(std::io::Error::other(e.message))).await;
+                    return;
+                }
+            }
+        }
+        chunk.extend_from_slice(b"]}");
+        let _ = tx.send(Ok(Bytes::from(chunk))).await;
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut r = Response::new(axum::body::Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+/// Appends list items (JSON texts) to `out`, comma separated; `joined` counts the items of
+/// the array so far, across chunks.
+fn join_items(out: &mut Vec<u8>, items: Vec<Vec<u8>>, joined: &mut usize) {
+    for item in items {
+        if *joined > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&item);
+        *joined += 1;
+    }
 }
 
 /// Writes `new` over `kv` (CAS), handling generation, finalizers and services. `new` has
