@@ -6,6 +6,9 @@
 //! 2. End to end: an API server (in-memory store) with 100 Ready nodes and the scheduler;
 //!    1,000 pods created at once (64 creates in flight); the time from the first create
 //!    until a watch has seen all 1,000 bound.
+//! 3. `kubectl scale --replicas=1000` of a Deployment (scale subresource) with the Deployment
+//!    and ReplicaSet controllers and the scheduler running: the time until all are bound;
+//!    and the same with 1,000 nodes and `--replicas=10000`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/api_common/mod.rs"]
@@ -16,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -81,7 +85,8 @@ fn pure(nodes: usize, pods: usize) {
 
 /// With `backlog`, the pods are all created before the scheduler starts (binding alone is
 /// timed); without, they are created while it runs (creation and binding together).
-async fn end_to_end(nodes: usize, pods: usize, backlog: bool) {
+/// An API server (in-memory store) with `nodes` Ready nodes, and a controller context on it.
+async fn cluster(nodes: usize) -> (api_common::TestServer, Context) {
     let server = api_common::start().await;
     let client = controllers::client_from_kubeconfig(server.kubeconfig())
         .await
@@ -98,17 +103,25 @@ async fn end_to_end(nodes: usize, pods: usize, backlog: bool) {
             .unwrap();
     }
     let ctx = Context {
-        client: client.clone(),
+        client,
         settings: Arc::new(Settings::default()),
     };
-    let mut sched = (!backlog).then(|| tokio::spawn(scheduler::run(ctx.clone())));
-    // count bound pods from a watch
-    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watch_api = pod_api.clone();
+    (server, ctx)
+}
+
+/// Watches the pods of `default` and sends the instant the `pods`-th distinct pod is seen
+/// bound to a node.
+fn count_bound(
+    pod_api: Api<Pod>,
+    pods: usize,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<Instant>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let counter = tokio::spawn(async move {
         let mut bound = HashSet::new();
-        let mut stream = watcher(watch_api, watcher::Config::default()).boxed();
+        let mut stream = watcher(pod_api, watcher::Config::default()).boxed();
         while let Some(Ok(ev)) = stream.next().await {
             if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev
                 && p.spec.and_then(|s| s.node_name).is_some()
@@ -121,6 +134,15 @@ async fn end_to_end(nodes: usize, pods: usize, backlog: bool) {
             }
         }
     });
+    (counter, rx)
+}
+
+async fn end_to_end(nodes: usize, pods: usize, backlog: bool) {
+    let (_server, ctx) = cluster(nodes).await;
+    let client = ctx.client.clone();
+    let mut sched = (!backlog).then(|| tokio::spawn(scheduler::run(ctx.clone())));
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let (counter, mut rx) = count_bound(pod_api.clone(), pods);
     // let the scheduler and the watch sync first
     tokio::time::sleep(Duration::from_secs(2)).await;
     let start = Instant::now();
@@ -169,6 +191,59 @@ async fn end_to_end(nodes: usize, pods: usize, backlog: bool) {
     counter.abort();
 }
 
+/// `kubectl scale --replicas=N` of a Deployment with no replicas, as kubectl sends it (a
+/// merge patch of the scale subresource), with the Deployment and ReplicaSet controllers and
+/// the scheduler running: the time until a watch has seen all N pods bound.
+async fn scale(nodes: usize, replicas: usize) {
+    let (_server, ctx) = cluster(nodes).await;
+    let client = ctx.client.clone();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox",
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}}},
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+    let tasks = [
+        tokio::spawn(scheduler::run(ctx.clone())),
+        tokio::spawn(controllers::deployment::run(ctx.clone())),
+        tokio::spawn(controllers::replicaset::run(ctx.clone())),
+    ];
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let (counter, mut rx) = count_bound(pod_api, replicas);
+    // let the controllers create the (empty) ReplicaSet and the caches sync
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = Instant::now();
+    deployments
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(300), rx.recv())
+        .await
+        .expect("all pods bound within 300 s")
+        .unwrap();
+    let took = done - start;
+    println!(
+        "kubectl scale: {nodes} nodes, Deployment scaled 0 -> {replicas}: all pods bound {:.2} s after the scale = {:.0} pods/s",
+        took.as_secs_f64(),
+        replicas as f64 / took.as_secs_f64(),
+    );
+    for t in tasks {
+        t.abort();
+    }
+    counter.abort();
+}
+
 fn main() {
     pure(100, 10_000);
     pure(1_000, 10_000);
@@ -178,4 +253,6 @@ fn main() {
         .unwrap();
     rt.block_on(end_to_end(100, 1_000, false));
     rt.block_on(end_to_end(100, 1_000, true));
+    rt.block_on(scale(100, 1_000));
+    rt.block_on(scale(1_000, 10_000));
 }
