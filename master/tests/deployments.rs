@@ -54,7 +54,14 @@ async fn replica_sets(cluster: &SimCluster, selector: &str) -> Vec<ReplicaSet> {
         .await
         .unwrap()
         .items;
-    v.sort_by_key(|r| r.metadata.creation_timestamp.clone().map(|t| t.0));
+    // creationTimestamp has one-second resolution: two sets made in the same second are
+    // ordered by their revision (the list alone orders them by name, a hash)
+    v.sort_by_key(|r| {
+        let revision = annotation(r, "deployment.kubernetes.io/revision")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        (r.metadata.creation_timestamp.clone().map(|t| t.0), revision)
+    });
     v
 }
 
