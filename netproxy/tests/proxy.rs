@@ -314,13 +314,16 @@ async fn clusterip_and_nodeport_balance_over_all_endpoints() {
         "ClusterIP from a pod: {from_pod:?}"
     );
     // hairpin: pod1 reaching itself sees the node's address, not its own
-    for _ in 0..20 {
+    let mut hairpin = false;
+    for _ in 0..60 {
         let a = tcp_get(&w.pods[0].ns, CLUSTER_IP, 80).unwrap();
         if a.starts_with("pod1 ") {
             assert_eq!(a, "pod1 10.244.1.1", "hairpin traffic is masqueraded");
+            hairpin = true;
             break;
         }
     }
+    assert!(hairpin, "pod1 never reached itself through its Service");
     let from_client = tcp_names(&w.client, NODE_IP, NODE_PORT, 40);
     assert_eq!(
         keys(&from_client),

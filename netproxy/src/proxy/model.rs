@@ -113,6 +113,10 @@ pub struct Set {
     pub dynamic_timeout: Option<u32>,
     /// Elements we own: key → verdict (empty for sets).
     pub elements: BTreeMap<String, String>,
+    /// In a shared set of a whole table: elements that more than one fragment put there,
+    /// with how many more (a pod behind two Services is one hairpin element); the element
+    /// goes when its last fragment does.
+    pub extra_owners: BTreeMap<String, u32>,
 }
 
 impl Set {
@@ -123,6 +127,7 @@ impl Set {
             verdict_map: true,
             dynamic_timeout: None,
             elements: BTreeMap::new(),
+            extra_owners: BTreeMap::new(),
         }
     }
 
@@ -133,6 +138,7 @@ impl Set {
             verdict_map: false,
             dynamic_timeout: None,
             elements: BTreeMap::new(),
+            extra_owners: BTreeMap::new(),
         }
     }
 
@@ -225,8 +231,11 @@ impl Table {
         for (n, s) in &frag.sets {
             match self.sets.get_mut(n) {
                 Some(own) if own.same_decl(s) && frag.shares(n) => {
-                    own.elements
-                        .extend(s.elements.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    for (k, v) in &s.elements {
+                        if own.elements.insert(k.clone(), v.clone()).is_some() {
+                            *own.extra_owners.entry(k.clone()).or_insert(0) += 1;
+                        }
+                    }
                 }
                 _ => {
                     self.sets.insert(n.clone(), s.clone());
@@ -247,7 +256,15 @@ impl Table {
             if frag.shares(n) {
                 if let Some(own) = self.sets.get_mut(n) {
                     for k in s.elements.keys() {
-                        own.elements.remove(k);
+                        match own.extra_owners.get_mut(k) {
+                            Some(1) => {
+                                own.extra_owners.remove(k);
+                            }
+                            Some(c) => *c -= 1,
+                            None => {
+                                own.elements.remove(k);
+                            }
+                        }
                     }
                 }
             } else {
@@ -286,6 +303,7 @@ impl Table {
                     verdict_map: own.verdict_map,
                     dynamic_timeout: own.dynamic_timeout,
                     elements: BTreeMap::new(),
+                    extra_owners: BTreeMap::new(),
                 };
                 for k in s.elements.keys() {
                     if let Some(v) = own.elements.get(k) {

@@ -2,10 +2,12 @@
 //! [`desired`] builds one [`Table`] per family with the structure of kube-proxy's nftables
 //! mode (pkg/proxy/nftables/proxier.go): base chains that jump to `services` (ClusterIPs and
 //! external IPs through the `service-ips` verdict map, NodePorts through
-//! `service-nodeports`), a `service-…` chain per Service port balancing with
-//! `numgen random mod N` over `endpoint-…` chains that DNAT, `local-…` chains for the Local
-//! traffic policies, `external-…` chains for NodePorts and external IPs, and filter chains
-//! that reject traffic to Services without endpoints at once.
+//! `service-nodeports`), a `service-…` chain per Service port that balances with
+//! `numgen random mod N` and DNATs itself, `local-…` chains for the Local traffic policies,
+//! `external-…` chains for NodePorts and external IPs, and filter chains that reject
+//! traffic to Services without endpoints at once. Unlike kube-proxy there is no chain per
+//! endpoint and no anonymous map per Service, and hairpin traffic is caught by one rule
+//! over the `hairpin-endpoints` set: see docs/network.md for why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -37,6 +39,7 @@ const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const CLUSTER_IPS: &str = "cluster-ips";
 const NODEPORT_IPS: &str = "nodeport-ips";
+const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
 
 /// An address block, `10.244.0.0/16`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -413,7 +416,12 @@ fn base_chains(t: &mut Table, cfg: &RulesConfig) {
     add(
         "nat-postrouting",
         hook("nat", "postrouting", 100),
-        vec![format!("jump {MASQUERADING}")],
+        vec![
+            // hairpin: a pod reached itself through a Service (after the DNAT its source is
+            // its destination); masqueraded so the reply comes back through the node
+            format!("{ip} saddr . {ip} daddr @{HAIRPIN_ENDPOINTS} jump {MARK_MASQ}"),
+            format!("jump {MASQUERADING}"),
+        ],
     );
     add(
         MASQUERADING,
@@ -508,6 +516,10 @@ fn base_sets(t: &mut Table, cfg: &RulesConfig) {
         Set::vmap("inet_proto . inet_service"),
     );
     t.sets.insert(CLUSTER_IPS.into(), Set::plain(addr));
+    t.sets.insert(
+        HAIRPIN_ENDPOINTS.into(),
+        Set::plain(format!("{addr} . {addr}")),
+    );
     if let NodePortAddresses::Only(ips) = &cfg.nodeport_addresses {
         let mut s = Set::plain(addr);
         for ip in ips.iter().filter(|i| Family::of(i) == fam) {
@@ -517,10 +529,11 @@ fn base_sets(t: &mut Table, cfg: &RulesConfig) {
     }
 }
 
-/// The name of an endpoint's chain (`:` of IPv6 addresses is not allowed in nft names).
-fn endpoint_chain(sp: &SvcPort, e: &Endpoint) -> String {
+/// The name of an endpoint's sessionAffinity set (`:` of IPv6 addresses is not allowed in
+/// nft names).
+fn affinity_set(sp: &SvcPort, e: &Endpoint) -> String {
     let ip = e.ip.to_string().replace(':', "_");
-    format!("endpoint-{}__{ip}/{}", sp.id(), e.port)
+    format!("affinity-{}__{ip}/{}", sp.id(), e.port)
 }
 
 fn put(t: &mut Table, set: &str, key: String, value: &str) {
@@ -659,7 +672,7 @@ fn service_port_rules(t: &mut Table, sp: &SvcPort, eps: &[Endpoint], cfg: &Rules
         )
     };
 
-    // the endpoints, DNAT and hairpin masquerade, with their affinity sets
+    // the endpoints: hairpin pairs, affinity sets
     let mut used: BTreeSet<&Endpoint> = BTreeSet::new();
     if uses_cluster_chain {
         used.extend(cat.cluster.iter());
@@ -668,27 +681,23 @@ fn service_port_rules(t: &mut Table, sp: &SvcPort, eps: &[Endpoint], cfg: &Rules
         used.extend(cat.local.iter());
     }
     for e in &used {
-        let chain = endpoint_chain(sp, e);
-        let mut rules = vec![format!("{ip} saddr {} jump {MARK_MASQ}", e.ip)];
+        put(t, HAIRPIN_ENDPOINTS, format!("{} . {}", e.ip, e.ip), "");
         if let Some(timeout) = sp.affinity {
-            let set = format!("affinity-{}", &chain["endpoint-".len()..]);
             t.sets.insert(
-                set.clone(),
+                affinity_set(sp, e),
                 Set {
                     dynamic_timeout: Some(timeout),
                     ..Set::plain(t.family.addr_type())
                 },
             );
-            rules.push(format!("update @{set} {{ {ip} saddr }}"));
         }
-        rules.push(format!(
-            "meta l4proto {proto} dnat to {}",
-            addr_port(&e.ip, e.port)
-        ));
-        t.chains.insert(chain, Chain::regular(rules));
     }
 
-    // the policy chains: masquerade off-cluster ClusterIP traffic, affinity, balancing
+    // the policy chains: masquerade off-cluster ClusterIP traffic, affinity, then balancing
+    // with one draw per rule, rule k taking 1/(N-k) of what the rules before it left: every
+    // endpoint gets 1/N, with no anonymous map and no chain per endpoint (both cost the
+    // kernel time that grows with the table: anonymous sets are named by a scan of all sets,
+    // and nft lists every chain before each transaction)
     let masq_rules = |t: &Table| -> Vec<String> {
         let local_cidr = cfg
             .cluster_cidrs
@@ -706,29 +715,32 @@ fn service_port_rules(t: &mut Table, sp: &SvcPort, eps: &[Endpoint], cfg: &Rules
             })
             .collect()
     };
+    let dnat = |e: &Endpoint| -> String {
+        let to = format!("meta l4proto {proto} dnat to {}", addr_port(&e.ip, e.port));
+        match sp.affinity {
+            Some(_) => format!("update @{} {{ {ip} saddr }} {to}", affinity_set(sp, e)),
+            None => to,
+        }
+    };
     let policy = |t: &Table, name: &String, eps: &[Endpoint]| -> Chain {
         let mut rules = if name == internal_chain {
             masq_rules(t)
         } else {
             Vec::new()
         };
-        let chains: Vec<String> = eps.iter().map(|e| endpoint_chain(sp, e)).collect();
         if sp.affinity.is_some() {
-            for c in &chains {
-                let set = format!("affinity-{}", &c["endpoint-".len()..]);
-                rules.push(format!("{ip} saddr @{set} goto {c}"));
+            for e in eps {
+                rules.push(format!("{ip} saddr @{} {}", affinity_set(sp, e), dnat(e)));
             }
         }
-        let arms: Vec<String> = chains
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{i} : goto {c}"))
-            .collect();
-        rules.push(format!(
-            "numgen random mod {} vmap {{ {} }}",
-            chains.len(),
-            arms.join(", ")
-        ));
+        let n = eps.len();
+        for (k, e) in eps.iter().enumerate() {
+            if k + 1 < n {
+                rules.push(format!("numgen random mod {} == 0 {}", n - k, dnat(e)));
+            } else {
+                rules.push(dnat(e));
+            }
+        }
         Chain::regular(rules)
     };
     if uses_cluster_chain {

@@ -392,12 +392,13 @@ mod tests {
         .unwrap()
     }
 
-    /// The EndpointSlice of Service `i` with the endpoints whose bit is set in `mask`.
+    /// The EndpointSlice of Service `i` with the endpoints whose bit is set in `mask`;
+    /// Services `i` and `i + 4` share pods (one hairpin element for two Services).
     fn random_slice(i: u32, mask: u64) -> EndpointSlice {
         let endpoints: Vec<serde_json::Value> = (0..4)
             .filter(|b| mask & (1 << b) != 0)
             .map(|b| {
-                serde_json::json!({"addresses": [format!("10.244.{b}.{}", 10 + i)],
+                serde_json::json!({"addresses": [format!("10.244.{b}.{}", 10 + i % 4)],
                     "nodeName": if b % 2 == 0 { "node-a" } else { "node-b" },
                     "conditions": {"ready": b != 3, "serving": true, "terminating": b == 3}})
             })

@@ -29,7 +29,8 @@ pub struct Settings {
     pub rules: RulesConfig,
     /// Least time between two syncs.
     pub min_sync_interval: Duration,
-    /// Most time between two syncs (only the Services changed since the last sync are re-rendered; none changed: nothing is sent).
+    /// Most time between two syncs (only the Services changed since the last sync are
+    /// re-rendered; none changed: nothing is sent).
     pub sync_period: Duration,
     /// Program this network namespace (under /run/netns) instead of the proxy's own.
     pub netns: Option<String>,

@@ -118,28 +118,31 @@ fn ruleset_table() {
                     "goto service-ns/web/tcp/http",
                 ),
                 ("cluster-ips", "10.96.0.10", ""),
+                ("hairpin-endpoints", "10.244.1.5 . 10.244.1.5", ""),
+                ("hairpin-endpoints", "10.244.2.7 . 10.244.2.7", ""),
             ],
-            absent: vec![("no-endpoint-services", "10.96.0.10 . tcp . 80")],
+            absent: vec![
+                ("no-endpoint-services", "10.96.0.10 . tcp . 80"),
+                ("hairpin-endpoints", "10.244.3.9 . 10.244.3.9"),
+            ],
             chains: vec![
                 (
                     "service-ns/web/tcp/http",
                     vec![
                         "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
-                        "numgen random mod 2 vmap { 0 : goto endpoint-ns/web/tcp/http__10.244.1.5/8080, 1 : goto endpoint-ns/web/tcp/http__10.244.2.7/8080 }",
+                        "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.5:8080",
+                        "meta l4proto tcp dnat to 10.244.2.7:8080",
                     ],
                 ),
                 (
-                    "endpoint-ns/web/tcp/http__10.244.1.5/8080",
+                    "nat-postrouting",
                     vec![
-                        "ip saddr 10.244.1.5 jump mark-for-masquerade",
-                        "meta l4proto tcp dnat to 10.244.1.5:8080",
+                        "ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade",
+                        "jump masquerading",
                     ],
                 ),
             ],
-            no_chains: vec![
-                "endpoint-ns/web/tcp/http__10.244.3.9/8080",
-                "external-ns/web/tcp/http",
-            ],
+            no_chains: vec!["external-ns/web/tcp/http"],
             ..Case::default()
         },
         Case {
@@ -225,10 +228,10 @@ fn ruleset_table() {
                 "service-ns/web/tcp/http",
                 vec![
                     "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
-                    "numgen random mod 1 vmap { 0 : goto endpoint-ns/web/tcp/http__10.244.1.5/8080 }",
+                    "meta l4proto tcp dnat to 10.244.1.5:8080",
                 ],
             )],
-            no_chains: vec!["endpoint-ns/web/tcp/http__10.244.2.7/8080"],
+            absent: vec![("hairpin-endpoints", "10.244.2.7 . 10.244.2.7")],
             ..Case::default()
         },
         Case {
@@ -301,9 +304,7 @@ fn ruleset_table() {
                 ),
                 (
                     "local-ns/web/tcp/http",
-                    vec![
-                        "numgen random mod 1 vmap { 0 : goto endpoint-ns/web/tcp/http__10.244.1.5/8080 }",
-                    ],
+                    vec!["meta l4proto tcp dnat to 10.244.1.5:8080"],
                 ),
             ],
             ..Case::default()
@@ -356,13 +357,10 @@ fn ruleset_table() {
                 "local-ns/web/tcp/http",
                 vec![
                     "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
-                    "numgen random mod 1 vmap { 0 : goto endpoint-ns/web/tcp/http__10.244.1.5/8080 }",
+                    "meta l4proto tcp dnat to 10.244.1.5:8080",
                 ],
             )],
-            no_chains: vec![
-                "service-ns/web/tcp/http",
-                "endpoint-ns/web/tcp/http__10.244.2.7/8080",
-            ],
+            no_chains: vec!["service-ns/web/tcp/http"],
             ..Case::default()
         },
         Case {
@@ -386,24 +384,15 @@ fn ruleset_table() {
                 cluster_cidrs: vec![],
                 ..cfg()
             },
-            chains: vec![
-                (
-                    "service-ns/web/tcp/http",
-                    vec![
-                        "ip saddr @affinity-ns/web/tcp/http__10.244.1.5/8080 goto endpoint-ns/web/tcp/http__10.244.1.5/8080",
-                        "ip saddr @affinity-ns/web/tcp/http__10.244.2.7/8080 goto endpoint-ns/web/tcp/http__10.244.2.7/8080",
-                        "numgen random mod 2 vmap { 0 : goto endpoint-ns/web/tcp/http__10.244.1.5/8080, 1 : goto endpoint-ns/web/tcp/http__10.244.2.7/8080 }",
-                    ],
-                ),
-                (
-                    "endpoint-ns/web/tcp/http__10.244.2.7/8080",
-                    vec![
-                        "ip saddr 10.244.2.7 jump mark-for-masquerade",
-                        "update @affinity-ns/web/tcp/http__10.244.2.7/8080 { ip saddr }",
-                        "meta l4proto tcp dnat to 10.244.2.7:8080",
-                    ],
-                ),
-            ],
+            chains: vec![(
+                "service-ns/web/tcp/http",
+                vec![
+                    "ip saddr @affinity-ns/web/tcp/http__10.244.1.5/8080 update @affinity-ns/web/tcp/http__10.244.1.5/8080 { ip saddr } meta l4proto tcp dnat to 10.244.1.5:8080",
+                    "ip saddr @affinity-ns/web/tcp/http__10.244.2.7/8080 update @affinity-ns/web/tcp/http__10.244.2.7/8080 { ip saddr } meta l4proto tcp dnat to 10.244.2.7:8080",
+                    "numgen random mod 2 == 0 update @affinity-ns/web/tcp/http__10.244.1.5/8080 { ip saddr } meta l4proto tcp dnat to 10.244.1.5:8080",
+                    "update @affinity-ns/web/tcp/http__10.244.2.7/8080 { ip saddr } meta l4proto tcp dnat to 10.244.2.7:8080",
+                ],
+            )],
             ..Case::default()
         },
         Case {
@@ -442,16 +431,9 @@ fn ruleset_table() {
             ],
             chains: vec![
                 (
-                    "endpoint-ns/web/udp/dns__10.244.1.5/5353",
+                    "service-ns/web/tcp/dns-tcp",
                     vec![
-                        "ip saddr 10.244.1.5 jump mark-for-masquerade",
-                        "meta l4proto udp dnat to 10.244.1.5:5353",
-                    ],
-                ),
-                (
-                    "endpoint-ns/web/tcp/dns-tcp__10.244.1.5/5354",
-                    vec![
-                        "ip saddr 10.244.1.5 jump mark-for-masquerade",
+                        "ip daddr 10.96.0.10 tcp dport 53 jump mark-for-masquerade",
                         "meta l4proto tcp dnat to 10.244.1.5:5354",
                     ],
                 ),
@@ -459,7 +441,7 @@ fn ruleset_table() {
                     "service-ns/web/udp/dns",
                     vec![
                         "ip daddr 10.96.0.10 udp dport 53 jump mark-for-masquerade",
-                        "numgen random mod 1 vmap { 0 : goto endpoint-ns/web/udp/dns__10.244.1.5/5353 }",
+                        "meta l4proto udp dnat to 10.244.1.5:5353",
                     ],
                 ),
             ],
@@ -528,11 +510,8 @@ fn ruleset_table() {
             )],
             chains: vec![
                 (
-                    "endpoint-ns/web/tcp/http__fd00_244__5/8080",
-                    vec![
-                        "ip6 saddr fd00:244::5 jump mark-for-masquerade",
-                        "meta l4proto tcp dnat to [fd00:244::5]:8080",
-                    ],
+                    "service-ns/web/tcp/http",
+                    vec!["meta l4proto tcp dnat to [fd00:244::5]:8080"],
                 ),
                 (
                     "services",
@@ -552,10 +531,7 @@ fn ruleset_table() {
                     "spec": {"type": "ExternalName", "externalName": "example.com"}})),
             ],
             slices: vec![http_slice(&[READY("10.244.1.5", "node-a")])],
-            no_chains: vec![
-                "service-ns/web/tcp/http",
-                "endpoint-ns/web/tcp/http__10.244.1.5/8080",
-            ],
+            no_chains: vec!["service-ns/web/tcp/http"],
             ..Case::default()
         },
     ];
