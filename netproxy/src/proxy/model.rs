@@ -102,13 +102,19 @@ impl Chain {
     }
 }
 
-/// A set or a verdict map.
+/// A set, a verdict map or a data map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Set {
-    /// The key type (`ipv4_addr . inet_proto . inet_service`).
+    /// The key type (`ipv4_addr . inet_proto . inet_service`); for a data map the key's
+    /// expression (`typeof ip daddr . th dport`).
     pub key: String,
     /// A verdict map (elements carry a verdict) rather than a set.
     pub verdict_map: bool,
+    /// A data map: the expression of its values (`ip daddr . th dport`), keys and values
+    /// declared with `typeof`.
+    pub data: Option<String>,
+    /// Keys may hold ranges (`flags interval`).
+    pub interval: bool,
     /// Elements the packet path adds with a timeout (`update @set`), in seconds.
     pub dynamic_timeout: Option<u32>,
     /// Elements we own: key → verdict (empty for sets).
@@ -125,6 +131,8 @@ impl Set {
         Set {
             key: key.into(),
             verdict_map: true,
+            data: None,
+            interval: false,
             dynamic_timeout: None,
             elements: BTreeMap::new(),
             extra_owners: BTreeMap::new(),
@@ -136,24 +144,46 @@ impl Set {
         Set {
             key: key.into(),
             verdict_map: false,
+            data: None,
+            interval: false,
             dynamic_timeout: None,
             elements: BTreeMap::new(),
             extra_owners: BTreeMap::new(),
         }
     }
 
+    /// A map from the values of the expression `key` to those of `value`, whose keys may
+    /// hold ranges.
+    pub fn data_intervals(key: impl Into<String>, value: impl Into<String>) -> Set {
+        Set {
+            data: Some(value.into()),
+            interval: true,
+            ..Set::plain(key)
+        }
+    }
+
+    fn is_map(&self) -> bool {
+        self.verdict_map || self.data.is_some()
+    }
+
     /// `set` or `map`.
     pub fn keyword(&self) -> &'static str {
-        if self.verdict_map { "map" } else { "set" }
+        if self.is_map() { "map" } else { "set" }
     }
 
     /// The declaration body, `{ type …; }`.
     pub fn decl(&self) -> String {
-        let mut s = format!("{{ type {}", self.key);
+        let mut s = match &self.data {
+            Some(value) => format!("{{ typeof {} : {value}", self.key),
+            None => format!("{{ type {}", self.key),
+        };
         if self.verdict_map {
             s.push_str(" : verdict");
         }
         s.push(';');
+        if self.interval {
+            s.push_str(" flags interval;");
+        }
         if let Some(t) = self.dynamic_timeout {
             s.push_str(&format!(" flags dynamic,timeout; timeout {t}s;"));
         }
@@ -165,12 +195,14 @@ impl Set {
     pub fn same_decl(&self, other: &Set) -> bool {
         self.key == other.key
             && self.verdict_map == other.verdict_map
+            && self.data == other.data
+            && self.interval == other.interval
             && self.dynamic_timeout == other.dynamic_timeout
     }
 
     /// One element as `add element` writes it.
     pub fn element(&self, key: &str, value: &str) -> String {
-        if self.verdict_map {
+        if self.is_map() {
             format!("{key} : {value}")
         } else {
             key.to_string()
@@ -301,6 +333,8 @@ impl Table {
                 let mut part = Set {
                     key: own.key.clone(),
                     verdict_map: own.verdict_map,
+                    data: own.data.clone(),
+                    interval: own.interval,
                     dynamic_timeout: own.dynamic_timeout,
                     elements: BTreeMap::new(),
                     extra_owners: BTreeMap::new(),
@@ -426,6 +460,10 @@ mod tests {
                 "{ type ipv4_addr . inet_proto . inet_service : verdict; }",
             ),
             (Set::plain("ipv4_addr"), "{ type ipv4_addr; }"),
+            (
+                Set::data_intervals("ip daddr . th dport", "ip daddr"),
+                "{ typeof ip daddr . th dport : ip daddr; flags interval; }",
+            ),
             (
                 Set {
                     dynamic_timeout: Some(10800),

@@ -40,6 +40,9 @@ const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const CLUSTER_IPS: &str = "cluster-ips";
 const NODEPORT_IPS: &str = "nodeport-ips";
 const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
+const SERVICE_ENDPOINTS: &str = "service-endpoints";
+/// The range of the draw that spreads a plain Service's connections over its endpoints.
+const DRAW: u32 = 65536;
 
 /// An address block, `10.244.0.0/16`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -443,14 +446,30 @@ fn base_chains(t: &mut Table, cfg: &RulesConfig) {
         }
         NodePortAddresses::Only(_) => format!("{ip} daddr @{NODEPORT_IPS}"),
     };
-    add(
-        SERVICES,
-        None,
-        vec![
-            format!("{ip} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
-            format!("{nodeport_match} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"),
-        ],
-    );
+    let mut services = Vec::new();
+    // ClusterIP traffic from outside the pod network is masqueraded (a port the Service
+    // does not serve is rejected in the filter chains anyway)
+    let local_cidr = cfg.cluster_cidrs.iter().find(|c| Family::of(&c.addr) == fam);
+    if cfg.masquerade_all {
+        services.push(format!("{ip} daddr @{CLUSTER_IPS} jump {MARK_MASQ}"));
+    } else if let Some(c) = local_cidr {
+        services.push(format!(
+            "{ip} daddr @{CLUSTER_IPS} {ip} saddr != {c} jump {MARK_MASQ}"
+        ));
+    }
+    services.push(format!(
+        "{ip} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"
+    ));
+    // plain ClusterIP Services: one lookup picks the endpoint by a random draw
+    for proto in ["tcp", "udp", "sctp"] {
+        services.push(format!(
+            "meta l4proto {proto} dnat to {ip} daddr . meta l4proto . th dport . numgen random mod {DRAW} map @{SERVICE_ENDPOINTS}"
+        ));
+    }
+    services.push(format!(
+        "{nodeport_match} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"
+    ));
+    add(SERVICES, None, services);
     add(
         SERVICE_ENDPOINTS_CHECK,
         None,
@@ -519,6 +538,17 @@ fn base_sets(t: &mut Table, cfg: &RulesConfig) {
     t.sets.insert(
         HAIRPIN_ENDPOINTS.into(),
         Set::plain(format!("{addr} . {addr}")),
+    );
+    // declared with `tcp dport` where the rules look up `th dport` (the same type): nft
+    // 1.0.6 cannot add a rule using a map declared with `th dport` once the map exists
+    // ("conflicting protocols specified: tcp vs. th")
+    let ip = fam.nft();
+    t.sets.insert(
+        SERVICE_ENDPOINTS.into(),
+        Set::data_intervals(
+            format!("{ip} daddr . meta l4proto . tcp dport . numgen random mod {DRAW}"),
+            format!("{ip} daddr . tcp dport"),
+        ),
     );
     if let NodePortAddresses::Only(ips) = &cfg.nodeport_addresses {
         let mut s = Set::plain(addr);
@@ -693,28 +723,16 @@ fn service_port_rules(t: &mut Table, sp: &SvcPort, eps: &[Endpoint], cfg: &Rules
         }
     }
 
-    // the policy chains: masquerade off-cluster ClusterIP traffic, affinity, then balancing
-    // with one draw per rule, rule k taking 1/(N-k) of what the rules before it left: every
-    // endpoint gets 1/N, with no anonymous map and no chain per endpoint (both cost the
-    // kernel time that grows with the table: anonymous sets are named by a scan of all sets,
-    // and nft lists every chain before each transaction)
-    let masq_rules = |t: &Table| -> Vec<String> {
-        let local_cidr = cfg
-            .cluster_cidrs
-            .iter()
-            .find(|c| Family::of(&c.addr) == t.family);
-        sp.cluster_ips
-            .iter()
-            .filter_map(|cip| {
-                let m = format!("{ip} daddr {cip} {proto} dport {}", sp.port);
-                if cfg.masquerade_all {
-                    Some(format!("{m} jump {MARK_MASQ}"))
-                } else {
-                    local_cidr.map(|c| format!("{m} {ip} saddr != {c} jump {MARK_MASQ}"))
-                }
-            })
-            .collect()
-    };
+    // a plain ClusterIP Service (cluster-wide policy, no affinity, not reached from outside)
+    // needs no chain: its endpoints are elements of `service-endpoints`, each owning an equal
+    // share of the draw
+    let plain = sp.affinity.is_none() && !sp.internal_local && !sp.externally_accessible();
+
+    // the policy chains: affinity, then balancing with one draw per rule, rule k taking
+    // 1/(N-k) of what the rules before it left: every endpoint gets 1/N, with no anonymous
+    // map and no chain per endpoint (both cost the kernel time that grows with the table:
+    // anonymous sets are named by a scan of all sets, and nft lists every chain before each
+    // transaction)
     let dnat = |e: &Endpoint| -> String {
         let to = format!("meta l4proto {proto} dnat to {}", addr_port(&e.ip, e.port));
         match sp.affinity {
@@ -722,12 +740,8 @@ fn service_port_rules(t: &mut Table, sp: &SvcPort, eps: &[Endpoint], cfg: &Rules
             None => to,
         }
     };
-    let policy = |t: &Table, name: &String, eps: &[Endpoint]| -> Chain {
-        let mut rules = if name == internal_chain {
-            masq_rules(t)
-        } else {
-            Vec::new()
-        };
+    let policy = |eps: &[Endpoint]| -> Chain {
+        let mut rules = Vec::new();
         if sp.affinity.is_some() {
             for e in eps {
                 rules.push(format!("{ip} saddr @{} {}", affinity_set(sp, e), dnat(e)));
@@ -743,13 +757,11 @@ fn service_port_rules(t: &mut Table, sp: &SvcPort, eps: &[Endpoint], cfg: &Rules
         }
         Chain::regular(rules)
     };
-    if uses_cluster_chain {
-        let c = policy(t, &cluster_chain, &cat.cluster);
-        t.chains.insert(cluster_chain.clone(), c);
+    if uses_cluster_chain && !plain {
+        t.chains.insert(cluster_chain.clone(), policy(&cat.cluster));
     }
     if uses_local_chain {
-        let c = policy(t, &local_chain, &cat.local);
-        t.chains.insert(local_chain.clone(), c);
+        t.chains.insert(local_chain.clone(), policy(&cat.local));
     }
 
     // the external chain: NodePorts and external IPs
@@ -783,7 +795,18 @@ fn service_port_rules(t: &mut Table, sp: &SvcPort, eps: &[Endpoint], cfg: &Rules
     for cip in &sp.cluster_ips {
         let key = format!("{cip} . {proto} . {}", sp.port);
         put(t, CLUSTER_IPS, cip.to_string(), "");
-        if has_internal {
+        if has_internal && plain {
+            let n = cat.cluster.len() as u64;
+            for (k, e) in (0u64..).zip(&cat.cluster) {
+                let (lo, hi) = (k * DRAW as u64 / n, (k + 1) * DRAW as u64 / n - 1);
+                put(
+                    t,
+                    SERVICE_ENDPOINTS,
+                    format!("{key} . {lo}-{hi}"),
+                    &format!("{} . {}", e.ip, e.port),
+                );
+            }
+        } else if has_internal {
             put(
                 t,
                 SERVICE_IPS,

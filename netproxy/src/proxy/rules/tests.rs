@@ -113,9 +113,14 @@ fn ruleset_table() {
             ])],
             elements: vec![
                 (
-                    "service-ips",
-                    "10.96.0.10 . tcp . 80",
-                    "goto service-ns/web/tcp/http",
+                    "service-endpoints",
+                    "10.96.0.10 . tcp . 80 . 0-32767",
+                    "10.244.1.5 . 8080",
+                ),
+                (
+                    "service-endpoints",
+                    "10.96.0.10 . tcp . 80 . 32768-65535",
+                    "10.244.2.7 . 8080",
                 ),
                 ("cluster-ips", "10.96.0.10", ""),
                 ("hairpin-endpoints", "10.244.1.5 . 10.244.1.5", ""),
@@ -123,15 +128,19 @@ fn ruleset_table() {
             ],
             absent: vec![
                 ("no-endpoint-services", "10.96.0.10 . tcp . 80"),
+                ("service-ips", "10.96.0.10 . tcp . 80"),
                 ("hairpin-endpoints", "10.244.3.9 . 10.244.3.9"),
             ],
             chains: vec![
                 (
-                    "service-ns/web/tcp/http",
+                    "services",
                     vec![
-                        "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
-                        "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.5:8080",
-                        "meta l4proto tcp dnat to 10.244.2.7:8080",
+                        "ip daddr @cluster-ips ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+                        "ip daddr . meta l4proto . th dport vmap @service-ips",
+                        "meta l4proto tcp dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                        "meta l4proto udp dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                        "meta l4proto sctp dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
                     ],
                 ),
                 (
@@ -142,7 +151,7 @@ fn ruleset_table() {
                     ],
                 ),
             ],
-            no_chains: vec!["external-ns/web/tcp/http"],
+            no_chains: vec!["service-ns/web/tcp/http", "external-ns/web/tcp/http"],
             ..Case::default()
         },
         Case {
@@ -220,16 +229,9 @@ fn ruleset_table() {
                 ("10.244.2.7", "node-b", false, false, true),
             ])],
             elements: vec![(
-                "service-ips",
-                "10.96.0.10 . tcp . 80",
-                "goto service-ns/web/tcp/http",
-            )],
-            chains: vec![(
-                "service-ns/web/tcp/http",
-                vec![
-                    "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
-                    "meta l4proto tcp dnat to 10.244.1.5:8080",
-                ],
+                "service-endpoints",
+                "10.96.0.10 . tcp . 80 . 0-65535",
+                "10.244.1.5 . 8080",
             )],
             absent: vec![("hairpin-endpoints", "10.244.2.7 . 10.244.2.7")],
             ..Case::default()
@@ -261,10 +263,10 @@ fn ruleset_table() {
                     vec!["jump mark-for-masquerade", "goto service-ns/web/tcp/http"],
                 ),
                 (
-                    "services",
+                    "service-ns/web/tcp/http",
                     vec![
-                        "ip daddr . meta l4proto . th dport vmap @service-ips",
-                        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
+                        "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.5:8080",
+                        "meta l4proto tcp dnat to 10.244.2.7:8080",
                     ],
                 ),
             ],
@@ -355,10 +357,7 @@ fn ruleset_table() {
             )],
             chains: vec![(
                 "local-ns/web/tcp/http",
-                vec![
-                    "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
-                    "meta l4proto tcp dnat to 10.244.1.5:8080",
-                ],
+                vec!["meta l4proto tcp dnat to 10.244.1.5:8080"],
             )],
             no_chains: vec!["service-ns/web/tcp/http"],
             ..Case::default()
@@ -414,37 +413,32 @@ fn ruleset_table() {
             },
             elements: vec![
                 (
-                    "service-ips",
-                    "10.96.0.10 . udp . 53",
-                    "goto service-ns/web/udp/dns",
+                    "service-endpoints",
+                    "10.96.0.10 . udp . 53 . 0-65535",
+                    "10.244.1.5 . 5353",
                 ),
                 (
-                    "service-ips",
-                    "10.96.0.10 . tcp . 53",
-                    "goto service-ns/web/tcp/dns-tcp",
+                    "service-endpoints",
+                    "10.96.0.10 . tcp . 53 . 0-65535",
+                    "10.244.1.5 . 5354",
                 ),
                 (
-                    "service-ips",
-                    "10.96.0.10 . sctp . 3868",
-                    "goto service-ns/web/sctp/sig",
+                    "service-endpoints",
+                    "10.96.0.10 . sctp . 3868 . 0-65535",
+                    "10.244.1.5 . 3868",
                 ),
             ],
-            chains: vec![
-                (
-                    "service-ns/web/tcp/dns-tcp",
-                    vec![
-                        "ip daddr 10.96.0.10 tcp dport 53 jump mark-for-masquerade",
-                        "meta l4proto tcp dnat to 10.244.1.5:5354",
-                    ],
-                ),
-                (
-                    "service-ns/web/udp/dns",
-                    vec![
-                        "ip daddr 10.96.0.10 udp dport 53 jump mark-for-masquerade",
-                        "meta l4proto udp dnat to 10.244.1.5:5353",
-                    ],
-                ),
-            ],
+            chains: vec![(
+                "services",
+                vec![
+                    "ip daddr @cluster-ips jump mark-for-masquerade",
+                    "ip daddr . meta l4proto . th dport vmap @service-ips",
+                    "meta l4proto tcp dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                    "meta l4proto udp dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                    "meta l4proto sctp dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                    "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
+                ],
+            )],
             ..Case::default()
         },
         Case {
@@ -481,7 +475,11 @@ fn ruleset_table() {
                 (
                     "services",
                     vec![
+                        "ip daddr @cluster-ips ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
                         "ip daddr . meta l4proto . th dport vmap @service-ips",
+                        "meta l4proto tcp dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                        "meta l4proto udp dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                        "meta l4proto sctp dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
                         "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
                     ],
                 ),
@@ -503,20 +501,22 @@ fn ruleset_table() {
                 cluster_cidrs: vec![],
                 ..cfg()
             },
-            elements: vec![(
-                "service-ips",
-                "fd00:96::a . tcp . 80",
-                "goto service-ns/web/tcp/http",
-            )],
-            chains: vec![
+            elements: vec![
                 (
-                    "service-ns/web/tcp/http",
-                    vec!["meta l4proto tcp dnat to [fd00:244::5]:8080"],
+                    "service-endpoints",
+                    "fd00:96::a . tcp . 80 . 0-65535",
+                    "fd00:244::5 . 8080",
                 ),
+                ("hairpin-endpoints", "fd00:244::5 . fd00:244::5", ""),
+            ],
+            chains: vec![
                 (
                     "services",
                     vec![
                         "ip6 daddr . meta l4proto . th dport vmap @service-ips",
+                        "meta l4proto tcp dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                        "meta l4proto udp dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                        "meta l4proto sctp dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
                         "fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @service-nodeports",
                     ],
                 ),
@@ -669,4 +669,28 @@ fn cidrs_parse() {
     assert!("10.244.0.0".parse::<Cidr>().is_err());
     assert!("10.244.0.0/33".parse::<Cidr>().is_err());
     assert!("fd00::/64".parse::<Cidr>().is_ok());
+}
+
+#[test]
+fn plain_services_share_the_draw_equally() {
+    let services = [web(json!({}))];
+    let slices = [http_slice(&[
+        READY("10.244.1.5", "node-a"),
+        READY("10.244.2.7", "node-b"),
+        READY("10.244.3.9", "node-c"),
+    ])];
+    let t = desired(&[&services[0]], &[&slices[0]], &cfg()).remove(0);
+    let got: Vec<(&str, &str)> = t.sets["service-endpoints"]
+        .elements
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("10.96.0.10 . tcp . 80 . 0-21844", "10.244.1.5 . 8080"),
+            ("10.96.0.10 . tcp . 80 . 21845-43689", "10.244.2.7 . 8080"),
+            ("10.96.0.10 . tcp . 80 . 43690-65535", "10.244.3.9 . 8080"),
+        ]
+    );
 }
