@@ -26,8 +26,9 @@ pub struct ServiceOptions {
     pub proxy: bool,
     /// Serve cluster DNS at the cluster DNS address (`--dns`).
     pub dns: bool,
-    /// The Service network (`--service-cidr`): its unallocated addresses are dropped.
-    pub service_cidr: ipnet::IpNet,
+    /// The Service networks (`--service-cidr`, one per family): their unallocated
+    /// addresses are dropped.
+    pub service_cidrs: Vec<ipnet::IpNet>,
     /// The dummy link that holds the cluster DNS address.
     pub dns_link: String,
 }
@@ -37,7 +38,10 @@ impl Default for ServiceOptions {
         Self {
             proxy: false,
             dns: false,
-            service_cidr: ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert([10, 96, 0, 0].into(), 12)),
+            service_cidrs: vec![ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(
+                [10, 96, 0, 0].into(),
+                12,
+            ))],
             dns_link: skiff_netproxy::podnet::local::DEFAULT_LINK.into(),
         }
     }
@@ -63,7 +67,13 @@ pub fn rules_config(cfg: &Config) -> RulesConfig {
             .chain(cfg.cni.iter().flat_map(|c| c.cluster_cidrs.iter().copied()))
             .map(cidr)
             .collect(),
-        service_cidrs: vec![cidr(cfg.services.service_cidr)],
+        service_cidrs: cfg
+            .services
+            .service_cidrs
+            .iter()
+            .copied()
+            .map(cidr)
+            .collect(),
         node_local_ips: dns_address(cfg).into_iter().collect(),
         ..RulesConfig::default()
     }
@@ -195,5 +205,20 @@ mod tests {
                 "{ctx}"
             );
         }
+        // dual-stack Service ranges: both families' unallocated addresses are dropped
+        let dual = ServiceOptions {
+            proxy: true,
+            service_cidrs: vec![
+                "10.96.0.0/12".parse().unwrap(),
+                "fd00:10:96::/108".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        let r = rules_config(&cfg(dual, true));
+        let want: Vec<Cidr> = ["10.96.0.0/12", "fd00:10:96::/108"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(r.service_cidrs, want);
     }
 }

@@ -140,9 +140,14 @@ pub struct NodeServiceArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
         default_missing_value = "true")]
     pub dns: bool,
-    /// The Service CIDR (the master's --service-cidr): its unallocated addresses are dropped.
-    #[arg(long, default_value = "10.96.0.0/12")]
-    pub service_cidr: ipnet::IpNet,
+    /// The Service CIDRs (the master's --service-cidr: one, or an IPv4 and an IPv6 one,
+    /// comma-separated): their unallocated addresses are dropped.
+    #[arg(
+        long = "service-cidr",
+        default_value = "10.96.0.0/12",
+        value_delimiter = ','
+    )]
+    pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl NodeServiceArgs {
@@ -156,7 +161,7 @@ impl NodeServiceArgs {
         let opts = skiff_agent::services::ServiceOptions {
             proxy: self.proxy,
             dns: self.dns,
-            service_cidr: self.service_cidr,
+            service_cidrs: self.service_cidrs.clone(),
             ..Default::default()
         };
         (opts, dns)
@@ -337,4 +342,35 @@ pub fn shim(a: ShimArgs) -> Result<i32> {
         cgroup_root: a.cgroup_root,
     })?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        services: NodeServiceArgs,
+    }
+
+    #[test]
+    fn service_cidrs_one_or_one_per_family() {
+        let cases: [(&[&str], &[&str]); 3] = [
+            (&[], &["10.96.0.0/12"]),
+            (&["--service-cidr", "10.0.0.0/16"], &["10.0.0.0/16"]),
+            (
+                &["--service-cidr", "10.96.0.0/12,fd00:10:96::/108"],
+                &["10.96.0.0/12", "fd00:10:96::/108"],
+            ),
+        ];
+        for (args, want) in cases {
+            let cmd = Cmd::try_parse_from([&["agent"][..], args].concat()).unwrap();
+            let (opts, _) = cmd.services.options(None);
+            let want: Vec<ipnet::IpNet> = want.iter().map(|s| s.parse().unwrap()).collect();
+            assert_eq!(opts.service_cidrs, want, "{args:?}");
+        }
+        assert!(Cmd::try_parse_from(["agent", "--service-cidr", "10.96.0.0/12,nope"]).is_err());
+    }
 }

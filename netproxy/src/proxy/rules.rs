@@ -449,7 +449,10 @@ fn base_chains(t: &mut Table, cfg: &RulesConfig) {
     let mut services = Vec::new();
     // ClusterIP traffic from outside the pod network is masqueraded (a port the Service
     // does not serve is rejected in the filter chains anyway)
-    let local_cidr = cfg.cluster_cidrs.iter().find(|c| Family::of(&c.addr) == fam);
+    let local_cidr = cfg
+        .cluster_cidrs
+        .iter()
+        .find(|c| Family::of(&c.addr) == fam);
     if cfg.masquerade_all {
         services.push(format!("{ip} daddr @{CLUSTER_IPS} jump {MARK_MASQ}"));
     } else if let Some(c) = local_cidr {

@@ -509,18 +509,16 @@ fn ruleset_table() {
                 ),
                 ("hairpin-endpoints", "fd00:244::5 . fd00:244::5", ""),
             ],
-            chains: vec![
-                (
-                    "services",
-                    vec![
-                        "ip6 daddr . meta l4proto . th dport vmap @service-ips",
-                        "meta l4proto tcp dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
-                        "meta l4proto udp dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
-                        "meta l4proto sctp dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
-                        "fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @service-nodeports",
-                    ],
-                ),
-            ],
+            chains: vec![(
+                "services",
+                vec![
+                    "ip6 daddr . meta l4proto . th dport vmap @service-ips",
+                    "meta l4proto tcp dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                    "meta l4proto udp dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                    "meta l4proto sctp dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 65536 map @service-endpoints",
+                    "fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @service-nodeports",
+                ],
+            )],
             ..Case::default()
         },
         Case {
