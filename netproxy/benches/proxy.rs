@@ -6,10 +6,16 @@
 //!    full sync), then one Service more, then one endpoint fewer: each sync's wall time,
 //!    statements and bytes, and the process's RSS (the proxy's state is the `Proxier`'s
 //!    applied tables, held here as in the agent).
-//! 2. HTTP throughput (wrk, busybox httpd in a "pod" namespace behind a veth) through one
-//!    of those Services' ClusterIP versus straight to the pod's IP, with all 10,001 Services
-//!    programmed: `ROUNDS` runs of each, alternating, and the medians (busybox httpd opens
-//!    a connection per request, so single runs vary by 10–20% on a busy machine).
+//! 2. HTTP throughput (wrk in a client "pod" namespace, busybox httpd in a server "pod"
+//!    namespace, each behind a veth of the node namespace, which routes between them)
+//!    through one of those Services' ClusterIP versus straight to the server's IP, with all
+//!    10,001 Services programmed: `ROUNDS` runs of each, alternating, and the medians
+//!    (busybox httpd opens a connection per request, so single runs vary by 10–20% on a
+//!    busy machine). The client is in the cluster CIDR, as a pod is, so its ClusterIP
+//!    traffic is DNATed and not masqueraded. (Masqueraded traffic, such as the node's own,
+//!    needs a free source port per connection for 120 s, conntrack's TIME_WAIT: at
+//!    thousands of new connections a second to one endpoint the ports run out after some
+//!    seconds and connections wait for SYN retransmits; kube-proxy masquerades the same.)
 //!
 //! `SERVICES=N` changes the count, `WRK_SECONDS=N` the length of each wrk run (5),
 //! `ROUNDS=N` the runs of each kind (3).
@@ -29,6 +35,17 @@ use skiff_netproxy::proxy::sync::{Proxier, SyncReport};
 
 const POD_IP: &str = "10.250.0.2";
 const NODE_SIDE_IP: &str = "10.250.0.1";
+/// A second pod, the HTTP client, on another veth of the node.
+const CLIENT_IP: &str = "10.250.1.2";
+const CLIENT_NODE_SIDE_IP: &str = "10.250.1.1";
+/// The bench's pod network: traffic from it to a ClusterIP is not masqueraded.
+const CLUSTER_CIDR: &str = "10.250.0.0/16";
+/// The pod serves the same files on two ports: 8080 for requests straight to it, this one
+/// behind the Service. With one port, the server's TIME_WAIT sockets of one kind of run
+/// would refuse the other kind's SYNs now and then (the client's TCP timestamps start from
+/// a different offset for the ClusterIP than for the pod's IP, so they look older: PAWS),
+/// and each kind of run would slow the next one down by SYN retransmits.
+const SERVICE_PORT: u16 = 8081;
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -46,7 +63,8 @@ fn sh(args: &[&str]) {
 struct World {
     node: String,
     pod: String,
-    httpd: Option<Child>,
+    client: String,
+    httpd: Vec<Child>,
     www: tempfile::TempDir,
 }
 
@@ -56,11 +74,13 @@ impl World {
         let w = World {
             node: format!("skiff-bproxy-node-{pid}"),
             pod: format!("skiff-bproxy-pod-{pid}"),
-            httpd: None,
+            client: format!("skiff-bproxy-client-{pid}"),
+            httpd: Vec::new(),
             www: tempfile::tempdir().unwrap(),
         };
         sh(&["ip", "netns", "add", &w.node]);
         sh(&["ip", "netns", "add", &w.pod]);
+        sh(&["ip", "netns", "add", &w.client]);
         let ip = |ns: &str, args: &[&str]| sh(&[&["ip", "-n", ns][..], args].concat());
         ip(&w.node, &["link", "set", "lo", "up"]);
         ip(&w.pod, &["link", "set", "lo", "up"]);
@@ -93,28 +113,87 @@ impl World {
         );
         ip(&w.pod, &["link", "set", "eth0", "up"]);
         ip(&w.pod, &["route", "add", "default", "via", NODE_SIDE_IP]);
+        // the client pod: its default route is the node, which forwards
+        ip(&w.client, &["link", "set", "lo", "up"]);
+        ip(
+            &w.node,
+            &[
+                "link",
+                "add",
+                "veth-client",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &w.client,
+            ],
+        );
+        ip(
+            &w.node,
+            &[
+                "addr",
+                "add",
+                &format!("{CLIENT_NODE_SIDE_IP}/24"),
+                "dev",
+                "veth-client",
+            ],
+        );
+        ip(&w.node, &["link", "set", "veth-client", "up"]);
+        ip(
+            &w.client,
+            &["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"],
+        );
+        ip(&w.client, &["link", "set", "eth0", "up"]);
+        ip(
+            &w.client,
+            &["route", "add", "default", "via", CLIENT_NODE_SIDE_IP],
+        );
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &w.node,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
         w
     }
 
     fn start_httpd(&mut self) {
         std::fs::write(self.www.path().join("index.html"), "hello from the pod\n").unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.pod, "busybox", "httpd", "-f", "-p"])
-            .arg("8080")
-            .arg("-h")
-            .arg(self.www.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("busybox httpd (apt-get install busybox-static)");
-        self.httpd = Some(child);
+        for port in [8080, SERVICE_PORT] {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &self.pod, "busybox", "httpd", "-f", "-p"])
+                .arg(port.to_string())
+                .arg("-h")
+                .arg(self.www.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("busybox httpd (apt-get install busybox-static)");
+            self.httpd.push(child);
+            self.wait_for_http(&format!("http://{POD_IP}:{port}/index.html"));
+        }
+    }
+
+    fn wait_for_http(&self, url: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let ok = Command::new("ip")
                 .args([
-                    "netns", "exec", &self.node, "busybox", "wget", "-q", "-O", "-",
+                    "netns",
+                    "exec",
+                    &self.client,
+                    "busybox",
+                    "wget",
+                    "-q",
+                    "-O",
+                    "-",
+                    url,
                 ])
-                .arg(format!("http://{POD_IP}:8080/index.html"))
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false);
@@ -123,17 +202,17 @@ impl World {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("httpd in the pod namespace did not answer");
+        panic!("httpd in the pod namespace did not answer {url}");
     }
 }
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some(mut c) = self.httpd.take() {
+        for mut c in self.httpd.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.node, &self.pod] {
+        for ns in [&self.node, &self.pod, &self.client] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -155,6 +234,10 @@ fn service(i: u32) -> Service {
 }
 
 fn slice(i: u32, addresses: &[String]) -> EndpointSlice {
+    slice_on(i, addresses, 8080)
+}
+
+fn slice_on(i: u32, addresses: &[String], port: u16) -> EndpointSlice {
     let eps: Vec<_> = addresses
         .iter()
         .map(|a| json!({"addresses": [a], "conditions": {"ready": true}, "nodeName": "bench"}))
@@ -163,7 +246,7 @@ fn slice(i: u32, addresses: &[String]) -> EndpointSlice {
         "metadata": {"namespace": "bench", "name": format!("svc-{i}-abcde"),
                      "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         "endpoints": eps,
     }))
     .unwrap()
@@ -223,10 +306,10 @@ async fn timed_sync(
     report
 }
 
-/// Requests per second that wrk reports for `url`, run from the node namespace.
-fn wrk(node: &str, url: &str, seconds: u64) -> f64 {
+/// Requests per second that wrk reports for `url`, run in the namespace `ns`.
+fn wrk(ns: &str, url: &str, seconds: u64) -> f64 {
     let out = Command::new("ip")
-        .args(["netns", "exec", node, "wrk", "-t2", "-c16"])
+        .args(["netns", "exec", ns, "wrk", "-t2", "-c16"])
         .arg(format!("-d{seconds}s"))
         .arg(url)
         .output()
@@ -273,7 +356,7 @@ fn main() {
     let mut proxier = Proxier::new(
         RulesConfig {
             node_name: "bench".into(),
-            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            cluster_cidrs: vec![CLUSTER_CIDR.parse().unwrap()],
             service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
             ..RulesConfig::default()
         },
@@ -293,7 +376,7 @@ fn main() {
     ));
     // one more Service, whose endpoint is the real pod
     services.push(service(n));
-    slices.push(slice(n, &[POD_IP.to_string()]));
+    slices.push(slice_on(n, &[POD_IP.to_string()], SERVICE_PORT));
     rt.block_on(timed_sync(
         &mut proxier,
         &services,
@@ -334,12 +417,12 @@ fn main() {
     let (mut direct, mut via) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         direct.push(wrk(
-            &world.node,
+            &world.client,
             &format!("http://{POD_IP}:8080/index.html"),
             seconds,
         ));
         via.push(wrk(
-            &world.node,
+            &world.client,
             &format!("http://{}/index.html", cluster_ip(n)),
             seconds,
         ));
