@@ -65,8 +65,8 @@ impl PodNetwork for Bridge {
     }
 }
 
-/// The containers' ports with a hostPort (kubelet maps those of `containers` only), IPv4
-/// `hostIP`s or none; an IPv6 `hostIP` is left to an IPv6 pod network.
+/// The containers' ports with a hostPort (kubelet maps those of `containers` only), with
+/// their `hostIP` if any (0.0.0.0 and :: are none).
 pub fn host_ports(spec: &PodSpec) -> Vec<PortMapping> {
     let mut out: Vec<PortMapping> = spec
         .containers
@@ -76,11 +76,7 @@ pub fn host_ports(spec: &PodSpec) -> Vec<PortMapping> {
             let host_port = u16::try_from(p.host_port.filter(|h| *h > 0)?).ok()?;
             let host_ip = match p.host_ip.as_deref().filter(|h| !h.is_empty()) {
                 None => None,
-                Some(h) => match h.parse::<IpAddr>().ok()? {
-                    IpAddr::V4(v) if v.is_unspecified() => None,
-                    IpAddr::V4(v) => Some(v),
-                    IpAddr::V6(_) => return None,
-                },
+                Some(h) => Some(h.parse::<IpAddr>().ok()?).filter(|a| !a.is_unspecified()),
             };
             Some(PortMapping {
                 protocol: Protocol::from_api(p.protocol.as_deref())?,
@@ -470,6 +466,7 @@ mod tests {
             vec![
                 m(Protocol::Tcp, None, 8080, 80),
                 m(Protocol::Tcp, None, 8081, 81),
+                m(Protocol::Tcp, Some("fd00::1"), 8084, 84),
                 m(Protocol::Udp, Some("192.168.1.2"), 5353, 53),
                 m(Protocol::Sctp, None, 9000, 9000),
             ]

@@ -174,6 +174,7 @@ pub fn remove_network(bridge: &str, problems: &mut Vec<String>) {
         ("ip", skiff_netproxy::podnet::nft::TABLE),
         ("ip6", skiff_netproxy::podnet::nft::TABLE),
         ("ip", skiff_netproxy::podnet::hostport::TABLE),
+        ("ip6", skiff_netproxy::podnet::hostport::TABLE),
     ];
     for (family, table) in tables {
         // only tables that exist: `nft list` fails for the others

@@ -797,6 +797,41 @@ async fn dual_stack_pods_routes_masquerade_and_service() {
     };
     assert_eq!(answer, format!("p2a {a1_6}"));
 
+    // hostPorts of a dual-stack pod: without hostIP in both families, with an IPv6 hostIP
+    // in that family only
+    use skiff_netproxy::podnet::PortMapping;
+    use skiff_netproxy::podnet::hostport::Protocol;
+    let ports = [
+        PortMapping {
+            protocol: Protocol::Tcp,
+            host_ip: None,
+            host_port: 9090,
+            container_port: 8080,
+        },
+        PortMapping {
+            protocol: Protocol::Tcp,
+            host_ip: Some(ip("fd00:254::1")),
+            host_port: 9091,
+            container_port: 8080,
+        },
+    ];
+    net1.set_host_ports("uid-d1b", &ports).unwrap();
+    assert_eq!(
+        tcp_from(&ext, "[fd00:254::1]:9090").unwrap(),
+        "p1b fd00:254::2"
+    );
+    assert_eq!(
+        tcp_from(&ext, "192.168.254.1:9090").unwrap(),
+        "p1b 192.168.254.2"
+    );
+    assert_eq!(
+        tcp_from(&ext, "[fd00:254::1]:9091").unwrap(),
+        "p1b fd00:254::2"
+    );
+    assert!(tcp_from(&ext, "192.168.254.1:9091").is_err());
+    net1.set_host_ports("uid-d1b", &[]).unwrap();
+    assert!(tcp_from(&ext, "[fd00:254::1]:9090").is_err());
+
     // an agent restart: same addresses for the same pod, both records kept
     drop(net1);
     let net1 = network(&n1, "10.244.1.0/24,fd00:10:244:1::/64", s1.path());

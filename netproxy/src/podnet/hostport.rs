@@ -2,21 +2,23 @@
 //! address of the node (not loopback: kubelet's portmap sets no `route_localnet`) on a
 //! container's `hostPort` is DNATed to the pod's address and `containerPort`; with a
 //! `hostIP`, only traffic to that address. A pod reaching its own hostPort is masqueraded
-//! (hairpin). The mappings live in the pod network's own table `ip skiff_hostport`
-//! (neither the Service proxy's nor the masquerade table), replaced whole in one `nft -f -`
-//! transaction, and are recorded under `<state-dir>/hostports/<pod uid>`, so the table is
-//! rebuilt the same after an agent restart.
+//! (hairpin). A dual-stack pod's port is mapped in both families (to its address of each),
+//! unless a `hostIP` names one. The mappings live in the pod network's own tables
+//! `ip skiff_hostport` and `ip6 skiff_hostport` (neither the Service proxy's nor the
+//! masquerade table), replaced whole in one `nft -f -` transaction, and are recorded under
+//! `<state-dir>/hostports/<pod uid>`, so the tables are rebuilt the same after an agent
+//! restart.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
 
 use super::{Error, Result};
 
-/// The table's name (family `ip`).
+/// The tables' name (families `ip` and `ip6`).
 pub const TABLE: &str = "skiff_hostport";
 
 /// A transport protocol of a container port.
@@ -69,8 +71,9 @@ impl FromStr for Protocol {
 pub struct PortMapping {
     /// The protocol.
     pub protocol: Protocol,
-    /// `hostIP` (`None`, or 0.0.0.0 in the API: every local address).
-    pub host_ip: Option<Ipv4Addr>,
+    /// `hostIP` (`None`, or 0.0.0.0 / :: in the API: every local address of the pod's
+    /// families).
+    pub host_ip: Option<IpAddr>,
     /// `hostPort`.
     pub host_port: u16,
     /// `containerPort`.
@@ -82,15 +85,15 @@ pub struct PortMapping {
 pub struct HostPort {
     /// The container port.
     pub port: PortMapping,
-    /// The pod's address.
-    pub pod_ip: Ipv4Addr,
+    /// The pod's address (of one family; a dual-stack pod has a mapping per family).
+    pub pod_ip: IpAddr,
 }
 
 impl HostPort {
     /// One line of a record: `tcp 0.0.0.0 8080 10.244.1.5 80`.
     fn line(&self) -> String {
         let p = &self.port;
-        let host = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let host = p.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         format!(
             "{} {host} {} {} {}",
             p.protocol, p.host_port, self.pod_ip, p.container_port
@@ -102,7 +105,7 @@ impl HostPort {
         let [proto, host, hport, ip, cport] = f.as_slice() else {
             return None;
         };
-        let host: Ipv4Addr = host.parse().ok()?;
+        let host: IpAddr = host.parse().ok()?;
         Some(HostPort {
             port: PortMapping {
                 protocol: proto.parse().ok()?,
@@ -115,58 +118,69 @@ impl HostPort {
     }
 }
 
-/// The table for all pods' mappings, as `nft -f` text replacing any earlier version.
+/// The tables for all pods' mappings, as `nft -f` text replacing any earlier version.
 /// Rules are ordered (pod uid, then mapping) so equal inputs give equal text.
 pub fn ruleset(all: &BTreeMap<String, Vec<HostPort>>) -> String {
-    let mut dnat = String::new();
-    let mut hairpin = String::new();
-    for m in all.values().flatten() {
-        let p = &m.port;
-        let daddr = p
-            .host_ip
-            .map(|h| format!("ip daddr {h} "))
-            .unwrap_or_default();
-        dnat.push_str(&format!(
-            "\t\t{daddr}meta l4proto {proto} th dport {hp} dnat to {ip}:{cp}\n",
-            proto = p.protocol,
-            hp = p.host_port,
-            ip = m.pod_ip,
-            cp = p.container_port
-        ));
-        hairpin.push_str(&format!(
-            "\t\tip saddr {ip} ip daddr {ip} meta l4proto {proto} th dport {cp} ct status dnat masquerade\n",
-            ip = m.pod_ip,
-            proto = p.protocol,
-            cp = p.container_port
+    let mut out = String::new();
+    for (family, ip, loopback) in [("ip", "ip", "127.0.0.0/8"), ("ip6", "ip6", "::1")] {
+        let v6 = family == "ip6";
+        let mut dnat = String::new();
+        let mut hairpin = String::new();
+        for m in all.values().flatten().filter(|m| m.pod_ip.is_ipv6() == v6) {
+            let p = &m.port;
+            // an unspecified hostIP of either family means every address of this one
+            let daddr = p
+                .host_ip
+                .filter(|h| !h.is_unspecified())
+                .map(|h| format!("{ip} daddr {h} "))
+                .unwrap_or_default();
+            let to = match m.pod_ip {
+                IpAddr::V4(a) => format!("{a}:{}", p.container_port),
+                IpAddr::V6(a) => format!("[{a}]:{}", p.container_port),
+            };
+            dnat.push_str(&format!(
+                "\t\t{daddr}meta l4proto {proto} th dport {hp} dnat to {to}\n",
+                proto = p.protocol,
+                hp = p.host_port,
+            ));
+            hairpin.push_str(&format!(
+                "\t\t{ip} saddr {a} {ip} daddr {a} meta l4proto {proto} th dport {cp} ct status dnat masquerade\n",
+                a = m.pod_ip,
+                proto = p.protocol,
+                cp = p.container_port
+            ));
+        }
+        let entry = format!("fib daddr type local {ip} daddr != {loopback} jump hostports");
+        out.push_str(&format!(
+            "add table {family} {TABLE}\n\
+             delete table {family} {TABLE}\n\
+             table {family} {TABLE} {{\n\
+             \tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority -100; policy accept;\n\
+             \t\t{entry}\n\
+             \t}}\n\
+             \tchain output {{\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
+             \t\t{entry}\n\
+             \t}}\n\
+             \tchain hostports {{\n\
+             {dnat}\
+             \t}}\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority 100; policy accept;\n\
+             {hairpin}\
+             \t}}\n\
+             }}\n"
         ));
     }
-    let entry = "fib daddr type local ip daddr != 127.0.0.0/8 jump hostports";
-    format!(
-        "add table ip {TABLE}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
-         \tchain prerouting {{\n\
-         \t\ttype nat hook prerouting priority -100; policy accept;\n\
-         \t\t{entry}\n\
-         \t}}\n\
-         \tchain output {{\n\
-         \t\ttype nat hook output priority -100; policy accept;\n\
-         \t\t{entry}\n\
-         \t}}\n\
-         \tchain hostports {{\n\
-         {dnat}\
-         \t}}\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority 100; policy accept;\n\
-         {hairpin}\
-         \t}}\n\
-         }}\n"
-    )
+    out
 }
 
-/// The text removing the table (nothing if it is absent).
+/// The text removing the tables (nothing where one is absent).
 pub fn delete() -> String {
-    format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")
+    format!(
+        "add table ip {TABLE}\ndelete table ip {TABLE}\nadd table ip6 {TABLE}\ndelete table ip6 {TABLE}\n"
+    )
 }
 
 /// The per-pod records of the mappings.
@@ -292,6 +306,18 @@ mod tests {
                 )],
                 vec!["ip daddr 192.168.1.2 meta l4proto udp th dport 53 dnat to 10.244.1.6:5353"],
             ),
+            (
+                vec![
+                    hp(Protocol::Tcp, None, 8080, "fd00:244::5", 80),
+                    hp(Protocol::Tcp, Some("fd00::2"), 8443, "fd00:244::5", 443),
+                ],
+                vec![
+                    "table ip6 skiff_hostport {\n\tchain prerouting",
+                    "\t\tmeta l4proto tcp th dport 8080 dnat to [fd00:244::5]:80\n",
+                    "ip6 daddr fd00::2 meta l4proto tcp th dport 8443 dnat to [fd00:244::5]:443",
+                    "ip6 saddr fd00:244::5 ip6 daddr fd00:244::5 meta l4proto tcp th dport 80 ct status dnat masquerade",
+                ],
+            ),
         ];
         for (ports, want) in cases {
             let all: BTreeMap<String, Vec<HostPort>> = [("uid".to_string(), ports.clone())].into();
@@ -302,6 +328,11 @@ mod tests {
             // loopback is not mapped (no route_localnet), every other local address is
             assert_eq!(
                 text.matches("fib daddr type local ip daddr != 127.0.0.0/8 jump hostports")
+                    .count(),
+                2
+            );
+            assert_eq!(
+                text.matches("fib daddr type local ip6 daddr != ::1 jump hostports")
                     .count(),
                 2
             );
@@ -338,5 +369,7 @@ mod tests {
         assert_eq!(s2.set("b", &[]).unwrap(), None);
         assert!(s2.all().unwrap().is_empty());
         assert_eq!(HostPort::parse("tcp 0.0.0.0 x 10.0.0.1 80"), None);
+        let v6 = hp(Protocol::Udp, Some("fd00::2"), 53, "fd00:244::5", 5353);
+        assert_eq!(HostPort::parse(&v6.line()), Some(v6));
     }
 }

@@ -718,35 +718,47 @@ impl BridgeNetwork {
         Ok(())
     }
 
-    /// Maps the pod's hostPorts to its IPv4 address (the one attach gave it); an empty list
-    /// removes its mappings. The table is rewritten only when the pod's mappings changed.
-    /// On a node without an IPv4 podCIDR hostPorts are not mapped (logged).
+    /// Maps the pod's hostPorts to its addresses (the ones attach gave it): a port with a
+    /// `hostIP` to the pod's address of that family, one without to each of the pod's
+    /// addresses (IPv4 and IPv6 on a dual-stack node). An empty list removes its mappings.
+    /// The tables are rewritten only when the pod's mappings changed.
     pub fn set_host_ports(&self, pod_uid: &str, ports: &[PortMapping]) -> Result<()> {
         let mut list = Vec::new();
         if !ports.is_empty() {
-            let Some(v4) = self.blocks.iter().find(|b| b.cidr.network().is_ipv4()) else {
-                tracing::warn!(pod_uid = %pod_uid, ports = ?ports,
-                    "hostPorts need an IPv4 pod CIDR; not mapped");
-                return Ok(());
-            };
-            let ip = v4
-                .ipam
-                .records()?
-                .into_iter()
-                .find_map(|(ip, uid)| match ip {
-                    IpAddr::V4(v) if uid == pod_uid => Some(v),
-                    _ => None,
-                })
-                .ok_or_else(|| Error::NotAttached {
+            let mut pod_ips = Vec::new();
+            for block in &self.blocks {
+                pod_ips.extend(
+                    block
+                        .ipam
+                        .records()?
+                        .into_iter()
+                        .filter(|(_, uid)| uid == pod_uid)
+                        .map(|(ip, _)| ip),
+                );
+            }
+            if pod_ips.is_empty() {
+                return Err(Error::NotAttached {
                     pod_uid: pod_uid.to_string(),
-                })?;
-            list = ports
-                .iter()
-                .map(|p| hostport::HostPort {
-                    port: *p,
-                    pod_ip: ip,
-                })
-                .collect();
+                });
+            }
+            for p in ports {
+                let of_family = pod_ips.iter().filter(|ip| match p.host_ip {
+                    Some(h) if !h.is_unspecified() => h.is_ipv6() == ip.is_ipv6(),
+                    _ => true,
+                });
+                let mut mapped = false;
+                for ip in of_family {
+                    list.push(hostport::HostPort {
+                        port: *p,
+                        pod_ip: *ip,
+                    });
+                    mapped = true;
+                }
+                if !mapped {
+                    tracing::warn!(pod_uid = %pod_uid, port = ?p,
+                        "the pod has no address of its hostIP's family; hostPort not mapped");
+                }
+            }
         }
         if let Some(text) = self.hostports.set(pod_uid, &list)? {
             self.node_ns()?.run(move || nft::apply(&text))?;
