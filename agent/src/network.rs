@@ -134,7 +134,7 @@ pub fn node_routes(n: &Node) -> Vec<NodeRoute> {
 }
 
 /// What the overlay needs of a Node: IPv4 podCIDR, IPv4 InternalIP and the VTEP MAC it
-/// published.
+/// published, and its IPv6 podCIDR if it has one (carried over the same IPv4 tunnel).
 pub fn node_vtep(n: &Node) -> Option<VtepPeer> {
     let r = node_routes(n)
         .into_iter()
@@ -142,6 +142,13 @@ pub fn node_vtep(n: &Node) -> Option<VtepPeer> {
             (IpNet::V4(c), IpAddr::V4(ip)) => Some((r.name, c, ip)),
             _ => None,
         })?;
+    let pod_cidr6 = pod_cidrs_of(n)
+        .iter()
+        .filter_map(|c| c.parse::<IpNet>().ok())
+        .find_map(|c| match c {
+            IpNet::V6(v) => Some(v),
+            IpNet::V4(_) => None,
+        });
     let mac = vxlan::parse_mac(
         n.metadata
             .annotations
@@ -151,6 +158,7 @@ pub fn node_vtep(n: &Node) -> Option<VtepPeer> {
     Some(VtepPeer {
         name: r.0,
         pod_cidr: r.1,
+        pod_cidr6,
         node_ip: r.2,
         mac,
     })
@@ -427,9 +435,23 @@ mod tests {
             Some(VtepPeer {
                 name: "n2".into(),
                 pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                pod_cidr6: None,
                 node_ip: "192.168.1.2".parse().unwrap(),
                 mac: [0x0e, 0x5f, 0xc0, 0xa8, 1, 2],
             })
+        );
+        // dual-stack: the IPv6 podCIDR rides along (the InternalIP stays IPv4)
+        let dual: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2",
+                "annotations": {"skiff.dev/vxlan-mac": "0e:5f:c0:a8:01:02"}},
+            "spec": {"podCIDR": "10.244.2.0/24",
+                "podCIDRs": ["10.244.2.0/24", "fd00:10:244:2::/64"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.2"}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            node_vtep(&dual).and_then(|p| p.pod_cidr6),
+            Some("fd00:10:244:2::/64".parse().unwrap())
         );
         for ann in [
             serde_json::json!({}),

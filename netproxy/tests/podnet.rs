@@ -326,8 +326,9 @@ fn vxlan_joins_nodes_on_different_segments() {
         })
         .unwrap()
     };
-    let net1 = vx(&n1, "10.244.1.0/24", s1.path(), ip1);
-    let net2 = vx(&n2, "10.244.2.0/24", s2.path(), ip2);
+    // dual-stack pods: IPv6 rides the same IPv4 tunnel
+    let net1 = vx(&n1, "10.244.1.0/24,fd00:10:244:1::/64", s1.path(), ip1);
+    let net2 = vx(&n2, "10.244.2.0/24,fd00:10:244:2::/64", s2.path(), ip2);
     net1.setup().unwrap();
     net1.setup().unwrap(); // idempotent: the device is kept
     net2.setup().unwrap();
@@ -350,8 +351,10 @@ fn vxlan_joins_nodes_on_different_segments() {
     assert_eq!(net1.mtu(), 1450);
     // pods and the bridge get the overlay's MTU
     let (p1, p2) = (Ns::new("vp1"), Ns::new("vp2"));
-    let pod1 = attach4(&net1, &p1, "uid-v1");
-    let pod2 = attach4(&net2, &p2, "uid-v2");
+    let a1 = net1.attach(&p1.path(), "uid-v1").unwrap();
+    let a2 = net2.attach(&p2.path(), "uid-v2").unwrap();
+    let (pod1, pod2, pod1_6, pod2_6) = (a1[0], a2[0], a1[1], a2[1]);
+    assert!(pod2_6.is_ipv6(), "{a2:?}");
     assert!(p1.ip(&["link", "show", "eth0"]).contains("mtu 1450"));
     assert!(n1.ip(&["link", "show", "skiff0"]).contains("mtu 1450"));
 
@@ -363,26 +366,29 @@ fn vxlan_joins_nodes_on_different_segments() {
     let s = net1.sync_routes(&hostgw).unwrap();
     assert_eq!(s.failed.len(), 1, "{s:?}");
     assert!(!ping_once(&p1, pod2));
+    assert!(!ping_once(&p1, pod2_6));
 
     // the overlay
     let peers = [
         VtepPeer {
             name: "v1".into(),
             pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            pod_cidr6: Some("fd00:10:244:1::/64".parse().unwrap()),
             node_ip: ip1,
             mac: vxlan::vtep_mac(ip1),
         },
         VtepPeer {
             name: "v2".into(),
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            pod_cidr6: Some("fd00:10:244:2::/64".parse().unwrap()),
             node_ip: ip2,
             mac: vxlan::vtep_mac(ip2),
         },
     ];
     let (r, e) = net1.sync_vxlan(&peers).unwrap();
     assert!(r.failed.is_empty(), "{r:?}");
-    assert_eq!(r.set.len(), 1, "{r:?}");
-    assert_eq!(e.neighbours_set.len(), 1, "{e:?}");
+    assert_eq!(r.set.len(), 2, "{r:?}");
+    assert_eq!(e.neighbours_set.len(), 2, "{e:?}");
     assert_eq!(e.fdb_set.len(), 1, "{e:?}");
     net2.sync_vxlan(&peers).unwrap();
     let routes = n1.ip(&["route", "show", "proto", "152"]);
@@ -390,10 +396,20 @@ fn vxlan_joins_nodes_on_different_segments() {
         routes.contains("10.244.2.0/24 via 10.244.2.0 dev skiff.1 onlink"),
         "{routes}"
     );
+    let routes6 = n1.ip(&["-6", "route", "show", "proto", "152"]);
+    assert!(
+        routes6.contains("fd00:10:244:2::/64 via fe80::c5f:c0ff:fea8:fb02 dev skiff.1"),
+        "{routes6}"
+    );
     let neigh = n1.ip(&["neigh", "show", "dev", vxlan::DEVICE]);
     assert!(
         neigh.contains("10.244.2.0 lladdr 0e:5f:c0:a8:fb:02 PERMANENT"),
         "{neigh}"
+    );
+    let neigh6 = n1.ip(&["-6", "neigh", "show", "dev", vxlan::DEVICE]);
+    assert!(
+        neigh6.contains("fe80::c5f:c0ff:fea8:fb02 lladdr 0e:5f:c0:a8:fb:02 PERMANENT"),
+        "{neigh6}"
     );
     let fdb = ok(&[
         "bridge",
@@ -410,6 +426,8 @@ fn vxlan_joins_nodes_on_different_segments() {
     );
     ping(&p1, pod2);
     ping(&p2, pod1);
+    ping(&p1, pod2_6);
+    ping(&p2, pod1_6);
     // full-size packets (the pods' MTU, 1450, minus IP and ICMP headers) cross the overlay
     let big = p1.exec(&[
         "/bin/busybox",
@@ -428,8 +446,8 @@ fn vxlan_joins_nodes_on_different_segments() {
 
     // a Node gone: its route, neighbour and FDB entry go
     let (r, e) = net1.sync_vxlan(&peers[..1]).unwrap();
-    assert_eq!(r.deleted.len(), 1, "{r:?}");
-    assert_eq!(e.neighbours_deleted.len(), 1, "{e:?}");
+    assert_eq!(r.deleted.len(), 2, "{r:?}");
+    assert_eq!(e.neighbours_deleted.len(), 2, "{e:?}");
     assert_eq!(e.fdb_deleted.len(), 1, "{e:?}");
     assert!(
         !n1.ip(&["route", "show", "proto", "152"])
@@ -450,6 +468,7 @@ fn vxlan_joins_nodes_on_different_segments() {
     ]);
     assert!(!fdb.contains("192.168.251.2"), "{fdb}");
     assert!(!ping_once(&p1, pod2));
+    assert!(!ping_once(&p1, pod2_6));
 
     net1.teardown().unwrap();
     assert!(!has_link(&n1, vxlan::DEVICE));

@@ -534,6 +534,13 @@ impl BridgeNetwork {
         })
     }
 
+    fn v6_cidr(&self) -> Option<ipnet::Ipv6Net> {
+        self.blocks.iter().find_map(|b| match b.cidr {
+            IpNet::V6(n) => Some(n),
+            IpNet::V4(_) => None,
+        })
+    }
+
     /// The MTU of the bridge and the pods' interfaces (with VXLAN: known after `setup`).
     pub fn mtu(&self) -> u32 {
         self.mtu.load(Ordering::Relaxed)
@@ -805,16 +812,21 @@ impl BridgeNetwork {
 
     /// Brings the VXLAN overlay in line with `peers` (every Node with a podCIDR, an
     /// InternalIP and a VTEP MAC, this one included or not): neighbour and FDB entries on
-    /// the device, and a route to each peer's podCIDR via its overlay address, `onlink`.
-    /// IPv4 only. Needs `setup` with [`BridgeConfig::vxlan`] first.
+    /// the device, and a route to each peer's podCIDR via its overlay address, `onlink`; on a
+    /// dual-stack node also to each peer's IPv6 podCIDR via its link-local address on the
+    /// device. Needs `setup` with [`BridgeConfig::vxlan`] first.
     pub fn sync_vxlan(&self, peers: &[VtepPeer]) -> Result<(RouteSync, vxlan::EntrySync)> {
         let own_ip = self.cfg.vxlan.ok_or_else(|| Error::NoLink {
             name: vxlan::DEVICE.into(),
         })?;
         let v4 = self.v4_cidr().ok_or(Error::VxlanNeedsIpv4)?;
         let want = vxlan::desired(v4, own_ip, peers);
+        let want6 = self
+            .v6_cidr()
+            .map(|v6| vxlan::desired6(v6, own_ip, peers))
+            .unwrap_or_default();
         self.node_ns()?.netlink(move |h| async move {
-            let entries = vxlan::sync_entries(&h, &want).await?;
+            let entries = vxlan::sync_entries(&h, &want, &want6).await?;
             let dev = link_index(&h, vxlan::DEVICE)
                 .await?
                 .ok_or_else(|| Error::NoLink {
@@ -823,6 +835,11 @@ impl BridgeNetwork {
             let routes: BTreeMap<IpNet, IpAddr> = want
                 .iter()
                 .map(|(net, e)| (IpNet::V4(*net), IpAddr::V4(e.overlay)))
+                .chain(
+                    want6
+                        .iter()
+                        .map(|(net, (next, _))| (IpNet::V6(*net), IpAddr::V6(*next))),
+                )
                 .collect();
             let r = apply_routes(&h, &routes, Some(dev)).await?;
             Ok((r, entries))

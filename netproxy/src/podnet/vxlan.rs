@@ -7,16 +7,20 @@
 //!   publishes in the Node annotation [`MAC_ANNOTATION`] (flannel's `backend-data`);
 //! - per other node: a route to its podCIDR via its overlay address, `onlink` on the
 //!   device (protocol [`super::routes::ROUTE_PROTOCOL`]), a permanent neighbour entry
-//!   (overlay address → its MAC) and a forwarding-database entry (MAC → its InternalIP).
+//!   (overlay address → its MAC) and a forwarding-database entry (MAC → its InternalIP);
+//! - on dual-stack nodes also IPv6 pod traffic, over the same IPv4 tunnel: a route to the
+//!   node's IPv6 podCIDR via its link-local address on the device (the EUI-64 address of
+//!   its VTEP MAC, [`link_local`]) and a permanent IPv6 neighbour entry for it (unlike
+//!   flannel, which builds a second device over an IPv6 underlay).
 //!
 //! The device is skiff's alone, so every neighbour and FDB entry on it that no Node wants is
 //! removed on a sync.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
 use netlink_packet_route::neighbour::{
@@ -45,8 +49,10 @@ pub type Mac = [u8; 6];
 pub struct VtepPeer {
     /// The Node's name.
     pub name: String,
-    /// Its `spec.podCIDR`.
+    /// Its IPv4 podCIDR.
     pub pod_cidr: Ipv4Net,
+    /// Its IPv6 podCIDR, on a dual-stack node.
+    pub pod_cidr6: Option<Ipv6Net>,
     /// Its InternalIP (the outer destination of its frames).
     pub node_ip: Ipv4Addr,
     /// Its VTEP MAC (from [`MAC_ANNOTATION`]).
@@ -91,6 +97,47 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
         *b = u8::from_str_radix(p, 16).ok()?;
     }
     parts.next().is_none().then_some(out)
+}
+
+/// The link-local address of a VTEP MAC (modified EUI-64, as the kernel gives the device
+/// itself): the next hop of IPv6 routes to that node's pods.
+pub fn link_local(mac: &Mac) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([mac[0] ^ 2, mac[1]]),
+        u16::from_be_bytes([mac[2], 0xff]),
+        u16::from_be_bytes([0xfe, mac[3]]),
+        u16::from_be_bytes([mac[4], mac[5]]),
+    )
+}
+
+/// The IPv6 entries this node wants, by the peer's IPv6 podCIDR: the next hop (the peer's
+/// [`link_local`] address) and its MAC. Left out as in [`desired`]: CIDRs overlapping our
+/// own, peers with our InternalIP, and a second claim of one CIDR.
+pub fn desired6(
+    own_cidr: Ipv6Net,
+    own_ip: Ipv4Addr,
+    peers: &[VtepPeer],
+) -> BTreeMap<Ipv6Net, (Ipv6Addr, Mac)> {
+    let mut sorted: Vec<&VtepPeer> = peers.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = BTreeMap::new();
+    for p in sorted {
+        let Some(cidr) = p.pod_cidr6.map(|c| c.trunc()) else {
+            continue;
+        };
+        if cidr.contains(&own_cidr.network())
+            || own_cidr.contains(&cidr.network())
+            || p.node_ip == own_ip
+        {
+            continue;
+        }
+        out.entry(cidr).or_insert((link_local(&p.mac), p.mac));
+    }
+    out
 }
 
 /// A node's overlay address: its podCIDR's network address (flannel gives `flannel.1`
@@ -148,10 +195,10 @@ pub fn set_plan<K: Ord + Clone>(have: &BTreeSet<K>, want: &BTreeSet<K>) -> SetPl
 /// What a sync of the overlay's neighbour and FDB entries did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct EntrySync {
-    /// Neighbour entries (overlay address, MAC) set.
-    pub neighbours_set: Vec<(Ipv4Addr, Mac)>,
+    /// Neighbour entries (overlay or link-local address, MAC) set.
+    pub neighbours_set: Vec<(IpAddr, Mac)>,
     /// Neighbour entries removed.
-    pub neighbours_deleted: Vec<(Ipv4Addr, Mac)>,
+    pub neighbours_deleted: Vec<(IpAddr, Mac)>,
     /// FDB entries (MAC, InternalIP) set.
     pub fdb_set: Vec<(Mac, Ipv4Addr)>,
     /// FDB entries removed.
@@ -289,47 +336,65 @@ fn lladdr(m: &NeighbourMessage) -> Option<Mac> {
     })
 }
 
-fn dst_v4(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+fn dst(m: &NeighbourMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(*v),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
         // FDB entries (family bridge) carry their IPv4 destination as raw bytes
         NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-            <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+            <[u8; 4]>::try_from(b.as_slice())
+                .ok()
+                .map(|o| IpAddr::V4(Ipv4Addr::from(o)))
         }
         _ => None,
     })
 }
 
-/// The entries of `family` on link `idx`: (message, lladdr, IPv4 destination).
+/// The entries of `family` on link `idx`: (message, lladdr, destination).
 async fn entries(
     h: &Handle,
     family: AddressFamily,
     idx: u32,
-) -> Result<Vec<(NeighbourMessage, Mac, Ipv4Addr)>> {
+) -> Result<Vec<(NeighbourMessage, Mac, IpAddr)>> {
     let mut out = Vec::new();
     let mut dump = h.neighbours().get().set_address_family(family).execute();
     while let Some(m) = dump.try_next().await.map_err(nl("list neighbours"))? {
         if m.header.ifindex != idx || m.header.family != family {
             continue;
         }
-        if let (Some(mac), Some(ip)) = (lladdr(&m), dst_v4(&m)) {
+        // only permanent entries are ours: the kernel's own (the link-local address's
+        // neighbour discovery) come and go by themselves
+        if m.header.state != NeighbourState::Permanent {
+            continue;
+        }
+        if let (Some(mac), Some(ip)) = (lladdr(&m), dst(&m)) {
             out.push((m, mac, ip));
         }
     }
     Ok(out)
 }
 
-/// Brings the neighbour and FDB entries of the device in line with `want`. Routes are the
-/// caller's (they share the host-gw route code).
-pub async fn sync_entries(h: &Handle, want: &BTreeMap<Ipv4Net, VtepEntry>) -> Result<EntrySync> {
+/// Brings the neighbour and FDB entries of the device in line with `want` (and `want6`,
+/// the IPv6 next hops of [`desired6`]). Routes are the caller's (they share the host-gw
+/// route code).
+pub async fn sync_entries(
+    h: &Handle,
+    want: &BTreeMap<Ipv4Net, VtepEntry>,
+    want6: &BTreeMap<Ipv6Net, (Ipv6Addr, Mac)>,
+) -> Result<EntrySync> {
     let idx = link_index(h, DEVICE).await?.ok_or_else(|| Error::NoLink {
         name: DEVICE.into(),
     })?;
     let mut out = EntrySync::default();
 
-    let have = entries(h, AddressFamily::Inet, idx).await?;
-    let want_n: BTreeSet<(Ipv4Addr, Mac)> = want.values().map(|e| (e.overlay, e.mac)).collect();
-    let have_n: BTreeSet<(Ipv4Addr, Mac)> = have.iter().map(|(_, m, ip)| (*ip, *m)).collect();
+    let mut have = entries(h, AddressFamily::Inet, idx).await?;
+    have.extend(entries(h, AddressFamily::Inet6, idx).await?);
+    let want_n: BTreeSet<(IpAddr, Mac)> = want
+        .values()
+        .map(|e| (IpAddr::V4(e.overlay), e.mac))
+        .chain(want6.values().map(|(ip, mac)| (IpAddr::V6(*ip), *mac)))
+        .collect();
+    let have_n: BTreeSet<(IpAddr, Mac)> = have.iter().map(|(_, m, ip)| (*ip, *m)).collect();
     let plan = set_plan(&have_n, &want_n);
     for (msg, mac, ip) in have {
         if plan.delete.contains(&(ip, mac)) {
@@ -342,7 +407,7 @@ pub async fn sync_entries(h: &Handle, want: &BTreeMap<Ipv4Net, VtepEntry>) -> Re
     }
     for (ip, mac) in plan.add {
         h.neighbours()
-            .add(idx, IpAddr::V4(ip))
+            .add(idx, ip)
             .link_layer_address(&mac)
             .state(NeighbourState::Permanent)
             .replace()
@@ -352,7 +417,14 @@ pub async fn sync_entries(h: &Handle, want: &BTreeMap<Ipv4Net, VtepEntry>) -> Re
         out.neighbours_set.push((ip, mac));
     }
 
-    let have = entries(h, AddressFamily::Bridge, idx).await?;
+    let have: Vec<(NeighbourMessage, Mac, Ipv4Addr)> = entries(h, AddressFamily::Bridge, idx)
+        .await?
+        .into_iter()
+        .filter_map(|(msg, mac, ip)| match ip {
+            IpAddr::V4(v) => Some((msg, mac, v)),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
     let want_f: BTreeSet<(Mac, Ipv4Addr)> = want.values().map(|e| (e.mac, e.node_ip)).collect();
     let have_f: BTreeSet<(Mac, Ipv4Addr)> = have.iter().map(|(_, m, ip)| (*m, *ip)).collect();
     let plan = set_plan(&have_f, &want_f);
@@ -388,9 +460,46 @@ mod tests {
         VtepPeer {
             name: name.into(),
             pod_cidr: cidr.parse().unwrap(),
+            pod_cidr6: None,
             node_ip: ip.parse().unwrap(),
             mac: [2, 0, 0, 0, 0, mac],
         }
+    }
+
+    #[test]
+    fn link_local_of_a_mac() {
+        let m = vtep_mac("192.168.1.7".parse().unwrap());
+        assert_eq!(
+            link_local(&m),
+            "fe80::c5f:c0ff:fea8:107".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn desired_ipv6_entries() {
+        let own: Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+        let own_ip: Ipv4Addr = "192.168.1.1".parse().unwrap();
+        let dual = |name: &str, c6: &str, ip: &str, mac: u8| VtepPeer {
+            pod_cidr6: Some(c6.parse().unwrap()),
+            ..peer(name, "10.244.9.0/24", ip, mac)
+        };
+        let peers = [
+            dual("n1", "fd00:10:244:1::/64", "192.168.1.1", 1),
+            dual("n2", "fd00:10:244:2::/64", "192.168.2.2", 2),
+            // IPv4 only: no IPv6 entry
+            peer("n3", "10.244.3.0/24", "192.168.3.3", 3),
+            // overlapping ours, or a second claim: left out
+            dual("n4", "fd00:10:244::/56", "192.168.4.4", 4),
+            dual("n5", "fd00:10:244:2::/64", "192.168.5.5", 5),
+        ];
+        let got = desired6(own, own_ip, &peers);
+        let mac2 = [2, 0, 0, 0, 0, 2];
+        let want: BTreeMap<Ipv6Net, (Ipv6Addr, Mac)> = [(
+            "fd00:10:244:2::/64".parse().unwrap(),
+            ("fe80::ff:fe00:2".parse().unwrap(), mac2),
+        )]
+        .into();
+        assert_eq!(got, want);
     }
 
     #[test]
