@@ -206,6 +206,17 @@ fn e2e_with(
     prepare: impl FnOnce(&mut Cluster) + Send,
     body: impl FnOnce(&mut E2e) + Send,
 ) {
+    e2e_master(tag, nodes, &[], prepare, body)
+}
+
+/// [`e2e_with`] with more `skiff master` flags.
+fn e2e_master(
+    tag: &str,
+    nodes: usize,
+    master_extra: &[&str],
+    prepare: impl FnOnce(&mut Cluster) + Send,
+    body: impl FnOnce(&mut E2e) + Send,
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     skiff_testsupport::require_root();
     for (tool, pkg) in [
@@ -234,6 +245,7 @@ fn e2e_with(
                 "10",
             ]
             .iter()
+            .chain(master_extra)
             .map(|s| s.to_string())
             .collect(),
             agent_args: Vec::new(),
@@ -980,6 +992,83 @@ fn e2e_8_vxlan_between_routed_nodes() {
                     answering.insert(b.trim().to_string());
                 }
                 (answering.len() == 3).then_some(())
+            });
+            let want: BTreeSet<String> = pods.keys().map(|p| format!("v1 {p}")).collect();
+            assert_eq!(answering, want);
+        },
+    );
+}
+
+/// Step 9 (issue 7, dual-stack): nodes with an IPv4 and an IPv6 InternalIP, a master with
+/// both families' cluster and Service ranges: every pod gets an address of each family,
+/// pods on different nodes reach each other over IPv6 (host-gw routes via the nodes' IPv6
+/// addresses), and an IPv6-only Service's ClusterIP spreads over all replicas.
+#[test]
+fn e2e_9_dual_stack_pods_and_services() {
+    e2e_master(
+        "dual",
+        2,
+        &[
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+            "--service-cluster-ip-range",
+            "10.96.0.0/12,fd00:10:96::/108",
+        ],
+        |c| {
+            c.set_ipv6_lan("fd00:77:0:0").unwrap();
+            c.add_agent_args(&["--service-cidr", "10.96.0.0/12,fd00:10:96::/108"]);
+        },
+        |e| {
+            let cidrs = e.kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDRs}"]);
+            assert!(cidrs.contains("fd00:10:244:"), "{cidrs}");
+            let pods = deploy_web(e, 2);
+            let nodes: BTreeSet<&String> = pods.values().collect();
+            assert_eq!(nodes.len(), 2, "replicas spread over both nodes: {pods:?}");
+            // an address of each family, IPv4 first (the cluster's primary family)
+            let mut v6 = BTreeMap::new();
+            for pod in pods.keys() {
+                let ips = e.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIPs[*].ip}"]);
+                let ips: Vec<std::net::IpAddr> =
+                    ips.split_whitespace().map(|s| s.parse().unwrap()).collect();
+                assert!(
+                    ips.len() == 2 && ips[0].is_ipv4() && ips[1].is_ipv6(),
+                    "{pod}: {ips:?}"
+                );
+                v6.insert(pod.clone(), ips[1]);
+            }
+            // pod to pod over IPv6, across the nodes
+            for from in pods.keys() {
+                for (to, ip) in &v6 {
+                    let body = e.wait_ok(&format!("{to} over IPv6 from {from}"), 30, || {
+                        e.wget_in(from, &format!("http://[{ip}]:8080/"))
+                    });
+                    assert_eq!(body.trim(), format!("v1 {to}"));
+                }
+            }
+            // an IPv6-only Service over the same pods
+            e.apply(
+                r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web6
+spec:
+  ipFamilyPolicy: SingleStack
+  ipFamilies: [IPv6]
+  selector: {app: web-app}
+  ports:
+  - {name: http, port: 80, targetPort: http-web}
+"#,
+            );
+            let cip = e.kubectl(&["get", "svc", "web6", "-o", "jsonpath={.spec.clusterIP}"]);
+            let cip: std::net::IpAddr = cip.trim().parse().unwrap();
+            assert!(cip.is_ipv6(), "{cip}");
+            let client = pods.keys().next().unwrap().clone();
+            let mut answering = BTreeSet::new();
+            e.wait("every replica answering the IPv6 ClusterIP", 60, || {
+                if let Ok(b) = e.wget_in(&client, &format!("http://[{cip}]/")) {
+                    answering.insert(b.trim().to_string());
+                }
+                (answering.len() == 2).then_some(())
             });
             let want: BTreeSet<String> = pods.keys().map(|p| format!("v1 {p}")).collect();
             assert_eq!(answering, want);

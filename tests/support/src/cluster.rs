@@ -61,6 +61,9 @@ pub struct Cluster {
     /// Whether nodes added from now on are routed through the LAN namespace (each on its
     /// own /32) instead of bridged onto one L2 segment.
     routed: bool,
+    /// The LAN's IPv6 /64 prefix (`fd00:77:`: `::1` the LAN namespace, `::10+N` node N),
+    /// when nodes added from now on are dual-stack.
+    lan6: Option<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -114,6 +117,7 @@ impl Cluster {
             lan,
             pod_network: "bridge".into(),
             routed: false,
+            lan6: None,
         };
         std::fs::write(c.config_file(), "")?;
         c.start_master()?;
@@ -245,6 +249,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes the LAN dual-stack: the LAN namespace gets `<prefix>:1/64` and the nodes added
+    /// from now on `<prefix>:<10+N>/64` beside their IPv4 address, and their agents
+    /// `--node-ip IPV4,IPV6`. `prefix` is four groups without the trailing `::`
+    /// (`fd00:77:0:0`). Only for bridged (not routed) nodes.
+    pub fn set_ipv6_lan(&mut self, prefix: &str) -> Result<()> {
+        self.lan.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{prefix}::1/64"),
+            "dev",
+            BRIDGE,
+            "nodad",
+        ])?;
+        self.lan6 = Some(prefix.into());
+        Ok(())
+    }
+
     /// Adds node `node<N>` (N = number of nodes so far + 1): its namespace, its veth on the
     /// LAN (or routed, [`Cluster::set_pod_network`]), and its agent. Does not wait for Ready.
     pub fn add_node(&mut self) -> Result<&mut Agent> {
@@ -284,6 +306,20 @@ impl Cluster {
             ns.ip(&["link", "set", "eth0", "up"])?;
         }
         ns.ip(&["route", "add", "default", "via", &self.master_ip()])?;
+        let mut node_ips = ip.clone();
+        if let Some(p6) = &self.lan6 {
+            let ip6 = format!("{p6}::{}", 10 + n);
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            node_ips = format!("{ip},{ip6}");
+        }
         let dir = tempfile::Builder::new()
             .prefix(&format!("skiff-e2e-{name}-"))
             .tempdir()?;
@@ -302,7 +338,7 @@ impl Cluster {
             "--node-name",
             &name,
             "--node-ip",
-            &ip,
+            &node_ips,
             "--root-dir",
             &p("root"),
             "--run-dir",
