@@ -1002,7 +1002,8 @@ fn e2e_8_vxlan_between_routed_nodes() {
 /// Step 9 (issue 7, dual-stack): nodes with an IPv4 and an IPv6 InternalIP, a master with
 /// both families' cluster and Service ranges: every pod gets an address of each family,
 /// pods on different nodes reach each other over IPv6 (host-gw routes via the nodes' IPv6
-/// addresses), and an IPv6-only Service's ClusterIP spreads over all replicas.
+/// addresses), an IPv6-only Service's ClusterIP spreads over all replicas, and cluster DNS
+/// served at an IPv6 address resolves that Service's name.
 #[test]
 fn e2e_9_dual_stack_pods_and_services() {
     e2e_master(
@@ -1016,7 +1017,12 @@ fn e2e_9_dual_stack_pods_and_services() {
         ],
         |c| {
             c.set_ipv6_lan("fd00:77:0:0").unwrap();
-            c.add_agent_args(&["--service-cidr", "10.96.0.0/12,fd00:10:96::/108"]);
+            c.add_agent_args(&[
+                "--service-cidr",
+                "10.96.0.0/12,fd00:10:96::/108",
+                "--cluster-dns",
+                "fd00:10:96::a",
+            ]);
         },
         |e| {
             let cidrs = e.kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDRs}"]);
@@ -1072,6 +1078,25 @@ spec:
             });
             let want: BTreeSet<String> = pods.keys().map(|p| format!("v1 {p}")).collect();
             assert_eq!(answering, want);
+            // cluster DNS at an IPv6 address: the pods' resolver, and the Service's name
+            let conf = e.kubectl(&["exec", &client, "--", "cat", "/etc/resolv.conf"]);
+            assert!(conf.contains("nameserver fd00:10:96::a"), "{conf}");
+            let answer = e.wait_ok("web6 resolved over IPv6", 30, || {
+                e.kubectl_try(&[
+                    "exec",
+                    &client,
+                    "--",
+                    "nslookup",
+                    "-type=AAAA",
+                    "web6.default.svc.cluster.local",
+                ])
+                .and_then(|out| {
+                    out.contains(&cip.to_string())
+                        .then_some(out.clone())
+                        .ok_or(out)
+                })
+            });
+            assert!(answer.contains(&cip.to_string()), "{answer}");
         },
     );
 }
