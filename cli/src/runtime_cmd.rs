@@ -209,6 +209,10 @@ struct ExecArgs {
     /// Allocate a terminal.
     #[arg(short, long)]
     tty: bool,
+    /// The terminal's size from the start with --tty, ROWSxCOLS (a skiff extension: runc
+    /// takes it only from --process's consoleSize). Without it the terminal starts 0x0.
+    #[arg(long, value_parser = parse_console_size)]
+    console_size: Option<(u64, u64)>,
     /// uid[:gid] to run as.
     #[arg(short, long)]
     user: Option<String>,
@@ -509,6 +513,14 @@ fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
     code
 }
 
+/// `--console-size ROWSxCOLS`.
+fn parse_console_size(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?} is not ROWSxCOLS (e.g. 40x100)");
+    let (rows, cols) = s.split_once('x').ok_or_else(bad)?;
+    let n = |v: &str| v.parse::<u16>().map(u64::from).map_err(|_| bad());
+    Ok((n(rows)?, n(cols)?))
+}
+
 /// The process for `exec`: from --process, or the container's own process section with
 /// the command line's overrides (as runc builds it).
 fn exec_process(c: &Container, a: &ExecArgs) -> Result<Process> {
@@ -526,6 +538,13 @@ fn exec_process(c: &Container, a: &ExecArgs) -> Result<Process> {
     let mut p = spec.process().clone().unwrap_or_default();
     p.set_args(Some(a.command.clone()));
     p.set_terminal(Some(a.tty));
+    let size = a.console_size.map(|(rows, cols)| {
+        oci_spec::runtime::BoxBuilder::default()
+            .height(rows)
+            .width(cols)
+            .build()
+    });
+    p.set_console_size(size.transpose()?);
     let mut env = p.env().clone().unwrap_or_default();
     env.extend(a.env.iter().cloned());
     p.set_env(Some(env));
@@ -848,6 +867,14 @@ mod tests {
         assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
         assert_eq!(parse_signal("sigterm").unwrap(), Signal::SIGTERM);
         assert!(parse_signal("BOGUS").is_err());
+    }
+
+    #[test]
+    fn console_sizes() {
+        assert_eq!(parse_console_size("40x100").unwrap(), (40, 100));
+        for bad in ["40", "40x", "x100", "40x100x2", "-1x5", "70000x1"] {
+            assert!(parse_console_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
