@@ -78,6 +78,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long output still drains after an exec'd process ended (background children may
 /// hold its pipes forever).
 const DRAIN: Duration = Duration::from_secs(2);
+/// How long an exec with a terminal waits for the client's first resize before it starts
+/// the process with a terminal of size 0x0.
+const FIRST_RESIZE_WAIT: Duration = Duration::from_secs(1);
 
 /// Binds the endpoint's port on the node IP (port 0: any free port).
 pub async fn bind(cfg: &Config) -> Result<tokio::net::TcpListener, ServerError> {
@@ -903,6 +906,26 @@ async fn exec_process(
         ),
         false => None,
     };
+    // A terminal gets the client's size before the process starts: clients send it as
+    // their first resize right after connecting, and a shell that reads its size at once
+    // (`stty size`) would otherwise see 0x0. Whatever else arrives first is kept.
+    let mut early = Vec::new();
+    let mut size = None;
+    if q.tty {
+        let wait = tokio::time::sleep(FIRST_RESIZE_WAIT);
+        tokio::pin!(wait);
+        while size.is_none() {
+            tokio::select! {
+                m = incoming.recv() => match m {
+                    Some(WsIn::Resize { width, height }) => size = Some((height, width)),
+                    Some(other) => early.push(other),
+                    None => break,
+                },
+                _ = &mut wait => break,
+            }
+        }
+    }
+    let mut early = early.into_iter();
     let mut cmd = tokio::process::Command::new(&cfg.shim_exe);
     cmd.arg("runtime")
         .arg("--root")
@@ -910,6 +933,9 @@ async fn exec_process(
         .arg("exec");
     if let Some(c) = &console {
         cmd.arg("--tty").arg("--console-socket").arg(&c.path);
+        if let Some((rows, cols)) = size {
+            cmd.arg(format!("--console-size={rows}x{cols}"));
+        }
     }
     cmd.arg(id).arg("--").args(&q.command);
     let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
@@ -983,8 +1009,15 @@ async fn exec_process(
     }
     let mut client_gone = false;
     let status = loop {
+        let first = early.next();
+        let next = async {
+            match first {
+                Some(m) => Some(m),
+                None => incoming.recv().await,
+            }
+        };
         tokio::select! {
-            msg = incoming.recv(), if !client_gone => match msg {
+            msg = next, if !client_gone => match msg {
                 Some(WsIn::Stdin(bytes)) => {
                     let failed = match &mut input {
                         Some(Input::Pipe(p)) => p.write_all(&bytes).await.is_err(),
