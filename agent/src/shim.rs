@@ -7,13 +7,14 @@
 //!
 //! A container with `stdin: true` gets a pipe as its stdin whose writing end the shim keeps;
 //! attach writes into it through `<dir>/containers/<name>/<restart>.stdin`, a socket whose
-//! connections are copied into the pipe one after the other (the first one's end closes the
-//! pipe with `stdinOnce`). So stdin survives agent restarts like the rest of the container.
+//! connections are all copied into the pipe at the same time (the first one's end closes the
+//! pipe with `stdinOnce`; a `tty` container's terminal then gets its end-of-file character).
+//! So stdin survives agent restarts like the rest of the container.
 //!
 //! Protocol: one JSON [`Request`] line per connection on `<dir>/shim.sock`, one JSON
 //! [`Response`] line back.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -348,29 +349,79 @@ fn with_stdio<T>(
     Ok(r)
 }
 
-/// Copies each connection on `listener` into the container's stdin, one after the other,
-/// until the run ended (`ended`, then a connection wakes the accept) or, with `once`, the
-/// first connection ended; then the pipe is closed and the socket removed.
+/// The container's stdin as attach clients share it: the writing end of its pipe or its
+/// terminal; `None` once closed (`stdinOnce`).
+type StdinSink = Arc<Mutex<Option<std::fs::File>>>;
+
+/// Copies every connection on `listener` into the container's stdin, all at the same time
+/// (each client's input arrives whole chunk by chunk, as it reads), until the run ended
+/// (`ended`, then a connection wakes the accept). With `once`, the first client's end
+/// closes stdin for good: the pipe is closed, or a terminal gets its end-of-file character,
+/// and the socket goes away.
 fn serve_stdin(
     listener: UnixListener,
     path: PathBuf,
     input: OwnedFd,
+    tty: bool,
     once: bool,
     ended: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut input = std::fs::File::from(input);
+    let sink: StdinSink = Arc::new(Mutex::new(Some(std::fs::File::from(input))));
     for conn in listener.incoming() {
-        if ended.load(std::sync::atomic::Ordering::SeqCst) {
+        let closed = sink.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+        if ended.load(std::sync::atomic::Ordering::SeqCst) || closed {
             break;
         }
-        let Ok(mut conn) = conn else { continue };
-        // ends at the client's end of file or when the container stops reading for good
-        let _ = std::io::copy(&mut conn, &mut input);
-        if once {
-            break;
-        }
+        let Ok(conn) = conn else { continue };
+        let (sink, path) = (sink.clone(), path.clone());
+        std::thread::spawn(move || {
+            feed_stdin(conn, &sink);
+            if once {
+                let taken = sink.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(f) = taken
+                    && tty
+                {
+                    send_terminal_eof(&f);
+                }
+                // wake the accept loop, which sees stdin closed
+                let _ = UnixStream::connect(&path);
+            }
+        });
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// Copies one client into the shared stdin until its end of file, or until the container
+/// stopped reading for good or stdin was closed.
+fn feed_stdin(mut conn: UnixStream, sink: &StdinSink) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(f) = sink.as_mut() else { return };
+        if f.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// A terminal has no end of file to close: a reader in canonical mode (a shell, `cat`)
+/// sees one when the line discipline gets its VEOF character (^D) on an empty line, which
+/// is what closing stdin means there. In raw mode there is nothing to send.
+fn send_terminal_eof(master: &std::fs::File) {
+    let Ok(t) = nix::sys::termios::tcgetattr(master) else {
+        return;
+    };
+    if t.local_flags
+        .contains(nix::sys::termios::LocalFlags::ICANON)
+    {
+        let eof = t.control_chars[nix::sys::termios::SpecialCharacterIndices::VEOF as usize];
+        let mut m = master;
+        let _ = m.write_all(&[eof]);
+    }
 }
 
 /// How many times the OOM killer struck in a cgroup (v1 `memory.oom_control`, v2
@@ -526,7 +577,8 @@ fn start(rt: &Runtime, args: &ShimArgs, terminals: &Terminals, s: &StartRequest)
         match UnixListener::bind(&stdin_sock) {
             Ok(listener) => {
                 let (path, once, ended) = (stdin_sock.clone(), s.stdin_once, ended.clone());
-                std::thread::spawn(move || serve_stdin(listener, path, input, once, ended));
+                let tty = master.is_some();
+                std::thread::spawn(move || serve_stdin(listener, path, input, tty, once, ended));
             }
             Err(e) => {
                 tracing::warn!(container = %s.id, error = %e, "cannot serve stdin: attach gets none");

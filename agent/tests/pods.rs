@@ -1765,6 +1765,19 @@ fn stdin_pod(name: &str, node: &str, image: &str, script: &str, once: bool, tty:
 /// once `want` is in the container's log.
 async fn attach_until_logged(c: &Cluster, version: &str, pod: &str, input: &str, want: &str) {
     use tokio::io::AsyncWriteExt;
+    let (mut child, mut w) = attach_stdin(c, version, pod);
+    w.write_all(input.as_bytes()).await.unwrap();
+    drop(w);
+    wait_logged(c, version, pod, want).await;
+    let _ = child.kill().await;
+}
+
+/// `kubectl attach -i` with its stdin left to the caller.
+fn attach_stdin(
+    c: &Cluster,
+    version: &str,
+    pod: &str,
+) -> (tokio::process::Child, tokio::process::ChildStdin) {
     let mut child = tokio::process::Command::new(api_common::kubectl_path(version))
         .arg("--kubeconfig")
         .arg(c.server.kubeconfig())
@@ -1776,21 +1789,24 @@ async fn attach_until_logged(c: &Cluster, version: &str, pod: &str, input: &str,
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut w = child.stdin.take().unwrap();
-    w.write_all(input.as_bytes()).await.unwrap();
-    drop(w);
+    let w = child.stdin.take().unwrap();
+    (child, w)
+}
+
+/// Waits (60 s at most) until the pod's log has `want`.
+async fn wait_logged(c: &Cluster, version: &str, pod: &str, want: &str) {
     api_common::wait_for(want, Duration::from_secs(60), || async {
         let out = kubectl_timed(c, version, &["logs", pod], None).await;
         text(&out.stdout).contains(want).then_some(())
     })
     .await;
-    let _ = child.kill().await;
 }
 
 /// Attach with stdin as the kubelet serves it (kubectl 1.32, WebSocket): lines sent by
 /// several `kubectl attach -i` in turn reach a `stdin: true` container, also after an agent
 /// restart (the shim owns the pipe) and over SPDY (kubectl 1.27); the last one ends the container and kubectl with it.
-/// With `stdinOnce` the first attach's end of file is the container's; a container without
+/// Two attaches feed stdin at the same time. With `stdinOnce` the first attach's end of file
+/// is the container's (on a terminal: its end-of-file character); a container without
 /// `stdin` refuses stdin; `kubectl run -i --rm --restart=Never` runs, feeds and deletes a pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_attach_with_stdin() {
@@ -1804,6 +1820,7 @@ async fn kubectl_attach_with_stdin() {
         ("reader", false, false),
         ("once", true, false),
         ("term", false, true),
+        ("termonce", true, true),
     ] {
         let p = stdin_pod(name, "n-attach", &c.image, echo, once, tty);
         pods.create(&PostParams::default(), &p).await.unwrap();
@@ -1819,7 +1836,7 @@ async fn kubectl_attach_with_stdin() {
     )
     .await
     .unwrap();
-    for name in ["reader", "once", "plain", "term", "sized"] {
+    for name in ["reader", "once", "plain", "term", "termonce", "sized"] {
         wait_pod(&pods, name, "Running", 60, &node, running_ready).await;
     }
     // attach -it in a 40x100 terminal: the size reaches the container's terminal
@@ -1834,12 +1851,27 @@ async fn kubectl_attach_with_stdin() {
     wait_node_ready(&c.client, &node).await;
     // kubectl 1.27 speaks SPDY only
     attach_until_logged(&c, "1.27", "reader", "spdy\n", "got spdy\n").await;
+    // two at the same time: the second one's input arrives while the first one holds stdin
+    {
+        use tokio::io::AsyncWriteExt;
+        let (mut first, mut w) = attach_stdin(&c, v, "reader");
+        w.write_all(b"four\n").await.unwrap();
+        wait_logged(&c, v, "reader", "got four\n").await;
+        attach_until_logged(&c, "1.33", "reader", "five\n", "got five\n").await;
+        w.write_all(b"six\n").await.unwrap();
+        wait_logged(&c, v, "reader", "got six\n").await;
+        drop(w);
+        let _ = first.kill().await;
+    }
     let out = kubectl_timed(&c, v, &["attach", "-i", "reader"], Some("three\nquit\n")).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
     assert!(shown.contains("got three\ngot quit\n"), "{shown:?}");
     let log = text(&kubectl_timed(&c, v, &["logs", "reader"], None).await.stdout);
-    assert_eq!(log, "got one\ngot two\ngot spdy\ngot three\ngot quit\n");
+    assert_eq!(
+        log,
+        "got one\ngot two\ngot spdy\ngot four\ngot five\ngot six\ngot three\ngot quit\n"
+    );
     // stdinOnce: the first attach's end of file closes the container's stdin
     let out = kubectl_timed(&c, v, &["attach", "-i", "once"], Some("a\n")).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -1857,6 +1889,15 @@ async fn kubectl_attach_with_stdin() {
         log.contains("got hi\r\n") && log.contains("got quit\r\n"),
         "{log:?}"
     );
+    // stdinOnce on a terminal: the first attach's end of file ends the reader's input
+    let out = kubectl_timed(&c, v, &["attach", "-i", "termonce"], Some("b\n")).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(
+        &kubectl_timed(&c, v, &["logs", "termonce"], None)
+            .await
+            .stdout,
+    );
+    assert!(log.contains("got b\r\n") && log.contains("eof"), "{log:?}");
     // no stdin: true, no stdin
     let out = kubectl_timed(&c, v, &["attach", "-i", "plain"], Some("x\n")).await;
     assert!(!out.status.success());
@@ -1898,7 +1939,7 @@ async fn kubectl_attach_with_stdin() {
         pods.get_opt("runner").await.ok()?.is_none().then_some(())
     })
     .await;
-    for name in ["reader", "once", "plain", "term", "sized"] {
+    for name in ["reader", "once", "plain", "term", "termonce", "sized"] {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
     node.kill_agent();
