@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -21,7 +21,7 @@ use crate::sandbox::PodNetwork;
 use crate::worker::{self, Shared, Worker};
 
 struct Slot {
-    tx: watch::Sender<Option<Pod>>,
+    tx: watch::Sender<Option<Arc<Pod>>>,
     task: JoinHandle<()>,
     version: Option<String>,
 }
@@ -53,7 +53,13 @@ pub async fn run(
     let manager = crate::eviction::Manager::new(cfg.clone(), gc);
     let r = reader.clone();
     let _eviction = AbortOnDrop(tokio::spawn(manager.run(move || r.state())));
-    let mut events = reflector(writer, watcher(api, wc))
+    // managedFields are never read here; dropped before the store keeps the pod
+    let stream = watcher(api, wc).map_ok(|ev| {
+        ev.modify(|p| {
+            p.metadata.managed_fields = None;
+        })
+    });
+    let mut events = reflector(writer, stream)
         .default_backoff()
         .touched_objects()
         .boxed();
@@ -87,13 +93,14 @@ pub async fn run(
                 Some(s) => {
                     if s.version != version {
                         s.version = version;
-                        let _ = s.tx.send(Some((*p).clone()));
+                        let _ = s.tx.send(Some(p.clone()));
                     }
                 }
                 None => {
-                    let (tx, rx) = watch::channel(Some((*p).clone()));
-                    let w = Worker::new(shared.clone(), (*p).clone());
-                    let task = tokio::spawn(w.run(rx));
+                    let (tx, rx) = watch::channel(Some(p.clone()));
+                    let w = Worker::new(shared.clone(), p.clone());
+                    // boxed: the worker's future is large, and a task is spawned per pod
+                    let task = tokio::spawn(Box::pin(w.run(rx)));
                     slots.insert(uid, Slot { tx, task, version });
                 }
             }

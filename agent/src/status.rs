@@ -416,15 +416,17 @@ fn container_status(v: &ContainerView, ready: bool) -> ContainerStatus {
 
 /// Whether two statuses differ in anything but condition transition times.
 pub fn differs(a: &PodStatus, b: &PodStatus) -> bool {
-    let strip = |s: &PodStatus| {
+    // compared as the API stores them: `Time` is kept to the second, so a status computed
+    // now (nanoseconds) equals the one read back from the API
+    let stored = |s: &PodStatus| {
         let mut s = s.clone();
         for c in s.conditions.iter_mut().flatten() {
             c.last_transition_time = None;
             c.last_probe_time = None;
         }
-        s
+        serde_json::to_value(&s).unwrap_or_default()
     };
-    strip(a) != strip(b)
+    stored(a) != stored(b)
 }
 
 #[cfg(test)]
@@ -783,5 +785,23 @@ mod tests {
         let st = pod_status(&pod, &[side_stopped, done_init], &[app_done], &facts, &now);
         assert_eq!(st.phase.as_deref(), Some("Succeeded"));
         assert_eq!(cond(&st, "Initialized").0, "True");
+    }
+
+    #[test]
+    fn statuses_are_compared_as_stored() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-01T10:00:00.123456789Z".parse().unwrap();
+        let stored: k8s_openapi::jiff::Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let later: k8s_openapi::jiff::Timestamp = "2026-12-01T10:00:01Z".parse().unwrap();
+        let at = |t| PodStatus {
+            phase: Some("Running".into()),
+            start_time: Some(Time(t)),
+            ..Default::default()
+        };
+        // the API keeps seconds: what it sends back is the status we computed
+        assert!(!differs(&at(now), &at(stored)));
+        assert!(differs(&at(now), &at(later)));
+        let mut pending = at(stored);
+        pending.phase = Some("Pending".into());
+        assert!(differs(&at(now), &pending));
     }
 }

@@ -92,7 +92,8 @@ pub fn container_id(uid: &str, name: &str) -> String {
 /// One pod's worker.
 pub struct Worker {
     shared: Arc<Shared>,
-    pod: Pod,
+    /// The latest Pod, shared with the reflector's store (no copy per worker).
+    pod: Arc<Pod>,
     uid: String,
     key: String,
     state: WorkerState,
@@ -121,7 +122,7 @@ fn pod_key(p: &Pod) -> String {
 
 impl Worker {
     /// A worker for `pod`.
-    pub fn new(shared: Arc<Shared>, pod: Pod) -> Worker {
+    pub fn new(shared: Arc<Shared>, pod: Arc<Pod>) -> Worker {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let dir = shared.cfg.pod_run_dir(&uid);
         let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
@@ -167,12 +168,12 @@ impl Worker {
     }
 
     /// Runs until the pod is gone: `rx` carries the latest Pod, `None` once it left the API.
-    pub async fn run(self, rx: watch::Receiver<Option<Pod>>) {
+    pub async fn run(self, rx: watch::Receiver<Option<Arc<Pod>>>) {
         let span = tracing::info_span!("pod", pod = %self.key, uid = %self.uid);
         tracing::Instrument::instrument(self.run_inner(rx), span).await
     }
 
-    async fn run_inner(mut self, mut rx: watch::Receiver<Option<Pod>>) {
+    async fn run_inner(mut self, mut rx: watch::Receiver<Option<Arc<Pod>>>) {
         loop {
             let latest = rx.borrow_and_update().clone();
             match latest {
