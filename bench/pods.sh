@@ -11,7 +11,10 @@
 # as bench/runtime.sh, those controllers are bound to a private v1 mount while crun runs.
 #
 #   bench/pods.sh                 # N=100 PROFILE=debug
-#   N=20 PROFILE=release bench/pods.sh
+#   N=20 PROFILE=perf bench/pods.sh
+# PROFILE is a cargo profile (debug, release, perf: see Cargo.toml); SKIP_BUILD=1 measures
+# the binary already in target/$PROFILE; KEEP_LOGS=DIR copies the master's and the agent's
+# logs there; AGENT_WRAP runs the agent under a command (e.g. "perf record -g -o FILE --").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,10 +27,11 @@ for t in umoci python3 "$KUBECTL"; do
     command -v "$t" >/dev/null || die "$t is missing"
 done
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
-if [ "$PROFILE" = release ]; then
-    cargo build --release -p skiff
-else
-    cargo build -p skiff
+if [ -z "${SKIP_BUILD:-}" ]; then
+    case "$PROFILE" in
+        debug) cargo build -p skiff ;;
+        *) cargo build --profile "$PROFILE" -p skiff ;;
+    esac
 fi
 skiff=$(pwd)/target/$PROFILE/skiff
 
@@ -37,6 +41,9 @@ master_pid=
 agent_pid=
 cleanup() {
     set +e
+    if [ -n "${KEEP_LOGS:-}" ]; then
+        mkdir -p "$KEEP_LOGS" && cp "$work"/master.log "$work"/agent.log "$KEEP_LOGS"/ 2>/dev/null
+    fi
     [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
     [ -n "$master_pid" ] && kill "$master_pid" 2>/dev/null && wait "$master_pid" 2>/dev/null
     for f in "$work"/run/pods/*/shim.pid; do
@@ -68,15 +75,21 @@ master_pid=$!
 for _ in $(seq 100); do [ -f "$work/master/admin.kubeconfig" ] && break; sleep 0.1; done
 [ -f "$work/master/admin.kubeconfig" ] || die "master did not start: $(tail -5 "$work/master.log")"
 SKIFF=$skiff scripts/sample-image.sh "$work/root" skiff.local/bench:1 >/dev/null
-"$skiff" agent --server "https://127.0.0.1:$port" --token "$(cat "$work/master/node-token")" \
+${AGENT_WRAP:-} "$skiff" agent --server "https://127.0.0.1:$port" --token "$(cat "$work/master/node-token")" \
     --ca-file "$work/master/ca.crt" --node-name bench --node-ip 127.0.0.1 \
     --root-dir "$work/root" --run-dir "$work/run" --log-dir "$work/log" \
     --cgroup-prefix "$prefix" --listen-port 0 --pod-network none --proxy=false --dns=false \
+    --eviction-hard 'memory.available<100Mi,nodefs.available<1%,imagefs.available<1%' \
     >"$work/agent.log" 2>&1 &
 agent_pid=$!
+rss_pid=$agent_pid
+if [ -n "${AGENT_WRAP:-}" ]; then # the agent is the wrapper's child
+    sleep 1
+    rss_pid=$(pgrep -o -P "$agent_pid" || echo "$agent_pid")
+fi
 
 export KUBECONFIG=$work/master/admin.kubeconfig HOME=$work
-python3 - "$N" "$KUBECTL" "$agent_pid" "$skiff" "$work" <<'PY'
+python3 - "$N" "$KUBECTL" "$rss_pid" "$skiff" "$work" <<'PY'
 import json, os, subprocess, sys, threading, time
 
 n, kubectl, agent_pid, skiff, work = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
@@ -149,7 +162,9 @@ status = open(f"/proc/{agent_pid}/status").read()
 field = lambda k: int(next(l for l in status.splitlines() if l.startswith(k)).split()[1])
 print(f"skiff: {n} pods, create->Running p50 {pct(50):.0f} ms, p99 {pct(99):.0f} ms, "
       f"max {lat[-1]*1000:.0f} ms; all Running {max(done.values()) - start:.1f} s after the first create")
-print(f"skiff agent RSS with {n} pods running: VmRSS {field('VmRSS:')/1024:.1f} MiB, peak VmHWM {field('VmHWM:')/1024:.1f} MiB")
+print(f"skiff agent RSS with {n} pods running: VmRSS {field('VmRSS:')/1024:.1f} MiB "
+      f"(anonymous {field('RssAnon:')/1024:.1f}, file-backed {field('RssFile:')/1024:.1f}), "
+      f"peak VmHWM {field('VmHWM:')/1024:.1f} MiB")
 
 PY
 
