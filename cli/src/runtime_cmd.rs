@@ -483,7 +483,7 @@ fn bundle_wants_terminal(bundle: &Path) -> bool {
 
 fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
     let c = rt.load(&a.id)?;
-    let process = exec_process(&c, &a)?;
+    let mut process = exec_process(&c, &a)?;
     let set = forwarded_signals();
     let mut opts = ExecOptions {
         console_socket: a.console_socket.clone(),
@@ -494,6 +494,10 @@ fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
         if process.terminal().unwrap_or(false) && opts.console_socket.is_none() && !a.detach {
             let con = OwnConsole::new(rt.root())?;
             opts.console_socket = Some(con.path.clone());
+            // our terminal's size from the start, not only once the process runs
+            if process.console_size().is_none() {
+                process.set_console_size(crate::terminal::caller_size()?);
+            }
             Some(con)
         } else {
             None

@@ -68,12 +68,32 @@ impl OwnConsole {
     }
 }
 
+/// The size of the terminal on our stdin, as an OCI console size (none without a terminal
+/// or when it has no size).
+pub fn caller_size() -> Result<Option<oci_spec::runtime::Box>> {
+    if !nix::unistd::isatty(0).unwrap_or(false) {
+        return Ok(None);
+    }
+    match skiff_runtime::sys::get_winsize(0) {
+        Ok((rows, cols)) if rows > 0 && cols > 0 => Ok(Some(
+            oci_spec::runtime::BoxBuilder::default()
+                .height(u64::from(rows))
+                .width(u64::from(cols))
+                .build()?,
+        )),
+        _ => Ok(None),
+    }
+}
+
 fn proxy_terminal(master: OwnedFd) -> Result<()> {
     use std::io::Read;
     let stdin_tty = nix::unistd::isatty(0).unwrap_or(false);
     if stdin_tty {
-        if let Ok((rows, cols)) = skiff_runtime::sys::get_winsize(0) {
-            let _ = skiff_runtime::sys::set_winsize(master.as_raw_fd(), rows, cols);
+        match skiff_runtime::sys::get_winsize(0) {
+            Ok((rows, cols)) if rows > 0 && cols > 0 => {
+                let _ = skiff_runtime::sys::set_winsize(master.as_raw_fd(), rows, cols);
+            }
+            _ => {}
         }
         let mut t = nix::sys::termios::tcgetattr(std::io::stdin().as_fd())?;
         let saved = t.clone();
