@@ -4,9 +4,10 @@
 # touched), the image already in the node's store (scripts/sample-image.sh), then N pods
 # created one after the other through the API; each pod's time from its create call
 # returning to the agent's Running status being seen on a watch, p50 and p99, the time until
-# all are Running, and the agent's RSS (VmRSS and peak VmHWM) with all of them running.
-# For comparison, in the same run: `crun run -d` of a busybox bundle (the same busybox-static
-# as the image) N times, each run's wall time (podman is not installed here; crun is what it
+# all are Running, the agent's RSS (VmRSS and peak VmHWM) with all of them running, and the
+# pod status patches the agent sent (the master's apiserver_request_total). For comparison,
+# in the same run: `crun run -d` of a busybox bundle (the same busybox-static as the image) N
+# times, each run's wall time (podman is not installed here; crun is what it
 # would run). crun refuses hybrid cgroup hosts while a controller is on the v2 hierarchy:
 # as bench/runtime.sh, those controllers are bound to a private v1 mount while crun runs.
 #
@@ -158,6 +159,9 @@ if len(done) < n:
 lat = sorted(done[k] - created[k] for k in created)
 def pct(p):
     return lat[min(len(lat) - 1, int(round(p / 100 * len(lat) + 0.5)) - 1)] * 1000
+metrics = kc("get", "--raw", "/metrics")
+patches = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+              if l.startswith('apiserver_request_total{verb="patch",group="",resource="pods",subresource="status"'))
 status = open(f"/proc/{agent_pid}/status").read()
 field = lambda k: int(next(l for l in status.splitlines() if l.startswith(k)).split()[1])
 print(f"skiff: {n} pods, create->Running p50 {pct(50):.0f} ms, p99 {pct(99):.0f} ms, "
@@ -165,6 +169,7 @@ print(f"skiff: {n} pods, create->Running p50 {pct(50):.0f} ms, p99 {pct(99):.0f}
 print(f"skiff agent RSS with {n} pods running: VmRSS {field('VmRSS:')/1024:.1f} MiB "
       f"(anonymous {field('RssAnon:')/1024:.1f}, file-backed {field('RssFile:')/1024:.1f}), "
       f"peak VmHWM {field('VmHWM:')/1024:.1f} MiB")
+print(f"pod status patches by the agent until all Running: {patches:.0f} ({patches / n:.2f} a pod)")
 
 PY
 
