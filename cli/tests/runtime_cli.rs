@@ -912,7 +912,8 @@ fn hooks_run_in_order() -> Result<()> {
     let state_copy = bundle.path().join("createRuntime-state.json");
     for point in HookPoint::ALL {
         let script = match point {
-            HookPoint::StartContainer => "echo startContainer >> /hooks.log".to_string(),
+            // slow, so a poststart that does not wait for the exec would come first
+            HookPoint::StartContainer => "sleep 0.5; echo startContainer >> /hooks.log".to_string(),
             HookPoint::CreateRuntime => format!(
                 "echo createRuntime >> {log}; cat > {}",
                 state_copy.display()

@@ -420,7 +420,10 @@ impl Container {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&fifo)
             .map_err(|e| Error::io(format!("open {}", fifo.display()), e))?;
-        // wait for init's byte, or for init to die
+        // wait for init's byte, or for init to die; then for the end of file that init's
+        // execve makes (its writing end is close-on-exec), so that poststart runs after the
+        // startContainer hooks and the exec of the user's program
+        let mut got_byte = false;
         loop {
             let mut fds = [
                 PollFd::new(f.as_fd(), PollFlags::POLLIN),
@@ -433,18 +436,25 @@ impl Container {
             }
             let fifo_ready = fds[0]
                 .revents()
-                .is_some_and(|r| r.intersects(PollFlags::POLLIN));
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
             let died = fds[1].revents().is_some_and(|r| !r.is_empty());
             if fifo_ready {
                 let mut b = [0u8; 1];
                 match f.read(&mut b) {
-                    Ok(1) => break,
+                    Ok(1) => got_byte = true,
+                    // end of file: init exec'd (or died) after its byte
+                    Ok(_) if got_byte => break,
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(Error::io("read exec fifo", e)),
                 }
             }
             if died {
+                if got_byte {
+                    // the program ran and ended already (`/bin/true`), or its exec failed,
+                    // which init reported on its stderr
+                    break;
+                }
                 return Err(Error::ExitedBeforeStart(self.state.id.clone()));
             }
         }

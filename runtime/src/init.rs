@@ -264,6 +264,10 @@ fn container_process(launch: &Launch<'_>, chan: &Channel) -> Result<Never> {
     sys::cloexec_from(3 + launch.preserve_fds).map_err(|e| Error::sys("close_range", e))?;
 
     chan.send(&Message::Ready)?;
+    // The FIFO's writing end stays open (close-on-exec) until the execve: `start` reads the
+    // byte, then waits for end of file, so its poststart hooks run after the startContainer
+    // hooks and the exec, as the spec orders them.
+    let mut _fifo_writer: Option<File> = None;
     if let (Role::Init { hook_state, .. }, Some(path)) = (&launch.role, &fifo_path) {
         // blocks until `start` opens the FIFO for reading
         let fd = nix::fcntl::open(
@@ -277,7 +281,7 @@ fn container_process(launch: &Launch<'_>, chan: &Channel) -> Result<Never> {
             what: "write exec fifo".into(),
             source,
         })?;
-        drop(f);
+        _fifo_writer = Some(f);
         if let Some(h) = spec
             .hooks()
             .as_ref()
