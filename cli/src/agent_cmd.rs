@@ -35,8 +35,8 @@ pub struct AgentArgs {
     /// Container logs.
     #[arg(long, default_value = "/var/log/pods")]
     log_dir: PathBuf,
-    /// The node's InternalIP (default: the local address of the route to the server);
-    /// dual-stack: `IPV4,IPV6` (or `IPV6,IPV4`), the first is the primary.
+    /// The node's InternalIP (default: the local address of the route to the server, or
+    /// the default route's when that is loopback); dual-stack: `IPV4,IPV6` (or `IPV6,IPV4`), the first is the primary.
     #[arg(long, value_delimiter = ',')]
     node_ip: Vec<IpAddr>,
     /// cgroup path under which pod cgroups are made.
@@ -203,6 +203,25 @@ pub(crate) fn route_source(server: &str) -> Result<IpAddr> {
     Ok(sock.local_addr()?.ip())
 }
 
+/// The address of the interface the default route leaves by (no packet is sent).
+pub(crate) fn default_route_address() -> Result<IpAddr> {
+    route_source("192.0.2.1:9").context(
+        "cannot find the default route's address (is there a default route?); give --node-ip",
+    )
+}
+
+/// The node's address without `--node-ip`: the one it reaches the server from, or, when
+/// that is loopback (the master on this machine), the default route's address, as the
+/// kubelet chooses it. A loopback node address would put the Node's InternalIP and its
+/// NodePorts on 127.0.0.1, which no other machine reaches and NodePorts do not serve.
+fn detect_node_ip(server: &str) -> Result<IpAddr> {
+    let ip = route_source(server)?;
+    if !ip.is_loopback() {
+        return Ok(ip);
+    }
+    default_route_address().context("the server is on this machine's loopback")
+}
+
 /// Reads the node token from `path`, waiting up to a minute for it to appear (the master of
 /// a one-node install writes it when it first starts).
 fn read_token_file(path: &std::path::Path) -> Result<String> {
@@ -233,7 +252,7 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
             .to_ascii_lowercase(),
     };
     let (node_ip, secondary_node_ip) = match a.node_ip.as_slice() {
-        [] => (route_source(&a.server)?, None),
+        [] => (detect_node_ip(&a.server)?, None),
         [ip] => (*ip, None),
         [a, b] if a.is_ipv4() != b.is_ipv4() => (*a, Some(*b)),
         _ => anyhow::bail!("--node-ip takes one address, or one IPv4 and one IPv6 address"),
@@ -348,6 +367,24 @@ pub fn shim(a: ShimArgs) -> Result<i32> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn a_master_on_loopback_gives_the_default_route_address() {
+        let on_loopback = detect_node_ip("https://127.0.0.1:6443");
+        match default_route_address() {
+            Ok(ip) => {
+                assert!(!ip.is_loopback());
+                assert_eq!(on_loopback.unwrap(), ip);
+            }
+            // no default route: an error that says to give --node-ip, never 127.0.0.1
+            Err(_) => assert!(format!("{:#}", on_loopback.unwrap_err()).contains("--node-ip")),
+        }
+        // a server elsewhere: the address the route to it leaves from
+        assert_eq!(
+            detect_node_ip("https://192.0.2.77:6443").ok(),
+            route_source("192.0.2.77:1").ok()
+        );
+    }
 
     #[derive(Parser)]
     struct Cmd {

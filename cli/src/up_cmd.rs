@@ -64,13 +64,6 @@ struct AgentCli {
     args: AgentArgs,
 }
 
-/// The address of the interface the default route leaves by (no packet is sent).
-fn default_route_address() -> Result<IpAddr> {
-    crate::agent_cmd::route_source("192.0.2.1:9").context(
-        "cannot find the default route's address (is there a default route?); give --node-ip",
-    )
-}
-
 /// The agent's command line for this cluster.
 fn agent_argv(a: &UpArgs, node_ip: IpAddr, token: &str) -> Vec<String> {
     let path = |p: &PathBuf| p.display().to_string();
@@ -119,7 +112,7 @@ pub fn main(a: UpArgs) -> Result<i32> {
     let started = Instant::now();
     let node_ip = match a.node_ip {
         Some(ip) => ip,
-        None => default_route_address()?,
+        None => crate::agent_cmd::default_route_address()?,
     };
     let master_argv = [
         "master".to_string(),
