@@ -4,7 +4,7 @@
 # CI (.ci/run) installs it with apt-get and then runs this script.
 #
 # The runtime tests drive skiff as `skiff-runc`; SKIFF_TEST_RUNTIME=runc runs them against
-# another runc-compatible runtime instead.
+# another runc-compatible runtime instead. Then the Debian VM test (SKIFF_VM=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,3 +35,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cargo test --workspace --no-fail-fast "$@"
+
+# The Debian VM test (tests/vm/run.sh): skiff installed on a real systemd machine with pure
+# cgroup v2 under QEMU, after the workspace's tests passed. It installs what it needs
+# (debootstrap, qemu-system-x86) and builds its image once (cached in /var/cache/skiff-vm).
+# Skipped with SKIFF_VM=0, and when arguments narrow the cargo run above.
+if [ $# -eq 0 ] && [ "${SKIFF_VM:-1}" != 0 ]; then
+    tests/vm/run.sh
+fi

@@ -308,9 +308,11 @@ log "NodePort 30080 answered: $(echo "$answers" | tr '\n' ';')"
 log "skiff uninstall"
 guest 'skiff uninstall' >&2
 # no unit (file or cgroup), binary, config, state, pod cgroup, mount, bridge, nftables table,
-# nor a skiff process (a shim outliving the agent's unit, which KillMode=process leaves)
+# nor a skiff process (a shim outliving the agent's unit, which KillMode=process leaves);
+# skiff-vm-net.service is this harness's own unit in the image, not skiff's
 left=$(guest 'ls -d /etc/systemd/system/skiff-* /usr/local/bin/skiff /usr/local/bin/skiff-runc /etc/skiff \
-        /var/lib/skiff /run/skiff /sys/fs/cgroup/skiff /sys/fs/cgroup/system.slice/skiff-* 2>/dev/null
+        /var/lib/skiff /run/skiff /sys/fs/cgroup/skiff /sys/fs/cgroup/system.slice/skiff-* 2>/dev/null |
+        grep -v "/skiff-vm-net\.service$"
     grep -c " /var/lib/skiff\| /run/skiff" /proc/self/mountinfo
     ip link show skiff0 2>/dev/null; nft list tables | grep skiff
     for p in /proc/[0-9]*; do readlink $p/exe; done 2>/dev/null | grep skiff' || true)
