@@ -1126,6 +1126,10 @@ async fn kubectl_exec_through_master_and_agent() {
         assert!(out.status.success(), "{v}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "piped line\nsecond\ndone\n", "{v}");
     }
+    // a terminal of the caller's size from the start, over SPDY too (kubectl 1.27)
+    let (shown, code) = exec_in_terminal(&c, "1.27", "shell", "stty size; exit 5").await;
+    assert!(shown.contains("40 100"), "{shown:?}");
+    assert_eq!(code, Some(5), "{shown:?}");
     // a terminal of the caller's size, then attach to a ticking pod (WebSocket)
     terminal_then_attach(&c, &node, &pods, "1.32", "1.33").await;
     // the node token may not exec
