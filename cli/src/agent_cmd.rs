@@ -36,7 +36,8 @@ pub struct AgentArgs {
     #[arg(long, default_value = "/var/log/pods")]
     log_dir: PathBuf,
     /// The node's InternalIP (default: the local address of the route to the server, or
-    /// the default route's when that is loopback); dual-stack: `IPV4,IPV6` (or `IPV6,IPV4`), the first is the primary.
+    /// the default route's when that is loopback); dual-stack: `IPV4,IPV6` (or
+    /// `IPV6,IPV4`), the first is the primary.
     #[arg(long, value_delimiter = ',')]
     node_ip: Vec<IpAddr>,
     /// cgroup path under which pod cgroups are made.
