@@ -495,8 +495,10 @@ fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
             let con = OwnConsole::new(rt.root())?;
             opts.console_socket = Some(con.path.clone());
             // our terminal's size from the start, not only once the process runs
-            if process.console_size().is_none() {
-                process.set_console_size(crate::terminal::caller_size()?);
+            if process.console_size().is_none()
+                && let Some((rows, cols)) = crate::terminal::caller_size()
+            {
+                process.set_console_size(Some(console_box(rows.into(), cols.into())?));
             }
             Some(con)
         } else {
@@ -515,6 +517,14 @@ fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
     let code = wait_forwarding(pid, &set);
     restore_terminal();
     code
+}
+
+/// A console size for the process spec.
+fn console_box(rows: u64, cols: u64) -> Result<oci_spec::runtime::Box> {
+    Ok(oci_spec::runtime::BoxBuilder::default()
+        .height(rows)
+        .width(cols)
+        .build()?)
 }
 
 /// `--console-size ROWSxCOLS`.
@@ -542,12 +552,7 @@ fn exec_process(c: &Container, a: &ExecArgs) -> Result<Process> {
     let mut p = spec.process().clone().unwrap_or_default();
     p.set_args(Some(a.command.clone()));
     p.set_terminal(Some(a.tty));
-    let size = a.console_size.map(|(rows, cols)| {
-        oci_spec::runtime::BoxBuilder::default()
-            .height(rows)
-            .width(cols)
-            .build()
-    });
+    let size = a.console_size.map(|(rows, cols)| console_box(rows, cols));
     p.set_console_size(size.transpose()?);
     let mut env = p.env().clone().unwrap_or_default();
     env.extend(a.env.iter().cloned());

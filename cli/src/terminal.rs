@@ -68,20 +68,15 @@ impl OwnConsole {
     }
 }
 
-/// The size of the terminal on our stdin, as an OCI console size (none without a terminal
-/// or when it has no size).
-pub fn caller_size() -> Result<Option<oci_spec::runtime::Box>> {
+/// The size (rows, columns) of the terminal on our stdin: none without a terminal or when
+/// it has no size.
+pub fn caller_size() -> Option<(u16, u16)> {
     if !nix::unistd::isatty(0).unwrap_or(false) {
-        return Ok(None);
+        return None;
     }
     match skiff_runtime::sys::get_winsize(0) {
-        Ok((rows, cols)) if rows > 0 && cols > 0 => Ok(Some(
-            oci_spec::runtime::BoxBuilder::default()
-                .height(u64::from(rows))
-                .width(u64::from(cols))
-                .build()?,
-        )),
-        _ => Ok(None),
+        Ok((rows, cols)) if rows > 0 && cols > 0 => Some((rows, cols)),
+        _ => None,
     }
 }
 
@@ -89,11 +84,8 @@ fn proxy_terminal(master: OwnedFd) -> Result<()> {
     use std::io::Read;
     let stdin_tty = nix::unistd::isatty(0).unwrap_or(false);
     if stdin_tty {
-        match skiff_runtime::sys::get_winsize(0) {
-            Ok((rows, cols)) if rows > 0 && cols > 0 => {
-                let _ = skiff_runtime::sys::set_winsize(master.as_raw_fd(), rows, cols);
-            }
-            _ => {}
+        if let Some((rows, cols)) = caller_size() {
+            let _ = skiff_runtime::sys::set_winsize(master.as_raw_fd(), rows, cols);
         }
         let mut t = nix::sys::termios::tcgetattr(std::io::stdin().as_fd())?;
         let saved = t.clone();
