@@ -919,7 +919,8 @@ async fn exec_process(
                 m = incoming.recv() => match m {
                     Some(WsIn::Resize { width, height }) => size = Some((height, width)),
                     Some(other) => early.push(other),
-                    None => break,
+                    // nobody to run it for
+                    None => return Err("the client went away before the process started".into()),
                 },
                 _ = &mut wait => break,
             }
