@@ -463,12 +463,12 @@ fn run(rt: &Runtime, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32> {
         wait_forwarding(pid, &set)
     })();
     restore_terminal();
+    // `c` keeps the cgroup it opened in create (no second open: on cgroup v1 that rereads
+    // mountinfo for every controller); delete refreshes the status from the kernel first
     if !detach && !keep {
-        if let Ok(c) = rt.load(&a.id) {
-            c.delete(true)?;
-        }
+        c.delete(true)?;
     } else if result.is_err() {
-        let _ = rt.load(&a.id).map(|c| c.delete(true));
+        let _ = c.delete(true);
     }
     result
 }

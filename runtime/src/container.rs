@@ -5,6 +5,7 @@
 //! `create` and `exec` fork; call them from a single-threaded process (the CLI, or the
 //! per-pod shim the agent starts), as with runc.
 
+use std::cell::OnceCell;
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -69,6 +70,9 @@ pub struct Container {
     dir: PathBuf,
     state: State,
     cgroup_root: Option<PathBuf>,
+    /// The cgroup, opened on first use and then kept: opening one on a cgroup v1 host reads
+    /// `/proc/self/mountinfo` and `/proc/self/cgroup` once per controller.
+    cgroup: OnceCell<Cgroup>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -125,6 +129,7 @@ impl Runtime {
             dir,
             state,
             cgroup_root: self.cgroup_root.clone(),
+            cgroup: OnceCell::new(),
         };
         c.refresh();
         Ok(c)
@@ -201,6 +206,7 @@ impl Runtime {
             dir,
             state: state.clone(),
             cgroup_root: self.cgroup_root.clone(),
+            cgroup: OnceCell::new(),
         };
         let result = (|| {
             state.save(&c.dir)?;
@@ -241,11 +247,15 @@ impl Container {
         (self.state.pid > 0).then(|| Pid::from_raw(self.state.pid))
     }
 
-    fn cgroup(&self) -> Result<Cgroup> {
-        Ok(Cgroup::open(
+    fn cgroup(&self) -> Result<&Cgroup> {
+        if let Some(cg) = self.cgroup.get() {
+            return Ok(cg);
+        }
+        let cg = Cgroup::open(
             self.cgroup_root.as_deref(),
             &self.state.internal.cgroup_path,
-        )?)
+        )?;
+        Ok(self.cgroup.get_or_init(|| cg))
     }
 
     /// The spec's seccomp filter as BPF, from the runtime root's cache when the same
@@ -356,7 +366,7 @@ impl Container {
             preserve_fds: opts.preserve_fds,
             seccomp: seccomp.as_ref(),
         };
-        let cgroup = Cgroup::open(self.cgroup_root.as_deref(), &state.internal.cgroup_path)?;
+        let cgroup = self.cgroup()?;
         let resources = bundle
             .spec
             .linux()
@@ -364,7 +374,7 @@ impl Container {
             .and_then(|l| l.resources().clone());
         let pid = spawn(
             &launch,
-            &cgroup,
+            cgroup,
             resources.as_ref(),
             &bundle.spec,
             |chan, pid| {
@@ -499,6 +509,8 @@ impl Container {
     /// Deletes the container: with `force` a live one is killed first; otherwise it must be
     /// stopped (or created, as runc allows). Removes cgroup and state, then runs poststop.
     pub fn delete(mut self, force: bool) -> Result<()> {
+        // the status may have changed since this value was loaded (init exited)
+        self.refresh();
         match self.state.status {
             Status::Stopped | Status::Creating => {}
             Status::Created => {
@@ -662,7 +674,7 @@ impl Container {
             seccomp: seccomp.as_ref(),
         };
         let cgroup = self.cgroup()?;
-        let pid = spawn(&launch, &cgroup, None, &bundle.spec, |chan, _pid| {
+        let pid = spawn(&launch, cgroup, None, &bundle.spec, |chan, _pid| {
             chan.expect(Message::Ready, "ready")?;
             // the channel closes on a successful execve (close-on-exec)
             chan.wait_closed()?;
