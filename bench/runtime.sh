@@ -138,9 +138,23 @@ ratio() {
     fi
 }
 
+# How much of cli/runtime-code.order (the runtime verbs' functions, laid out together) the
+# binary has: a list gone stale with a dependency or toolchain update shows up here.
+code_order() {
+    local list=cli/runtime-code.order found
+    [ -f "$list" ] || { echo "no $list"; return; }
+    if ! readelf -SW "$SKIFF" | grep -q '\.symtab'; then
+        echo "unknown (the binary has no symbol table)"
+        return
+    fi
+    found=$(nm --defined-only "$SKIFF" | awk 'NR == FNR { want[$1] = 1; next } ($3 in want) { print $3 }' "$list" - | sort -u | wc -l)
+    echo "$found of $(wc -l <"$list") functions of $list found in the binary"
+}
+
 summary="$OUT/summary.txt"
 {
     echo "skiff: $SKIFF"
+    echo "runtime code order: $(code_order)"
     echo "busybox /bin/true bundle; hyperfine --warmup $WARMUP --runs $RUNS; peak RSS: GNU time over $TIME_RUNS runs"
     echo "host: $(uname -r), $(nproc) CPUs; runc: $(${exe[runc]:-false} --version 2>/dev/null | head -n 1); crun: $(${exe[crun]:-false} --version 2>/dev/null | head -n 1)"
     printf '%-11s %15s %18s %13s %10s %9s\n' runtime "median wall ms" "mean user+sys ms" "peak RSS KiB" "wall/crun" "cpu/crun"
