@@ -697,6 +697,18 @@ fn run_of_true_returns_promptly_100_times() -> Result<()> {
     Ok(())
 }
 
+/// A foreground `run` deletes what it made once the process exits: state, mounts and the
+/// cgroup directories (in every hierarchy), without a separate `delete`.
+#[test]
+fn foreground_run_leaves_nothing_behind() -> Result<()> {
+    let rt = runtime();
+    let bundle = bundle_running(&["/bin/true"])?;
+    let c = rt.container("run-clean", &bundle);
+    let out = c.run(&[])?;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_nothing_left(&rt, c.id(), &bundle.rootfs())
+}
+
 #[test]
 fn run_exit_code_is_the_container_exit_code() -> Result<()> {
     let rt = runtime();
