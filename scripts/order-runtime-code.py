@@ -4,7 +4,7 @@ the workload between the steps below).
 
   order-runtime-code.py candidates COPY BINARY STATE    functions on the pages in the cache
   order-runtime-code.py probe      COPY BINARY STATE    one uprobe at each candidate's entry
-  order-runtime-code.py unprobe    STATE                remove those uprobes
+  order-runtime-code.py unprobe    COPY STATE           their hit counts; remove them
   order-runtime-code.py write      STATE OUT            the functions to order, into OUT
 
 COPY is the binary's copy on the loop mount (the file the workload runs), BINARY the same
@@ -90,52 +90,48 @@ def candidates(copy, binary, state):
 def probe(copy, state):
     with open(os.path.join(state, "candidates.json")) as f:
         found = json.load(f)
-    events_path = os.path.join(TRACEFS, "uprobe_events")
-    with open(events_path) as f:
-        alone = f.read().strip() == ""
-    placed = []
+    placed = 0
     # one write per probe: a probe the kernel refuses (an instruction uprobes cannot
     # step) is only that function left unprobed, kept as a candidate
-    events = os.open(events_path, os.O_WRONLY | os.O_APPEND)
+    events = os.open(os.path.join(TRACEFS, "uprobe_events"), os.O_WRONLY | os.O_APPEND)
     for i, c in enumerate(found):
         try:
             os.write(events, f"p:{GROUP}/f{i} {copy}:{c['offset']:#x}\n".encode())
-            placed.append(i)
+            placed += 1
         except OSError:
             pass
     os.close(events)
-    with open(os.path.join(state, "probes.json"), "w") as f:
-        json.dump({"copy": copy, "alone": alone, "placed": placed}, f)
     with open(os.path.join(TRACEFS, "events", GROUP, "enable"), "w") as f:
         f.write("1\n")
-    print(f"{len(placed)} of {len(found)} candidates probed")
+    print(f"{placed} of {len(found)} candidates probed")
 
 
-def unprobe(state):
-    """Reads the hit counts and removes the probes."""
+def unprobe(copy, state):
+    """Saves the hit count of every probe placed (hits.json) and removes the probes; what
+    was placed is read back from the kernel, so an interrupted `probe` is cleaned up too."""
     enable = os.path.join(TRACEFS, "events", GROUP, "enable")
     if not os.path.exists(enable):
         return
     with open(enable, "w") as f:
         f.write("0\n")
-    with open(os.path.join(state, "probes.json")) as f:
-        probes = json.load(f)
     # uprobe_profile: file, event (without its group), hits
     hits = {}
     with open(os.path.join(TRACEFS, "uprobe_profile")) as f:
         for line in f:
             p = line.split()
-            if len(p) == 3 and p[0] == probes["copy"] and p[1].startswith("f"):
-                hits[int(p[1].rsplit("/", 1)[-1][1:])] = int(p[2])
+            if len(p) == 3 and p[0] == copy and p[1].startswith("f"):
+                hits[int(p[1][1:])] = int(p[2])
     with open(os.path.join(state, "hits.json"), "w") as f:
         json.dump(hits, f)
     events_path = os.path.join(TRACEFS, "uprobe_events")
-    if probes["alone"]:
-        # there were no other uprobes: clear them all at once (one by one takes ~20 ms each)
+    with open(events_path) as f:
+        others = [line for line in f if not line.startswith(f"p:{GROUP}/")]
+    if not others:
+        # only ours: clear them all at once (one by one takes ~20 ms each)
         os.close(os.open(events_path, os.O_WRONLY | os.O_TRUNC))
         return
     events = os.open(events_path, os.O_WRONLY | os.O_APPEND)
-    for i in probes["placed"]:
+    for i in hits:
         os.write(events, f"-:{GROUP}/f{i}\n".encode())
     os.close(events)
 
@@ -143,17 +139,15 @@ def unprobe(state):
 def write(state, out):
     with open(os.path.join(state, "candidates.json")) as f:
         found = json.load(f)
-    probed, hits = set(), {}
+    hits = {}  # probe index -> hits; probes the kernel refused are not in it
     if os.path.exists(os.path.join(state, "hits.json")):
-        with open(os.path.join(state, "probes.json")) as f:
-            probed = set(json.load(f)["placed"])
         with open(os.path.join(state, "hits.json")) as f:
             hits = {int(k): v for k, v in json.load(f).items()}
-    names = [c["name"] for i, c in enumerate(found) if i not in probed or hits.get(i, 0) > 0]
+    names = [c["name"] for i, c in enumerate(found) if hits.get(i, 1) > 0]
     with open(out, "w") as f:
         f.write("\n".join(names) + "\n")
-    how = f"{len(probed)} probed, {sum(1 for v in hits.values() if v)} of them run" \
-        if probed else "no uprobes: every candidate"
+    how = f"{len(hits)} probed, {sum(1 for v in hits.values() if v)} of them run" \
+        if hits else "no uprobes: every candidate"
     print(f"{out}: {len(names)} functions of {len(found)} candidates ({how})")
 
 

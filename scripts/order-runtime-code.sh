@@ -45,7 +45,7 @@ tracefs=/sys/kernel/tracing
 mounted_tracefs=
 cleanup() {
     local r
-    scripts/order-runtime-code.py unprobe "$work" 2>/dev/null || true
+    scripts/order-runtime-code.py unprobe "$work/mnt/skiff" "$work" 2>/dev/null || true
     [ -n "$mounted_tracefs" ] && umount "$tracefs"
     for r in "$work"/state/*/; do
         [ -d "$r" ] && "$work/mnt/bin/skiff-runc" --root "$work/state" delete -f "$(basename "$r")" 2>/dev/null
@@ -110,7 +110,7 @@ if [ ! -e "$tracefs/uprobe_events" ] && [ -d "$tracefs" ] && mount -t tracefs no
 fi
 if [ -e "$tracefs/uprobe_events" ] && "$helper" probe "$work/mnt/skiff" "$skiff" "$work"; then
     workload
-    "$helper" unprobe "$work"
+    "$helper" unprobe "$work/mnt/skiff" "$work"
 else
     echo "no uprobes: listing every candidate" >&2
 fi
