@@ -47,16 +47,11 @@ fn links_with_rust_lld(rustc: &str, linker: &str, encoded_flags: &str) -> bool {
     if !linker.is_empty() {
         return false;
     }
+    // `linker` also matches -C linker-flavor and -C linker-features
     let chooses_linker = encoded_flags.split('\x1f').any(|f| {
-        [
-            "linker",
-            "link-self-contained",
-            "linker-flavor",
-            "linker-features",
-            "fuse-ld",
-        ]
-        .iter()
-        .any(|k| f.contains(k))
+        ["linker", "link-self-contained", "fuse-ld"]
+            .iter()
+            .any(|k| f.contains(k))
     });
     if chooses_linker {
         return false;
