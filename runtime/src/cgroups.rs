@@ -42,6 +42,8 @@ pub enum CgroupError {
 
 /// A container's cgroup.
 pub struct Cgroup {
+    /// Where cgroupfs is mounted (the unified hierarchy's root on cgroup v2).
+    root: PathBuf,
     path: PathBuf,
     manager: AnyCgroupManager,
 }
@@ -85,15 +87,15 @@ impl Cgroup {
             systemd_cgroup: false,
             container_name: String::new(),
         };
-        let manager = create_cgroup_manager_with_root(
-            Some(root.unwrap_or(Path::new(DEFAULT_CGROUP_ROOT))),
-            config,
-        )
-        .map_err(|e| CgroupError::Setup {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+        let root = root.unwrap_or(Path::new(DEFAULT_CGROUP_ROOT));
+        let manager = create_cgroup_manager_with_root(Some(root), config).map_err(|e| {
+            CgroupError::Setup {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
         })?;
         Ok(Cgroup {
+            root: root.to_path_buf(),
             path: path.to_path_buf(),
             manager,
         })
@@ -118,6 +120,17 @@ impl Cgroup {
 
     /// Moves `pid` (and so its future children) into the cgroup, creating it.
     pub fn add(&self, pid: Pid) -> Result<(), CgroupError> {
+        // libcgroups' v2 manager makes each missing directory of the path after an exists()
+        // check, so two containers created at once under a new parent (`/skiff` on a freshly
+        // booted node) race for it and one fails with EEXIST. create_dir_all does not.
+        if let (AnyCgroupManager::V2(_), Some(parent)) = (&self.manager, self.path.parent()) {
+            let dir = self.root.join(parent.strip_prefix("/").unwrap_or(parent));
+            std::fs::create_dir_all(&dir).map_err(|e| CgroupError::Op {
+                op: "create the parent of",
+                path: self.path.clone(),
+                message: format!("{}: {e}", dir.display()),
+            })?;
+        }
         self.op("add a process to", self.manager.add_task(pid))
     }
 

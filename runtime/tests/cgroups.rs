@@ -151,6 +151,41 @@ fn unified_hierarchy_membership_freeze_and_removal() {
     );
 }
 
+/// Containers created at the same moment under a parent cgroup that does not exist yet (the
+/// first pods on a freshly booted v2 node) all get their cgroup: making the shared parent
+/// is not a race that one of them loses with EEXIST.
+#[test]
+fn unified_hierarchy_concurrent_creation_under_a_new_parent() {
+    require_root();
+    let unified = unified_root().expect("no cgroup2 hierarchy mounted on this host");
+    let owned = Prefix::new("concurrent");
+    let prefix = unified.join(&owned.0);
+    std::fs::create_dir_all(&prefix).unwrap();
+    for round in 0..20 {
+        let start = std::sync::Barrier::new(8);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (prefix, start) = (&prefix, &start);
+                    s.spawn(move || {
+                        let path = PathBuf::from(format!("/parent-{round}/c{i}"));
+                        let cg = Cgroup::open(Some(prefix), &path).unwrap();
+                        let sleeper = sleeper();
+                        start.wait();
+                        let added = cg.add(Pid::from_raw(sleeper.0.id() as i32));
+                        drop(sleeper);
+                        let _ = cg.remove();
+                        added.map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(failed.is_empty(), "round {round}: {failed:#?}");
+    }
+}
+
 #[test]
 fn default_hierarchy_limits_land_in_files() {
     require_root();
