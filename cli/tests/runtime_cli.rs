@@ -45,6 +45,15 @@ fn read_inside(pid: u32, path: &str) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/root{path}")).ok()
 }
 
+/// The first line of a file inside a running container, once it is written in full. A
+/// shell's `echo X > file` creates the file before it writes to it, so a poller can see it
+/// empty or half written.
+fn line_inside(pid: u32, path: &str) -> Option<String> {
+    let text = read_inside(pid, path)?;
+    let (line, _) = text.split_once('\n')?;
+    Some(line.to_string())
+}
+
 /// `key=value` lines of a container's output.
 fn key_values(text: &str) -> BTreeMap<String, String> {
     text.lines()
@@ -462,7 +471,7 @@ fn memory_limit_is_enforced_by_the_oom_killer() -> Result<()> {
     let cgroup = Cgroup::of_pid(pid)?;
     assert_eq!(cgroup.memory_limit()?, Some(16 << 20));
     let status = poll_until(WAIT, "the hog to finish", || {
-        read_inside(pid, "/dev/shm/status")
+        line_inside(pid, "/dev/shm/status")
     })?;
     assert_eq!(status.trim(), "137");
     ensure!(
@@ -496,7 +505,7 @@ fn pids_limit_contains_a_fork_bomb() -> Result<()> {
     let cgroup = Cgroup::of_pid(pid)?;
     assert_eq!(cgroup.pids_max()?, Some(16));
     let status = poll_until(WAIT, "the bomb to finish", || {
-        read_inside(pid, "/dev/shm/bomb-status")
+        line_inside(pid, "/dev/shm/bomb-status")
     })?;
     let stderr = read_inside(pid, "/dev/shm/bomb-err").unwrap_or_default();
     ensure!(
@@ -836,7 +845,7 @@ fn exec_runs_in_the_container() -> Result<()> {
         "exec -d waited for the process"
     );
     let text = poll_until(WAIT, "the detached exec to write", || {
-        read_inside(pid, "/dev/shm/exec-d")
+        line_inside(pid, "/dev/shm/exec-d")
     })?;
     assert_eq!(text.trim(), "detached");
 
