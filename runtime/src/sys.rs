@@ -233,15 +233,15 @@ fn exe_is_protected(exe: &File) -> bool {
         .unwrap_or(false)
 }
 
-/// Opens the executable through a read-only bind mount made in a throwaway mount
-/// namespace: a thread unshares its filesystem context and mount namespace, bind-mounts
-/// the binary onto itself read-only, opens it `O_PATH` and exits. The namespace dies with
-/// the thread but the open file keeps its read-only mount alive, so an exec through it
-/// gives a `/proc/self/exe` that refuses writes (EROFS), without copying the binary and
-/// without leaving anything mounted on the host (runc's approach since 1.2).
-fn open_exe_read_only() -> io::Result<OwnedFd> {
+/// Runs `work` on a thread of its own in a throwaway mount namespace: the thread unshares
+/// its filesystem context and mount namespace and makes every mount in it private, so
+/// nothing `work` mounts or unmounts reaches the host. The namespace dies with the thread;
+/// what `work` opened or wrote stays.
+pub fn in_private_mount_namespace<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     use nix::mount::{MsFlags, mount};
-    let worker = std::thread::spawn(|| -> io::Result<OwnedFd> {
+    let worker = std::thread::spawn(move || -> io::Result<T> {
         nix::sched::unshare(
             nix::sched::CloneFlags::CLONE_FS | nix::sched::CloneFlags::CLONE_NEWNS,
         )?;
@@ -252,6 +252,22 @@ fn open_exe_read_only() -> io::Result<OwnedFd> {
             MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             None::<&str>,
         )?;
+        work()
+    });
+    worker
+        .join()
+        .map_err(|_| io::Error::other("private mount namespace thread panicked"))?
+}
+
+/// Opens the executable through a read-only bind mount made in a throwaway mount
+/// namespace (see [`in_private_mount_namespace`]): the binary is bind-mounted onto itself
+/// read-only and opened `O_PATH`. The open file keeps its read-only mount alive after the
+/// namespace is gone, so an exec through it gives a `/proc/self/exe` that refuses writes
+/// (EROFS), without copying the binary and without leaving anything mounted on the host
+/// (runc's approach since 1.2).
+fn open_exe_read_only() -> io::Result<OwnedFd> {
+    use nix::mount::{MsFlags, mount};
+    in_private_mount_namespace(|| {
         let exe = std::fs::read_link("/proc/self/exe")?;
         mount(
             Some(&exe),
@@ -273,10 +289,7 @@ fn open_exe_read_only() -> io::Result<OwnedFd> {
             nix::sys::stat::Mode::empty(),
         )?;
         Ok(owned_fd(fd))
-    });
-    worker
-        .join()
-        .map_err(|_| io::Error::other("read-only exe thread panicked"))?
+    })
 }
 
 /// A sealed in-memory copy of the executable (the fallback when no mount namespace can
