@@ -96,16 +96,77 @@ fn under(root: &Path, path: impl AsRef<Path>) -> PathBuf {
     root.join(p.strip_prefix("/").unwrap_or(p))
 }
 
-/// The systemd unit of a service running `skiff <cmd>`.
-pub fn unit(description: &str, bin: &Path, cmd: &str, after: &[&str]) -> String {
+/// The directory that holds the binary, `PREFIX/lib/skiff`. It is a read-only bind mount of
+/// itself (see [`mount_unit`]); `PREFIX/bin/skiff` links into it.
+fn lib_dir(prefix: &Path) -> PathBuf {
+    under(prefix, "lib/skiff")
+}
+
+/// systemd's name for the mount unit of the absolute path `path`, as `systemd-escape --path
+/// --suffix=mount` makes it: `/usr/local/lib/skiff` is `usr-local-lib-skiff.mount`.
+pub fn mount_unit_name(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let trimmed = text
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/");
+    if trimmed.is_empty() {
+        return "-.mount".to_string();
+    }
+    let mut name = String::new();
+    for (i, b) in trimmed.bytes().enumerate() {
+        match b {
+            b'/' => name.push('-'),
+            b'.' if i == 0 => name.push_str("\\x2e"),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => name.push(b as char),
+            _ => name.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    name + ".mount"
+}
+
+/// The mount unit that makes `dir` (the binary's directory) a read-only bind mount of itself.
+/// A container must not be able to write the binary through `/proc/<pid>/exe`
+/// (CVE-2019-5736): from a writable path every runtime call re-executes itself through a
+/// private read-only mount first, from this one it starts once.
+pub fn mount_unit(dir: &Path) -> String {
+    format!(
+        "# Written by `skiff install`; `skiff uninstall` removes it.\n\
+         # skiff's binary is read-only where it runs, so that no container can overwrite it\n\
+         # through /proc/<pid>/exe, and the runtime need not re-execute itself to ensure that.\n\
+         [Unit]\n\
+         Description=skiff's binary directory, read-only\n\
+         Documentation=https://github.com/skiff-dev/skiff/blob/main/docs/install.md\n\
+         \n\
+         [Mount]\n\
+         What={dir}\n\
+         Where={dir}\n\
+         Type=none\n\
+         Options=bind,ro\n\
+         # skiff itself runs from it, also while `skiff uninstall` stops it\n\
+         LazyUnmount=yes\n\
+         \n\
+         [Install]\n\
+         WantedBy=local-fs.target\n",
+        dir = dir.display(),
+    )
+}
+
+/// The systemd unit of a service running `skiff <cmd>`; `after` are units it starts after,
+/// `wants` those it also pulls in.
+pub fn unit(description: &str, bin: &Path, cmd: &str, after: &[&str], wants: &[&str]) -> String {
     let mut after_list = vec!["network-online.target"];
     after_list.extend_from_slice(after);
+    after_list.extend_from_slice(wants);
+    let mut wants_list = vec!["network-online.target"];
+    wants_list.extend_from_slice(wants);
     format!(
         "# Written by `skiff install`; `skiff uninstall` removes it. Settings: /etc/skiff/config.yaml\n\
          [Unit]\n\
          Description={description}\n\
          Documentation=https://github.com/skiff-dev/skiff/blob/main/docs/install.md\n\
-         Wants=network-online.target\n\
+         Wants={wants}\n\
          After={after}\n\
          \n\
          [Service]\n\
@@ -128,6 +189,7 @@ pub fn unit(description: &str, bin: &Path, cmd: &str, after: &[&str]) -> String 
          WantedBy=multi-user.target\n",
         bin = bin.display(),
         after = after_list.join(" "),
+        wants = wants_list.join(" "),
     )
 }
 
@@ -243,6 +305,59 @@ fn wait_file(path: &Path, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Copies `exe` into `dir` as `skiff`: next to itself first, then renamed over the old one
+/// (a running skiff keeps its inode). When `dir` is already the read-only mount of an
+/// earlier install, the copy is written beneath it, in a private mount namespace where that
+/// mount is lifted: the host's mount stays, and shows the new binary.
+fn install_binary(exe: &Path, dir: &Path) -> Result<()> {
+    let target = dir.join("skiff");
+    if exe == target {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let copy = {
+        let (exe, target) = (exe.to_path_buf(), target.clone());
+        move || -> std::io::Result<()> {
+            let tmp = target.with_extension("skiff-tmp");
+            std::fs::copy(&exe, &tmp)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::rename(&tmp, &target)
+        }
+    };
+    let result = if read_only(dir) {
+        let dir = dir.to_path_buf();
+        skiff_runtime::sys::in_private_mount_namespace(move || {
+            // the read-only bind mount (a second install may have stacked another)
+            while read_only(&dir) {
+                nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)?;
+            }
+            copy()
+        })
+    } else {
+        copy()
+    };
+    result.with_context(|| format!("cannot install {} as {}", exe.display(), target.display()))
+}
+
+/// Whether `path` is on a read-only mount.
+fn read_only(path: &Path) -> bool {
+    nix::sys::statvfs::statvfs(path)
+        .is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+}
+
+/// Makes `link` a symlink to `target`, replacing whatever is there (a binary of an earlier
+/// install, another link) in one rename.
+fn replace_with_symlink(link: &Path, target: &Path) -> Result<()> {
+    if let Some(dir) = link.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = link.with_extension("skiff-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, link))
+        .with_context(|| format!("cannot link {} to {}", link.display(), target.display()))
+}
+
 /// Runs `skiff install`.
 pub fn install(
     a: InstallArgs,
@@ -262,26 +377,22 @@ pub fn install(
     let root = &a.root;
     let bin_dir = under(&a.prefix, "bin");
     let bin = bin_dir.join("skiff");
+    let lib = lib_dir(&a.prefix);
+    let lib_bin = lib.join("skiff");
+    let mount = mount_unit_name(&lib);
     let exe = std::env::current_exe().context("cannot find the running skiff binary")?;
 
-    // the binary: copied next to itself, then renamed (a running skiff keeps its inode)
-    let host_bin = under(root, &bin);
-    std::fs::create_dir_all(under(root, &bin_dir))
-        .with_context(|| format!("cannot create {}", under(root, &bin_dir).display()))?;
-    if exe != host_bin {
-        let tmp = host_bin.with_extension("skiff-tmp");
-        std::fs::copy(&exe, &tmp)
-            .with_context(|| format!("cannot copy {} to {}", exe.display(), tmp.display()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::rename(&tmp, &host_bin)
-            .with_context(|| format!("cannot install {}", host_bin.display()))?;
+    // the binary, in its directory (read-only once its mount unit runs), linked from bin/
+    install_binary(&exe, &under(root, &lib))?;
+    for (link, target) in [
+        (bin.clone(), Path::new("../lib/skiff/skiff")),
+        (bin_dir.join("skiff-runc"), Path::new("skiff")),
+    ] {
+        replace_with_symlink(&under(root, &link), target)?;
     }
-    let runc = under(root, bin_dir.join("skiff-runc"));
-    let _ = std::fs::remove_file(&runc);
-    std::os::unix::fs::symlink("skiff", &runc)
-        .with_context(|| format!("cannot link {}", runc.display()))?;
     println!(
-        "installed {} and {}",
+        "installed {} (from {} and {})",
+        lib_bin.display(),
         bin.display(),
         bin_dir.join("skiff-runc").display()
     );
@@ -317,6 +428,7 @@ pub fn install(
 
     // units
     let units_dir = under(root, "/etc/systemd/system");
+    write_file(&units_dir.join(&mount), mount_unit(&lib).as_bytes(), 0o644)?;
     let mut units = Vec::new();
     if role.master() {
         write_file(
@@ -326,6 +438,7 @@ pub fn install(
                 &bin,
                 "master",
                 &[],
+                &[&mount],
             )
             .as_bytes(),
             0o644,
@@ -341,13 +454,14 @@ pub fn install(
                 &bin,
                 "agent",
                 after,
+                &[&mount],
             )
             .as_bytes(),
             0o644,
         )?;
         units.push(AGENT_UNIT);
     }
-    println!("wrote {}", units.join(", "));
+    println!("wrote {mount}, {}", units.join(", "));
 
     // completions (bash-completion and zsh pick them up from these places)
     for (shell, path) in [
@@ -373,6 +487,10 @@ pub fn install(
         } else {
             println!("not started (--no-start); to start by hand, as root:");
         }
+        println!(
+            "  mount --bind -o ro {lib} {lib}   # optional: the runtime then starts once per call",
+            lib = lib.display()
+        );
         if role.master() {
             println!(
                 "  {} --config /etc/skiff/config.yaml master &",
@@ -388,6 +506,9 @@ pub fn install(
         return Ok(0);
     }
     systemctl(&["daemon-reload"])?;
+    // the mount before the services, so that they run from it; a fresh install's mount is
+    // started, an update's stays (the new binary shows through it)
+    systemctl(&["enable", "--now", &mount])?;
     let mut enable = vec!["enable", "--now"];
     enable.extend(units.iter().copied());
     systemctl(&enable)?;
@@ -472,12 +593,22 @@ pub fn uninstall(a: UninstallArgs) -> Result<i32> {
             crate::uninstall_ops::remove_cgroups(&cgroup_root, cg),
         );
     }
-    // mounts under skiff's dirs (rootfs overlays, volumes, network namespaces)
+    // mounts under skiff's dirs (rootfs overlays, volumes, network namespaces), and the
+    // binary's read-only mount (its unit is stopped once nothing runs from it but us)
+    let lib = lib_dir(&a.prefix);
+    let mount = mount_unit_name(&lib);
+    if systemd_running(root) && units_dir.join(&mount).exists() {
+        note(
+            &mut problems,
+            format!("stop {mount}"),
+            systemctl(&["disable", "--now", &mount]),
+        );
+    }
     let dirs = [agent_root.clone(), agent_run.clone()];
     note(
         &mut problems,
         "mounts".into(),
-        crate::uninstall_ops::unmount_under(&dirs),
+        crate::uninstall_ops::unmount_under(&[&dirs[..], &[under(root, &lib)]].concat()),
     );
     if host {
         crate::uninstall_ops::remove_network(&bridge, &mut problems);
@@ -491,8 +622,10 @@ pub fn uninstall(a: UninstallArgs) -> Result<i32> {
     let mut remove = vec![
         units_dir.join(MASTER_UNIT),
         units_dir.join(AGENT_UNIT),
+        units_dir.join(&mount),
         under(root, "/etc/skiff"),
         agent_run,
+        under(root, &lib),
         under(root, under(&a.prefix, "bin/skiff")),
         under(root, under(&a.prefix, "bin/skiff-runc")),
         under(root, "/usr/share/bash-completion/completions/skiff"),
@@ -561,6 +694,7 @@ mod tests {
             Path::new("/usr/local/bin/skiff"),
             "agent",
             &[MASTER_UNIT],
+            &["usr-local-lib-skiff.mount"],
         );
         for want in [
             "Delegate=yes",
@@ -569,7 +703,8 @@ mod tests {
             "LimitNOFILE=1048576",
             "ExecStartPre=-/sbin/modprobe overlay",
             "ExecStartPre=-/sbin/modprobe br_netfilter",
-            "After=network-online.target skiff-master.service",
+            "After=network-online.target skiff-master.service usr-local-lib-skiff.mount",
+            "Wants=network-online.target usr-local-lib-skiff.mount",
             "ExecStart=/usr/local/bin/skiff --config /etc/skiff/config.yaml agent",
             "WantedBy=multi-user.target",
         ] {
@@ -610,6 +745,37 @@ mod tests {
             let file = crate::config_file::ConfigFile::parse(Path::new("t"), &c).unwrap();
             file.apply(<crate::Cli as clap::CommandFactory>::command())
                 .unwrap_or_else(|e| panic!("{role:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn mount_unit_names_are_systemds() {
+        // as `systemd-escape --path --suffix=mount` writes them
+        for (path, want) in [
+            ("/usr/local/lib/skiff", "usr-local-lib-skiff.mount"),
+            (
+                "/opt/my-tools/lib/skiff",
+                "opt-my\\x2dtools-lib-skiff.mount",
+            ),
+            ("/srv/.hidden/x y", "srv-.hidden-x\\x20y.mount"),
+            ("/.dot//lib/", "\\x2edot-lib.mount"),
+            ("/", "-.mount"),
+        ] {
+            assert_eq!(mount_unit_name(Path::new(path)), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn mount_unit_binds_the_dir_read_only() {
+        let u = mount_unit(Path::new("/usr/local/lib/skiff"));
+        for want in [
+            "What=/usr/local/lib/skiff",
+            "Where=/usr/local/lib/skiff",
+            "Options=bind,ro",
+            "LazyUnmount=yes",
+            "WantedBy=local-fs.target",
+        ] {
+            assert!(u.lines().any(|l| l == want), "{want} missing in\n{u}");
         }
     }
 

@@ -82,23 +82,35 @@ fn install_then_uninstall_leaves_nothing() {
         "{out}"
     );
 
-    let bin = root.join("usr/local/bin/skiff");
-    assert_eq!(
-        std::fs::read(&bin).unwrap(),
-        std::fs::read(env!("CARGO_BIN_EXE_skiff")).unwrap()
-    );
+    let lib = root.join("usr/local/lib/skiff");
+    let bin = lib.join("skiff");
+    let built = std::fs::read(env!("CARGO_BIN_EXE_skiff")).unwrap();
+    assert!(std::fs::read(&bin).unwrap() == built, "the binary differs");
     assert_eq!(
         std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
         0o755
     );
     assert_eq!(
+        std::fs::read_link(root.join("usr/local/bin/skiff")).unwrap(),
+        PathBuf::from("../lib/skiff/skiff")
+    );
+    assert_eq!(
         std::fs::read_link(root.join("usr/local/bin/skiff-runc")).unwrap(),
         PathBuf::from("skiff")
     );
+    let mount = read(&root.join("etc/systemd/system/usr-local-lib-skiff.mount"));
+    for want in [
+        "What=/usr/local/lib/skiff",
+        "Where=/usr/local/lib/skiff",
+        "Options=bind,ro",
+    ] {
+        assert!(mount.lines().any(|l| l == want), "{want} missing:\n{mount}");
+    }
     let master = read(&root.join("etc/systemd/system/skiff-master.service"));
     let agent = read(&root.join("etc/systemd/system/skiff-agent.service"));
     for unit in [&master, &agent] {
         for want in [
+            "Wants=network-online.target usr-local-lib-skiff.mount",
             "Delegate=yes",
             "KillMode=process",
             "Restart=always",
@@ -113,7 +125,9 @@ fn install_then_uninstall_leaves_nothing() {
         master.contains("ExecStart=/usr/local/bin/skiff --config /etc/skiff/config.yaml master\n")
     );
     assert!(
-        agent.contains("After=network-online.target skiff-master.service\n"),
+        agent.contains(
+            "After=network-online.target skiff-master.service usr-local-lib-skiff.mount\n"
+        ),
         "{agent}"
     );
     let config = root.join("etc/skiff/config.yaml");
@@ -134,6 +148,31 @@ fn install_then_uninstall_leaves_nothing() {
     assert!(out.contains("kept /etc/skiff/config.yaml"), "{out}");
     assert_eq!(read(&config), "master:\n  data-dir: /srv/skiff\n");
     std::fs::write(&config, "").unwrap();
+
+    // an update while the binary's directory is the read-only mount the unit makes: the new
+    // binary is written beneath it and shows through it, and the mount stays
+    std::fs::write(&bin, "an older skiff").unwrap();
+    let _lib_guard = Unmount(lib.clone());
+    let st = Command::new("mount")
+        .args(["--bind", "-o", "ro"])
+        .arg(&lib)
+        .arg(&lib)
+        .status()
+        .unwrap();
+    assert!(st.success(), "read-only bind mount of {}", lib.display());
+    assert_eq!(
+        std::fs::write(lib.join("x"), "")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EROFS)
+    );
+    ok(&["install", "--root", r]);
+    assert!(is_mounted(&lib), "the install lifted the host's mount");
+    assert!(
+        std::fs::read(&bin).unwrap() == built,
+        "the update did not land"
+    );
+    assert!(std::fs::OpenOptions::new().append(true).open(&bin).is_err());
 
     // what a running node leaves: a pod's mount, its cgroups, its logs, state
     let uid = "0c1d2e3f-aaaa-bbbb-cccc-000000000001";
@@ -163,6 +202,7 @@ fn install_then_uninstall_leaves_nothing() {
     let out = ok(&["uninstall", "--root", r]);
     assert!(out.contains("skiff is uninstalled"), "{out}");
     assert!(!is_mounted(&rootfs));
+    assert!(!is_mounted(&lib));
     // only what is not skiff's is left: another pod log dir and a foreign cgroup
     let mut left = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -173,6 +213,8 @@ fn install_then_uninstall_leaves_nothing() {
         }
     }
     for gone in [
+        "usr/local/lib/skiff",
+        "etc/systemd/system/usr-local-lib-skiff.mount",
         "usr/local/bin/skiff",
         "usr/local/bin/skiff-runc",
         "etc/skiff",

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use skiff_testsupport::{Bundle, Runtime, poll_until, require_root};
@@ -19,12 +19,18 @@ fn private_copy() -> (tempfile::TempDir, PathBuf) {
     (dir, copy)
 }
 
-#[test]
-fn runtime_binary_cannot_be_overwritten_from_a_container() -> Result<()> {
-    require_root();
-    let (_dir, copy) = private_copy();
-    let before = std::fs::read(&copy)?;
-    let rt = Runtime::from_env(copy.to_str().unwrap());
+/// What the init of a created container showed as its executable and environment.
+struct InitSeen {
+    exe: PathBuf,
+    environ: Vec<String>,
+}
+
+/// Creates a container with the runtime at `binary` and grabs its init's `/proc/<pid>/exe`
+/// the way a process in the container could; once the init is gone it tries to open that
+/// for writing, which must fail, and checks that the binary is unchanged.
+fn try_to_overwrite_the_runtime(binary: &Path) -> Result<InitSeen> {
+    let before = std::fs::read(binary)?;
+    let rt = Runtime::from_env(binary.to_str().unwrap());
     let mut bundle = Bundle::busybox()?;
     bundle.args(&["sleep", "1000"]);
     bundle.write_spec()?;
@@ -37,6 +43,13 @@ fn runtime_binary_cannot_be_overwritten_from_a_container() -> Result<()> {
         .read(true)
         .custom_flags(libc::O_PATH)
         .open(format!("/proc/{pid}/exe"))?;
+    let seen = InitSeen {
+        exe: std::fs::read_link(format!("/proc/{pid}/exe"))?,
+        environ: std::fs::read(format!("/proc/{pid}/environ"))?
+            .split(|&b| b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect(),
+    };
     rt.call(&["kill", c.id(), "KILL"])?.ok()?;
     poll_until(
         std::time::Duration::from_secs(10),
@@ -63,7 +76,75 @@ fn runtime_binary_cannot_be_overwritten_from_a_container() -> Result<()> {
             "unexpected error {e}"
         ),
     }
-    assert_eq!(std::fs::read(&copy)?, before, "the binary changed");
+    assert_eq!(std::fs::read(binary)?, before, "the binary changed");
+    rt.call(&["delete", "-f", c.id()])?;
+    Ok(seen)
+}
+
+/// Whether the tests run skiff (not a runtime chosen by `SKIFF_TEST_RUNTIME`).
+fn runtime_is_skiff() -> bool {
+    std::env::var("SKIFF_TEST_RUNTIME").map_or(true, |v| v.trim().is_empty())
+}
+
+/// skiff's mark on a process it re-executed through a read-only mount or a sealed copy.
+const REEXEC_MARK: &str = "_SKIFF_SEALED_EXE=1";
+
+#[test]
+fn runtime_binary_cannot_be_overwritten_from_a_container() -> Result<()> {
+    require_root();
+    let (_dir, copy) = private_copy();
+    let seen = try_to_overwrite_the_runtime(&copy)?;
+    if runtime_is_skiff() {
+        // from a writable path the runtime re-executes itself before it makes the container
+        assert!(
+            seen.environ.iter().any(|v| v == REEXEC_MARK),
+            "no re-exec from a writable binary: {:?}",
+            seen.environ
+        );
+    }
+    Ok(())
+}
+
+/// Undoes a test's bind mount, also when the test fails.
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// What `skiff install` sets up: the binary's directory is a read-only bind mount of itself.
+/// The runtime then starts once (no re-exec) and is still safe from the container.
+#[test]
+fn runtime_on_a_read_only_mount_starts_once_and_stays_protected() -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    require_root();
+    if !runtime_is_skiff() {
+        return Ok(());
+    }
+    let (dir, copy) = private_copy();
+    mount(
+        Some(dir.path()),
+        dir.path(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    let _unmount = Unmount(dir.path().to_path_buf());
+    mount(
+        None::<&str>,
+        dir.path(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )?;
+    let seen = try_to_overwrite_the_runtime(&copy)?;
+    assert!(
+        !seen.environ.iter().any(|v| v == REEXEC_MARK),
+        "the runtime re-executed itself although its binary is read-only: {:?}",
+        seen.environ
+    );
+    assert_eq!(seen.exe, copy, "the init does not run the read-only binary");
     Ok(())
 }
 

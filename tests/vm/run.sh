@@ -237,6 +237,13 @@ for unit in skiff-master skiff-agent; do
     [ "$state" = active ] || { guest journalctl -u "$unit" --no-pager | tail -40 >&2; echo "$0: $unit is $state" >&2; exit 1; }
 done
 log "skiff-master and skiff-agent are active"
+# the binary runs from a read-only mount: no container can write it, and the runtime starts
+# once per call instead of re-executing itself
+opts=$(guest 'findmnt -no OPTIONS /usr/local/lib/skiff' || true)
+agent_exe=$(guest 'readlink /proc/$(systemctl show -p MainPID --value skiff-agent)/exe' || true)
+log "/usr/local/lib/skiff mounted with \"$opts\"; the agent runs $agent_exe"
+case ",$opts," in *,ro,*) ;; *) echo "$0: /usr/local/lib/skiff is not a read-only mount" >&2; exit 1 ;; esac
+[ "$agent_exe" = /usr/local/lib/skiff/skiff ] || { echo "$0: the agent runs $agent_exe" >&2; exit 1; }
 
 # --- 2. the runtime's privileged tests -------------------------------------------------------
 guest "mkdir -p \$(dirname \$(cat /mnt/host/skiff.path)) && ln -sf /usr/local/bin/skiff \$(cat /mnt/host/skiff.path)"
@@ -310,10 +317,11 @@ guest 'skiff uninstall' >&2
 # no unit (file or cgroup), binary, config, state, pod cgroup, mount, bridge, nftables table,
 # nor a skiff process (a shim outliving the agent's unit, which KillMode=process leaves);
 # skiff-vm-net.service is this harness's own unit in the image, not skiff's
-left=$(guest 'ls -d /etc/systemd/system/skiff-* /usr/local/bin/skiff /usr/local/bin/skiff-runc /etc/skiff \
+left=$(guest 'ls -d /etc/systemd/system/skiff-* /etc/systemd/system/usr-local-lib-skiff.mount \
+        /usr/local/bin/skiff /usr/local/bin/skiff-runc /usr/local/lib/skiff /etc/skiff \
         /var/lib/skiff /run/skiff /sys/fs/cgroup/skiff /sys/fs/cgroup/system.slice/skiff-* 2>/dev/null |
         grep -v "/skiff-vm-net\.service$"
-    grep -c " /var/lib/skiff\| /run/skiff" /proc/self/mountinfo
+    grep -c " /var/lib/skiff\| /run/skiff\| /usr/local/lib/skiff" /proc/self/mountinfo
     ip link show skiff0 2>/dev/null; nft list tables | grep skiff
     for p in /proc/[0-9]*; do readlink $p/exe; done 2>/dev/null | grep skiff' || true)
 [ "$left" = 0 ] || { echo "$0: uninstall left: $left" >&2; exit 1; }
