@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Container start-up benchmark: the same busybox `/bin/true` bundle run by `skiff-runc run`,
-# `runc run` and `crun run`, one after the other, as root.
+# Container start-up benchmark: the same busybox `/bin/true` bundle run by `skiff-runc run`
+# (installed on a read-only mount, and from a writable path), `runc run` and `crun run`, one
+# after the other, as root.
 #
 #   bench/runtime.sh                  # RUNS=50 WARMUP=5 TIME_RUNS=30
 #   RUNS=20 TIME_RUNS=10 bench/runtime.sh
@@ -56,8 +57,12 @@ unbind_v2_controllers() {
     done
     v1_mounts=()
 }
+ro_mounted=0
 cleanup() {
     unbind_v2_controllers
+    if [ "$ro_mounted" = 1 ]; then
+        umount "$work/ro" || echo "warning: cannot unmount $work/ro" >&2
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -78,12 +83,21 @@ bind_v2_controllers() {
 }
 
 scripts/busybox-bundle.sh "$work/bundle" /bin/true >/dev/null
-mkdir "$work/bin"
+# skiff twice: as `skiff install` lays it out (skiff-ro: the binary's directory is a read-only
+# bind mount of itself, so the runtime starts once), and from a writable path such as a
+# build's target/ (skiff-rw: create and run re-execute it through a private read-only mount
+# first, CVE-2019-5736)
+mkdir "$work/bin" "$work/ro"
 ln -s "$SKIFF" "$work/bin/skiff-runc"
+cp "$SKIFF" "$work/ro/skiff"
+ln -s skiff "$work/ro/skiff-runc"
+mount --bind -o ro "$work/ro" "$work/ro"
+ro_mounted=1
 
-names=(skiff-runc runc crun)
+names=(skiff-ro skiff-rw runc crun)
 declare -A exe=(
-    [skiff-runc]="$work/bin/skiff-runc"
+    [skiff-ro]="$work/ro/skiff-runc"
+    [skiff-rw]="$work/bin/skiff-runc"
     [runc]="$(command -v runc || true)"
     [crun]="$(command -v crun || true)"
 )
