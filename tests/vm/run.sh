@@ -6,7 +6,8 @@
 # kubectl, a busybox image and the runtime's test binaries over 9p (read-only), and inside the
 # guest, over ssh:
 #   1. `skiff install` (the README's install path): both units must become `active`;
-#   2. the runtime's privileged tests (runtime/tests/*, cli/tests/runtime_cli.rs) run as root;
+#   2. the runtime's privileged tests (runtime/tests/*, cli/tests/runtime_cli.rs and
+#      runtime_security.rs) run as root;
 #   3. the one-node cluster runs a pod with CPU and memory limits, and the limits are read back
 #      from the pod's cgroup v2 files (`cpu.max`, `memory.max`);
 #   4. the sample web Deployment (examples/sample-web.yaml, image from scripts/sample-image.sh)
@@ -163,6 +164,7 @@ log "building skiff and the runtime's test binaries"
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 cargo build -p skiff >&2
 tests_json=$(cargo test -p skiff-runtime -p skiff --test cgroups --test rootfs --test seccomp --test runtime_cli \
+    --test runtime_security \
     --no-run --message-format=json 2>/dev/null)
 # the test executables (under deps/), not the skiff binary that cargo also reports
 echo "$tests_json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep '/deps/' | while read -r exe; do
