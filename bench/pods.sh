@@ -15,7 +15,9 @@
 #   N=20 PROFILE=perf bench/pods.sh
 # PROFILE is a cargo profile (debug, release, perf: see Cargo.toml); SKIP_BUILD=1 measures
 # the binary already in target/$PROFILE; KEEP_LOGS=DIR copies the master's and the agent's
-# logs there; AGENT_WRAP runs the agent under a command (e.g. "perf record -g -o FILE --").
+# logs there; AGENT_WRAP runs the agent under a command (e.g. "perf record -g -o FILE --");
+# LAYOUT=installed runs master and agent from a read-only bind mount, as `skiff install` does
+# (default: from target/, where every shim re-executes itself through a read-only mount).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,6 +71,14 @@ cleanup() {
 }
 v1_mounts=()
 trap cleanup EXIT
+if [ "${LAYOUT:-build}" = installed ]; then
+    # as `skiff install` lays it out: the binary in a directory bind-mounted read-only onto
+    # itself, so the agent's shims and runtime calls need no re-exec (unmounted by cleanup)
+    mkdir "$work/lib"
+    cp "$skiff" "$work/lib/skiff"
+    mount --bind -o ro "$work/lib" "$work/lib"
+    skiff=$work/lib/skiff
+fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$skiff" master --data-dir "$work/master" --listen "127.0.0.1:$port" >"$work/master.log" 2>&1 &
