@@ -314,15 +314,31 @@ fn sealed_copy_of_exe(exe: &mut File) -> io::Result<OwnedFd> {
 /// Environment variable set on the re-executed process, so it never loops.
 const SEALED_ENV: &str = "_SKIFF_SEALED_EXE";
 
+/// Drops the re-exec mark from this process's environment once it has served, so that the
+/// processes it starts do not inherit it: a skiff started from a writable path must protect
+/// itself again, not fail on a mark meant for its parent. (`/proc/<pid>/environ` still shows
+/// the environment the process was started with.)
+fn forget_sealed_mark() {
+    // SAFETY: `ensure_sealed_exe` runs first thing in the commands that call it, before
+    // they start any thread (its documented requirement), so nothing reads or writes the
+    // environment concurrently.
+    unsafe { std::env::remove_var(SEALED_ENV) }
+}
+
 /// Protects the skiff binary from being overwritten by a container (the CVE-2019-5736
 /// class): processes that enter a container must not have a writable host binary as
 /// `/proc/self/exe`. Unless the executable is already protected (on a read-only mount, or
 /// a sealed memfd), re-exec it through a read-only bind mount (see `open_exe_read_only`),
 /// or, where that is impossible, from a sealed memfd copy; same arguments and environment.
 /// Returns only when already protected (or on error).
+///
+/// Call it first thing, before the process starts any thread: it may change the environment.
 pub fn ensure_sealed_exe() -> io::Result<()> {
     let mut exe = File::open("/proc/self/exe")?;
     if exe_is_protected(&exe) {
+        if std::env::var_os(SEALED_ENV).is_some() {
+            forget_sealed_mark();
+        }
         return Ok(());
     }
     if std::env::var_os(SEALED_ENV).is_some() {
