@@ -286,7 +286,10 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
         secondary_node_ip,
         cgroup_prefix: a.cgroup_prefix,
         cgroup_root: a.cgroup_root,
-        shim_exe: std::env::current_exe().context("cannot find the skiff binary")?,
+        // the agent's own binary, read-only where it runs (see `run_protected`): shims and
+        // runtime calls inherit that and need no re-exec of their own, and they run the same
+        // version as the agent even after the file on disk is replaced
+        shim_exe: PathBuf::from("/proc/self/exe"),
         insecure_registries: a.insecure_registries,
         cluster_dns,
         cluster_domain: a.cluster_domain,
@@ -316,6 +319,7 @@ pub(crate) fn config(a: AgentArgs) -> Result<skiff_agent::Config> {
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub fn main(a: AgentArgs) -> Result<i32> {
+    run_protected()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = config(a)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -325,6 +329,14 @@ pub fn main(a: AgentArgs) -> Result<i32> {
         anyhow::Ok(())
     })?;
     Ok(0)
+}
+
+/// Makes sure the agent runs from a binary no container can write (CVE-2019-5736), before
+/// it starts any thread: unless skiff is installed read-only, it re-executes itself once
+/// through a private read-only mount. Every process it starts through `/proc/self/exe`
+/// (pod shims, `runtime exec` for probes and `kubectl exec`) then inherits that.
+pub fn run_protected() -> Result<()> {
+    skiff_runtime::sys::ensure_sealed_exe().context("cannot run from a sealed copy of skiff")
 }
 
 /// `skiff __shim`.

@@ -124,6 +124,11 @@ fn main() {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if name == "exe" {
+        // started through /proc/self/exe (the agent's shims and runtime calls, `run`'s
+        // reaper): the kernel named the process `exe`; ps and top should say skiff
+        let _ = nix::sys::prctl::set_name(c"skiff");
+    }
     let code = if name == "skiff-runc" || name == "runc" {
         runtime_cmd::main(runtime_cmd::RuntimeCli::parse())
     } else {

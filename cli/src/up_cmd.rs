@@ -108,6 +108,7 @@ fn node_ready(n: &Node) -> bool {
 /// Runs the one-node cluster until SIGINT/SIGTERM. Pods stay as the agent leaves them; a
 /// later `skiff up` with the same directories adopts them.
 pub fn main(a: UpArgs) -> Result<i32> {
+    crate::agent_cmd::run_protected()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let started = Instant::now();
     let node_ip = match a.node_ip {

@@ -611,11 +611,49 @@ fn pod_processes(uid: &str, comm: &str) -> Vec<i32> {
     out
 }
 
+/// The pod shims of every node run their agent's own binary through the read-only mount the
+/// agent re-executed itself through at start (the same mount id: no re-exec of their own),
+/// and that mount is read-only (CVE-2019-5736).
+fn assert_shims_share_the_agents_protected_binary(e: &E2e) {
+    for node in &e.cluster.nodes {
+        let agent = node.pid().expect("the agent runs");
+        let agent_exe = std::path::PathBuf::from(format!("/proc/{agent}/exe"));
+        let mount = skiff_testsupport::mount_id(&agent_exe).unwrap();
+        let mut shims = 0;
+        for pod in std::fs::read_dir(node.path("run/pods")).unwrap().flatten() {
+            let Ok(pid) = std::fs::read_to_string(pod.path().join("shim.pid")) else {
+                continue;
+            };
+            let exe = std::path::PathBuf::from(format!("/proc/{}/exe", pid.trim()));
+            assert_eq!(
+                skiff_testsupport::mount_id(&exe).unwrap(),
+                mount,
+                "{}: the shim {} runs its binary through another mount than the agent",
+                node.name,
+                pid.trim()
+            );
+            shims += 1;
+        }
+        // (opening it for writing fails with ETXTBSY while it runs, whatever the mount)
+        let flags = nix::sys::statvfs::statvfs(&agent_exe).unwrap().flags();
+        assert!(
+            flags.contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
+            "{}: the agent's binary is on a writable mount ({flags:?})",
+            node.name
+        );
+        eprintln!(
+            "{}: {shims} shims share the agent's read-only binary",
+            node.name
+        );
+    }
+}
+
 /// Step 3: self-healing.
 #[test]
 fn e2e_3_killed_container_restarts_deleted_pod_is_replaced() {
     e2e("heal", 3, |e| {
         let pods = deploy_web(e, 3);
+        assert_shims_share_the_agents_protected_binary(e);
         let victim = pods.keys().next().unwrap().clone();
         let uid = uid_of(e, &victim);
         let pids = e.wait("the container's httpd on the host", 30, || {

@@ -466,6 +466,11 @@ impl Agent {
         }
     }
 
+    /// The agent's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the agent process is running.
     pub fn running(&mut self) -> bool {
         self.child

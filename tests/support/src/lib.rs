@@ -22,7 +22,8 @@ pub mod master;
 pub mod netns;
 /// The driver for a runc-compatible command line with a private `--root` per test.
 pub mod runtime;
-/// The crate's only unsafe code: taking ownership of a file descriptor received in a message.
+/// The crate's only unsafe code: taking ownership of a file descriptor received in a message,
+/// `statx` for a mount id.
 mod sys;
 /// Removing an agent's leftovers: shims, pod processes, mounts and cgroups under a prefix.
 pub mod teardown;
@@ -33,4 +34,5 @@ pub use bundle::{Bundle, runc_default_spec};
 pub use host::require_root;
 pub use master::{MasterProcess, free_port};
 pub use runtime::{Container, Output, Runtime};
+pub use sys::mount_id;
 pub use wait::poll_until;
