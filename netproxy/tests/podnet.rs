@@ -295,6 +295,54 @@ fn addresses_persist_release_and_stale_records_go() {
     );
 }
 
+/// The MAC address of link `dev` in `ns`.
+fn mac(ns: &Ns, dev: &str) -> String {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn pods_keep_reaching_their_gateway_as_other_pods_go() {
+    let n = Ns::new("gw");
+    n.ip(&["link", "set", "lo", "up"]);
+    let state = tempfile::tempdir().unwrap();
+    let net = network(&n, "10.244.6.0/24", state.path());
+    net.setup().unwrap();
+    let gateway: IpAddr = "10.244.6.1".parse().unwrap();
+    let pods: Vec<(String, Ns)> = (0..4)
+        .map(|i| {
+            let ns = Ns::new(&format!("gw{i}"));
+            let uid = format!("uid-gw{i}");
+            attach4(&net, &ns, &uid);
+            (uid, ns)
+        })
+        .collect();
+    // every pod has the gateway's MAC in its ARP cache
+    for (_, p) in &pods {
+        ping(p, gateway);
+    }
+    let bridge_mac = mac(&n, "skiff0");
+    // pods go in the order of their host ends' MACs, the lowest first: a bridge that takes
+    // the lowest port's MAC would change its own each time
+    let mut order: Vec<&(String, Ns)> = pods.iter().collect();
+    order.sort_by_key(|(uid, _)| mac(&n, &host_veth_name(uid)));
+    for (i, (uid, _)) in order.iter().enumerate().take(pods.len() - 1) {
+        net.detach(uid).unwrap();
+        assert_eq!(mac(&n, "skiff0"), bridge_mac, "after {uid} went");
+        for (_, p) in &order[i + 1..] {
+            // at once, with the cached entry: no ARP from the node has refreshed it
+            assert!(
+                ping_once(p, gateway),
+                "{} lost its gateway after {uid} went",
+                p.name
+            );
+        }
+    }
+    // an agent restart keeps the address
+    network(&n, "10.244.6.0/24", state.path()).setup().unwrap();
+    assert_eq!(mac(&n, "skiff0"), bridge_mac);
+}
+
 /// Writes `value` to the sysctl file `path` inside `ns`.
 fn sysctl(ns: &Ns, path: &str, value: &str) {
     let out = ns.exec(&["sh", "-c", &format!("echo {value} > {path}")]);

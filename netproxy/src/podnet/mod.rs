@@ -304,6 +304,21 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
+/// The hardware address of link `idx` (`name` for messages), if it has one.
+async fn link_address(h: &Handle, idx: u32, name: &str) -> Result<Option<Vec<u8>>> {
+    let mut links = h.link().get().match_index(idx).execute();
+    let link = links
+        .try_next()
+        .await
+        .map_err(nl(format!("look up link {name}")))?;
+    Ok(link.and_then(|l| {
+        l.attributes.into_iter().find_map(|a| match a {
+            netlink_packet_route::link::LinkAttribute::Address(mac) => Some(mac),
+            _ => None,
+        })
+    }))
+}
+
 /// Makes `want` (address, prefix length) the only addresses of link `idx` (`name` for
 /// messages), IPv6 link-local addresses aside.
 async fn only_addresses(h: &Handle, idx: u32, name: &str, want: &[(IpAddr, u8)]) -> Result<()> {
@@ -606,8 +621,17 @@ impl BridgeNetwork {
             };
             // addresses of an earlier podCIDR go; the gateways stay or are added
             only_addresses(&h, idx, &bridge, &want).await?;
+            // A bridge whose MAC address was never set takes the lowest of its ports' and
+            // changes it as pods come and go; the pods' ARP entries for the gateway then
+            // point at an address nobody answers to, and their replies are lost until the
+            // node happens to ARP for them. Setting it (to itself) pins it, as the bridge
+            // CNI plugin does.
+            let mut link = LinkUnspec::new_with_index(idx).mtu(mtu).up();
+            if let Some(mac) = link_address(&h, idx, &bridge).await? {
+                link = link.address(mac);
+            }
             h.link()
-                .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
+                .set(link.build())
                 .execute()
                 .await
                 .map_err(nl(format!("set {bridge} up")))?;
