@@ -498,24 +498,57 @@ impl Load {
         }
     }
 
-    fn run(&self, url: &str) {
+    /// Requests `url` until stopped. A failure is recorded with its time, curl's error and
+    /// `flow(port)`: what `node` tracked of the connection from curl's local `port`.
+    fn run(&self, url: &str, flow: impl Fn(&str) -> String) {
         while !self.stop.load(Ordering::Relaxed) {
             let out = Command::new("curl")
-                .args(["-sS", "-f", "-m", "5", url])
+                .args(["-sS", "-f", "-m", "5", "-w", "\n%{local_port}", url])
                 .output()
                 .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let (body, port) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
             if out.status.success() {
                 self.ok.fetch_add(1, Ordering::Relaxed);
-                let body = String::from_utf8_lossy(&out.stdout);
                 let v = body.split(' ').next().unwrap_or("").to_string();
                 *self.versions.lock().unwrap().entry(v).or_default() += 1;
             } else {
-                self.failed
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&out.stderr).into_owned());
+                self.failed.lock().unwrap().push(format!(
+                    "{}: {} (from port {port}; tracked: {})",
+                    chrono::Utc::now().format("%H:%M:%S%.3f"),
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    flow(port)
+                ));
             }
         }
+    }
+}
+
+/// The agents' log lines of pods starting and stopping and of proxy rule updates, to tell
+/// where a failed request went.
+fn pod_lifecycle_logs(e: &E2e) -> String {
+    let mut out = String::new();
+    for n in &e.cluster.nodes {
+        for l in n.log().lines().filter(|l| {
+            ["sandbox ready", "stopping pod", "pod removed", "statements"]
+                .iter()
+                .any(|k| l.contains(k))
+        }) {
+            out.push_str(&format!("{}: {l}\n", n.name));
+        }
+    }
+    out
+}
+
+/// The TCP flows `node` tracks from source port `port`, as `conntrack -L` lists them.
+fn conntrack_of(node: &skiff_testsupport::cluster::Agent, port: &str) -> String {
+    let out = node
+        .command("conntrack")
+        .args(["-L", "-p", "tcp", "--sport", port])
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => format!("conntrack: {e}"),
     }
 }
 
@@ -550,7 +583,8 @@ fn e2e_2_scale_rolling_update_without_errors_and_undo() {
         e.wait("the NodePort", 30, || curl(&url));
         let load = Load::new();
         std::thread::scope(|s| {
-            s.spawn(|| load.run(&url));
+            let node1 = &e.cluster.nodes[0];
+            s.spawn(|| load.run(&url, |port| conntrack_of(node1, port)));
             let t = Instant::now();
             e.kubectl(&[
                 "set",
@@ -575,7 +609,11 @@ fn e2e_2_scale_rolling_update_without_errors_and_undo() {
             load.ok.load(Ordering::Relaxed),
             failed.len()
         );
-        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "failed requests: {failed:#?}\npods coming and going:\n{}",
+            pod_lifecycle_logs(e)
+        );
         assert!(versions.contains_key("v1") && versions.contains_key("v2"));
         assert_eq!(pods_image(e), BTreeSet::from([e.image("2")]));
         e.kubectl(&["rollout", "undo", "deploy/web-app"]);
