@@ -1073,7 +1073,7 @@ impl Worker {
         .await;
         let id = container_id(&self.uid, &c.name);
         if let Ok(mut ctr) = self.runtime().load(&id)
-            && let Err(e) = ctr.kill(Signal::SIGKILL, true)
+            && let Err(e) = ctr.kill(Signal::SIGKILL as i32, true)
         {
             tracing::warn!(container = %id, error = %e, "cannot kill the container");
         }
@@ -1337,7 +1337,7 @@ impl Worker {
         let signal = |sig: Signal| {
             for (id, _) in running {
                 if let Ok(mut c) = rt.load(id) {
-                    if let Err(e) = c.kill(sig, true) {
+                    if let Err(e) = c.kill(sig as i32, true) {
                         tracing::debug!(container = %id, error = %e, "cannot signal container");
                     }
                 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nix::sys::signal::{SigmaskHow, Signal, sigprocmask};
+use nix::sys::signal::{SigmaskHow, sigprocmask};
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
     Process, Spec,
@@ -364,7 +364,7 @@ fn dispatch(cli: RuntimeCli) -> Result<i32> {
             Ok(0)
         }
         Verb::Kill { id, signal, all } => {
-            let sig = parse_signal(&signal)?;
+            let sig = skiff_runtime::signal::parse(&signal)?;
             rt.load(&id)?.kill(sig, all)?;
             Ok(0)
         }
@@ -814,20 +814,6 @@ fn events(rt: &Runtime, id: &str, once: bool, interval: &str) -> Result<i32> {
     }
 }
 
-fn parse_signal(s: &str) -> Result<Signal> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| anyhow!("unknown signal {s:?}"));
-    }
-    let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") {
-        up
-    } else {
-        format!("SIG{up}")
-    };
-    name.parse::<Signal>()
-        .map_err(|_| anyhow!("unknown signal {s:?}"))
-}
-
 /// The config.json `spec` writes: runc's defaults (busybox-friendly, terminal on).
 fn default_spec() -> Result<Spec> {
     let mut spec = Spec::default();
@@ -869,14 +855,6 @@ fn features() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signals_by_name_and_number() {
-        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal("sigterm").unwrap(), Signal::SIGTERM);
-        assert!(parse_signal("BOGUS").is_err());
-    }
 
     #[test]
     fn console_sizes() {

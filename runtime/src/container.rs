@@ -480,8 +480,9 @@ impl Container {
         Ok(())
     }
 
-    /// Sends `signal` to init, or with `all` to every process of the container.
-    pub fn kill(&mut self, signal: Signal, all: bool) -> Result<()> {
+    /// Sends signal number `signal` to init, or with `all` to every process of the
+    /// container (numbers as [`crate::signal::parse`] gives them).
+    pub fn kill(&mut self, signal: i32, all: bool) -> Result<()> {
         if self.state.status == Status::Stopped && !all {
             return Err(Error::WrongStatus {
                 id: self.state.id.clone(),
@@ -489,17 +490,21 @@ impl Container {
                 op: "signal it",
             });
         }
+        let name = crate::signal::name(signal);
         if all {
             let cg = self.cgroup()?;
             for pid in cg.pids()? {
-                let _ = nix::sys::signal::kill(pid, signal);
+                // a process that is gone meanwhile needs no signal
+                if let Ok(pidfd) = sys::pidfd_open(pid) {
+                    let _ = sys::pidfd_send_signal(&pidfd, signal);
+                }
             }
         } else if let Some(pid) = self.pid() {
             let pidfd = sys::pidfd_open(pid).map_err(|e| Error::sys("pidfd_open", e))?;
-            sys::pidfd_send_signal(&pidfd, signal as i32)
-                .map_err(|e| Error::sys(format!("kill {pid} with {signal}"), e))?;
+            sys::pidfd_send_signal(&pidfd, signal)
+                .map_err(|e| Error::sys(format!("kill {pid} with {name}"), e))?;
         }
-        if self.state.status == Status::Paused && matches!(signal, Signal::SIGKILL) {
+        if self.state.status == Status::Paused && signal == libc::SIGKILL {
             // frozen tasks only die once thawed
             self.cgroup()?.set_frozen(false)?;
         }

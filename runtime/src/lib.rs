@@ -33,6 +33,8 @@ pub mod process;
 pub mod rootfs;
 /// Seccomp: the spec's filter compiled with libseccomp, and the default profile.
 pub mod seccomp;
+/// Signal names and numbers, real-time signals included.
+pub mod signal;
 /// Loading and validating an OCI bundle before anything is created.
 pub mod spec;
 /// Container status as a state machine and the state saved under the runtime root.
