@@ -971,16 +971,23 @@ impl Worker {
         }
         let id = container_id(&self.uid, &c.name);
         let cgroup = qos::pod_cgroup(&self.cfg().cgroup_prefix, self.qos(), &self.uid).join(&id);
-        // the previous run's container and writable layer go; a restart starts fresh
+        // the previous run's container and writable layer go; a restart starts fresh. On a
+        // blocking thread: deleting waits for processes and mounting takes the snapshots'
+        // file lock, and a tokio worker must never wait on either.
         let rt = self.runtime();
-        if let Ok(old) = rt.load(&id) {
-            old.delete(true).map_err(|e| cfg_err(&e))?;
-        }
-        let snaps = &self.shared.images.snaps;
-        let _ = snaps.unmount(&id);
-        let rootfs = snaps
-            .mount(&id, &ready.chain)
-            .map_err(|e| ("CreateContainerError".to_string(), shim::error_chain(&e)))?;
+        let (images, cid, chain) = (self.shared.images.clone(), id.clone(), ready.chain.clone());
+        let rootfs = tokio::task::spawn_blocking(move || {
+            if let Ok(old) = rt.load(&cid) {
+                old.delete(true).map_err(|e| cfg_err(&e))?;
+            }
+            let _ = images.snaps.unmount(&cid);
+            images
+                .snaps
+                .mount(&cid, &chain)
+                .map_err(|e| ("CreateContainerError".to_string(), shim::error_chain(&e)))
+        })
+        .await
+        .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))??;
         let inputs = SpecInputs {
             sandbox: &self.sandbox,
             env,

@@ -4,7 +4,7 @@
 //! Layout under the root given to [`Snapshots::open`]:
 //!
 //! ```text
-//! <root>/lock                                  flock: mount and gc exclude each other
+//! <root>/snapshots.lock                        flock: mount and gc exclude each other
 //! <root>/snapshots/<chain hex>/fs              one layer, as overlayfs reads a lower layer
 //! <root>/snapshots/.tmp-<pid>-<n>-<hex>/fs     an unpack in progress (renamed into place)
 //! <root>/containers/<id>/lowers.json           the chain ids mounted, bottom-most first
@@ -751,9 +751,11 @@ impl Snapshots {
             })
     }
 
-    /// Takes the root's lock (mount and gc exclude each other).
+    /// Takes the snapshots' lock (mount and gc exclude each other). Not the image store's
+    /// `<root>/lock`, which a pull holds shared from its first blob to its record: a
+    /// container's mount must not wait for some other image's download.
     fn lock(&self) -> Result<Flock<File>, SnapshotError> {
-        let path = self.root.join("lock");
+        let path = self.root.join("snapshots.lock");
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -807,6 +809,26 @@ mod tests {
             d("sha256:fa7d490d3f2abf7b2a801a854c9a7d724233fc1c61dc3b6794bbc3766f5e6dc7"),
         ];
         assert_eq!(chain, expected);
+    }
+
+    #[test]
+    fn a_pull_in_progress_does_not_hold_up_mounts() {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(root.path()).unwrap();
+        let snaps = Snapshots::open(root.path()).unwrap();
+        // what a pull holds from its first blob until its record is stored
+        let _lease = store.lease().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // gc takes the same lock as mount
+            let _ = tx.send(snaps.gc(&HashSet::new()).map_err(|e| e.to_string()));
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(
+            done,
+            Ok(Ok(0)),
+            "the snapshots' lock waited for the store's lease"
+        );
     }
 
     #[test]
