@@ -1341,10 +1341,17 @@ impl Worker {
         if running.is_empty() {
             return;
         }
-        let signal = |sig: Signal| {
+        // as containerd for the kubelet: the stop signal (the image's, else SIGTERM) goes
+        // to each container's init, which passes it on to its children as it sees fit;
+        // SIGKILL goes to every process
+        let signal = |sig: Option<i32>| {
             for (id, _) in running {
                 if let Ok(mut c) = rt.load(id) {
-                    if let Err(e) = c.kill(sig as i32, true) {
+                    let (sig, all) = match sig {
+                        Some(sig) => (sig, true),
+                        None => (stop_signal(&c), false),
+                    };
+                    if let Err(e) = c.kill(sig, all) {
                         tracing::debug!(container = %id, error = %e, "cannot signal container");
                     }
                 }
@@ -1360,14 +1367,14 @@ impl Worker {
         };
         if !grace.is_zero() {
             let grace = self.pre_stop(running, grace).await;
-            signal(Signal::SIGTERM);
+            signal(None);
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline && !all_exited(running) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         if !all_exited(running) {
-            signal(Signal::SIGKILL);
+            signal(Some(Signal::SIGKILL as i32));
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && !all_exited(running) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1447,7 +1454,18 @@ fn named_ports(c: &Container) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// "Liveness", "Readiness" or "Startup", as the kubelet's probe events name them.
+/// The signal that asks container `c` to stop: its image's `StopSignal` (recorded in its
+/// runtime config), else SIGTERM.
+fn stop_signal(c: &skiff_runtime::Container) -> i32 {
+    let Some(s) = c.state().annotations.get(skiff_rootfs::spec::STOP_SIGNAL) else {
+        return Signal::SIGTERM as i32;
+    };
+    skiff_runtime::signal::parse(s).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the image's stop signal is unknown: sending SIGTERM");
+        Signal::SIGTERM as i32
+    })
+}
+
 /// The grace period of a container killed by a failed probe: the probe's
 /// `terminationGracePeriodSeconds`, else the pod's, else 30 s (the kubelet's rule; a pending
 /// deletion's shorter grace does not apply here).
@@ -1464,6 +1482,7 @@ pub fn probe_kill_grace(pod: &Pod, probe: Option<&k8s_openapi::api::core::v1::Pr
     Duration::from_secs(secs as u64)
 }
 
+/// "Liveness", "Readiness" or "Startup", as the kubelet's probe events name them.
 fn probe_title(kind: &str) -> &'static str {
     match kind {
         "liveness" => "Liveness",

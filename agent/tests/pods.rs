@@ -402,19 +402,50 @@ async fn completion_oom_kill_and_sigterm_grace() {
         Some(serde_json::from_value(json!({"limits": {"memory": "32Mi"}})).unwrap());
     pods.create(&PostParams::default(), &oom).await.unwrap();
     // a SIGTERM trap that writes to a hostPath file and exits: the pod goes well before the
-    // 20 s grace period, and the trap ran
-    let mut term = pod(
+    // 20 s grace period, and the trap ran. Only init gets the signal (as with containerd):
+    // the child's trap, which would write at once, never runs while init waits a second.
+    let host_pod = |name: &str, image: &str, script: &str| {
+        let mut p = pod(
+            name,
+            "n-end",
+            image,
+            script,
+            json!({"terminationGracePeriodSeconds": 20,
+                   "volumes": [{"name": "h", "hostPath": {"path": node.dir.path(), "type": "Directory"}}]}),
+        );
+        p.spec.as_mut().unwrap().containers[0].volume_mounts = Some(vec![
+            serde_json::from_value(json!({"name": "h", "mountPath": "/host"})).unwrap(),
+        ]);
+        p
+    };
+    let term = host_pod(
         "term",
-        "n-end",
         &c.image,
-        "trap 'echo got TERM > /host/marker; exit 0' TERM; while true; do sleep 0.1; done",
-        json!({"terminationGracePeriodSeconds": 20,
-               "volumes": [{"name": "h", "hostPath": {"path": node.dir.path(), "type": "Directory"}}]}),
+        "(trap 'echo child got TERM > /host/child; exit 0' TERM; while true; do sleep 0.1; done) &
+         trap 'sleep 1; echo got TERM > /host/marker; exit 0' TERM; while true; do sleep 0.1; done",
     );
-    term.spec.as_mut().unwrap().containers[0].volume_mounts = Some(vec![
-        serde_json::from_value(json!({"name": "h", "mountPath": "/host"})).unwrap(),
-    ]);
     pods.create(&PostParams::default(), &term).await.unwrap();
+    // an image whose config says STOPSIGNAL SIGQUIT: that signal, not SIGTERM
+    let layout = c._images.path().join("oci");
+    common::run(std::process::Command::new("umoci").args([
+        "config",
+        "--image",
+        &format!("{}:latest", layout.display()),
+        "--tag",
+        "quit",
+        "--config.stopsignal",
+        "SIGQUIT",
+    ]));
+    c._registry.push(&layout, "quit", "busybox:quit", &[]);
+    let quit_image = c._registry.reference("busybox:quit");
+    let quit = host_pod(
+        "quit",
+        &quit_image,
+        "trap 'echo got TERM > /host/quit; exit 0' TERM
+         trap 'echo got QUIT > /host/quit; exit 0' QUIT
+         while true; do sleep 0.1; done",
+    );
+    pods.create(&PostParams::default(), &quit).await.unwrap();
 
     let done = wait_pod(&pods, "done", "pod Succeeded", 60, &node, |p| {
         (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then(|| p.clone())
@@ -455,10 +486,14 @@ async fn completion_oom_kill_and_sigterm_grace() {
     );
 
     wait_pod(&pods, "term", "pod Running", 60, &node, running_ready).await;
+    wait_pod(&pods, "quit", "pod Running", 60, &node, running_ready).await;
     let started = std::time::Instant::now();
     pods.delete("term", &DeleteParams::default()).await.unwrap();
-    api_common::wait_for("pod gone", Duration::from_secs(30), || async {
-        matches!(pods.get_opt("term").await, Ok(None)).then_some(())
+    pods.delete("quit", &DeleteParams::default()).await.unwrap();
+    api_common::wait_for("pods gone", Duration::from_secs(30), || async {
+        let term = pods.get_opt("term").await.ok()?;
+        let quit = pods.get_opt("quit").await.ok()?;
+        (term.is_none() && quit.is_none()).then_some(())
     })
     .await;
     assert!(
@@ -469,6 +504,14 @@ async fn completion_oom_kill_and_sigterm_grace() {
     assert_eq!(
         std::fs::read_to_string(node.path("marker")).unwrap(),
         "got TERM\n"
+    );
+    assert!(
+        !node.path("child").exists(),
+        "the stop signal reached init's child too"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.path("quit")).unwrap(),
+        "got QUIT\n"
     );
     for name in ["done", "oom"] {
         pods.delete(name, &DeleteParams::default()).await.unwrap();

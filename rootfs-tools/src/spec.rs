@@ -97,6 +97,10 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
+/// The runtime config annotation that carries the image's `StopSignal` (the OCI image
+/// spec's conversion rules), the signal that asks the container to stop.
+pub const STOP_SIGNAL: &str = "org.opencontainers.image.stopSignal";
+
 /// The PATH used when the image sets none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -332,8 +336,13 @@ pub fn build_spec(
     root.set_readonly(Some(opts.read_only_rootfs));
     spec.set_root(Some(root));
     spec.set_hostname(opts.hostname.clone());
-    if !opts.annotations.is_empty() {
-        spec.set_annotations(Some(opts.annotations.clone()));
+    let mut annotations = opts.annotations.clone();
+    if let Some(sig) = cfg.stop_signal().clone().filter(|s| !s.is_empty()) {
+        // as the image spec's conversion to a runtime config says; `stop` sends it
+        annotations.entry(STOP_SIGNAL.to_string()).or_insert(sig);
+    }
+    if !annotations.is_empty() {
+        spec.set_annotations(Some(annotations));
     }
 
     let mut linux = spec.linux().clone().unwrap_or_default();
@@ -442,7 +451,7 @@ mod tests {
         let image: ImageConfiguration = serde_json::from_value(serde_json::json!({
             "architecture": "amd64", "os": "linux",
             "config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"], "Env": ["A=1"],
-                       "WorkingDir": "/srv", "User": "web"},
+                       "WorkingDir": "/srv", "User": "web", "StopSignal": "SIGQUIT"},
             "rootfs": {"type": "layers", "diff_ids": []}
         }))
         .unwrap();
@@ -463,6 +472,10 @@ mod tests {
         assert!(env.contains(&"HOME=/home/web".to_string()));
         assert_eq!(p.cwd(), Path::new("/srv"));
         assert_eq!(p.user().uid(), 1000);
+        assert_eq!(
+            spec.annotations().as_ref().unwrap().get(STOP_SIGNAL),
+            Some(&"SIGQUIT".to_string())
+        );
         let caps = p
             .capabilities()
             .as_ref()
