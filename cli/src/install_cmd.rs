@@ -509,9 +509,15 @@ pub fn install(
     // the mount before the services, so that they run from it; a fresh install's mount is
     // started, an update's stays (the new binary shows through it)
     systemctl(&["enable", "--now", &mount])?;
-    let mut enable = vec!["enable", "--now"];
+    let mut enable = vec!["enable"];
     enable.extend(units.iter().copied());
     systemctl(&enable)?;
+    // started, or restarted when they ran already (an update or a new config), as k3s's
+    // installer does: the services then run the binary and config just installed. Running
+    // pods stay (KillMode=process) and the restarted agent adopts them.
+    let mut restart = vec!["restart"];
+    restart.extend(units.iter().copied());
+    systemctl(&restart)?;
     for u in &units {
         wait_active(u, Duration::from_secs(60))?;
     }

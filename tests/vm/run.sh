@@ -12,6 +12,8 @@
 #      from the pod's cgroup v2 files (`cpu.max`, `memory.max`);
 #   4. the sample web Deployment (examples/sample-web.yaml, image from scripts/sample-image.sh)
 #      answers on its NodePort from every replica;
+#   4b. `skiff install` again (an update) restarts both services, and the pods keep running
+#      (same processes, no container restart) and serving;
 #   5. `skiff uninstall` leaves no unit, binary, config, state, cgroup, mount, bridge, nftables
 #      table or skiff process behind.
 #
@@ -313,6 +315,40 @@ log "NodePort 30080 answered: $(echo "$answers" | tr '\n' ';')"
 [ "$(echo "$answers" | grep -c 'hello from sample-web-')" -eq 3 ] ||
     { echo "$0: not every sample-web replica answered on the NodePort" >&2; exit 1; }
 
+# --- 4b. update: `skiff install` again restarts both services; the pods keep running ----------
+log "skiff install again (an update)"
+pids_before=$(guest 'systemctl show -p MainPID --value skiff-master skiff-agent | tr "\n" " "')
+sleeper_before=$(guest "cat $cg/cgroup.procs | sort | tr '\n' ' '")
+guest '/mnt/host/skiff install' >&2
+pids_after=$(guest 'systemctl show -p MainPID --value skiff-master skiff-agent | tr "\n" " "')
+log "master and agent pids: $pids_before-> $pids_after"
+for p in $pids_before; do
+    case " $pids_after " in *" $p "*) echo "$0: the update did not restart the service with pid $p" >&2; exit 1 ;; esac
+done
+guest 'export KUBECONFIG=/etc/skiff/admin.kubeconfig K=/mnt/host/kubectl
+    for i in $(seq 120); do $K get node skiff-vm -o jsonpath="{.status.conditions[?(@.type==\"Ready\")].status}" 2>/dev/null | grep -qx True && break; sleep 1; done
+    $K wait --for=condition=Ready node/skiff-vm pod/limited --timeout=60s
+    $K rollout status deploy/sample-web --timeout=120s' >&2
+sleeper_after=$(guest "cat $cg/cgroup.procs | sort | tr '\n' ' '")
+restarts=$(guest 'KUBECONFIG=/etc/skiff/admin.kubeconfig /mnt/host/kubectl get pod limited -o jsonpath={.status.containerStatuses[0].restartCount}')
+log "the pod's processes: $sleeper_before-> $sleeper_after, restartCount $restarts"
+[ "$sleeper_before" = "$sleeper_after" ] && [ "$restarts" = 0 ] ||
+    { echo "$0: the pod did not keep running across the update" >&2; exit 1; }
+# the restarted agent's proxy writes its rules again; then every request must be answered
+guest 'for i in $(seq 30); do
+        timeout 10 bash -c "exec 3<>/dev/tcp/10.0.2.15/30080
+            printf \"GET / HTTP/1.0\r\nHost: 10.0.2.15\r\n\r\n\" >&3; cat <&3" 2>/dev/null |
+            grep -q "hello from sample-web-" && break
+        sleep 1
+    done'
+answers=$(guest 'for i in $(seq 10); do
+        timeout 10 bash -c "exec 3<>/dev/tcp/10.0.2.15/30080
+            printf \"GET / HTTP/1.0\r\nHost: 10.0.2.15\r\n\r\n\" >&3; cat <&3" |
+            grep -c "hello from sample-web-"
+    done 2>&1 | grep -c "^1$"')
+log "NodePort 30080 after the update: $answers of 10 answered"
+[ "$answers" -eq 10 ] || { echo "$0: the sample web app did not answer after the update" >&2; exit 1; }
+
 # --- 5. uninstall ----------------------------------------------------------------------------
 log "skiff uninstall"
 guest 'skiff uninstall' >&2
@@ -332,4 +368,4 @@ if [ "${SKIFF_VM_KEEP:-0}" = 1 ]; then
     log "the VM keeps running: ssh ${ssh_opts[*]} root@127.0.0.1 (qemu pid $qemu_pid)"
 fi
 [ "$failed" -eq 0 ] || { echo "$0: runtime tests failed in the VM" >&2; exit 1; }
-log "passed: install, units active, runtime tests, cgroup v2 limits, sample web app, uninstall"
+log "passed: install, units active, runtime tests, cgroup v2 limits, sample web app, update, uninstall"
