@@ -98,7 +98,18 @@ pub async fn run(
     }
     let tls = server::tls_config(&config)?;
     let cfg = std::sync::Arc::new(config);
-    node::register(&client, &cfg).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // as the kubelet: until the API server takes the Node, retry (100 ms doubling to 7 s);
+    // a master that starts later, or restarts with its agents, is no reason to exit
+    let mut delay = std::time::Duration::from_millis(100);
+    while let Err(e) = node::register(&client, &cfg).await {
+        tracing::warn!(error = %e, retry_in = ?delay, "unable to register the node with the API server");
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(7));
+    }
     tracing::info!(node = %cfg.node_name, "node registered");
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
     let endpoint = tokio::spawn(server::serve(listener, tls, cfg.clone(), client.clone()));
@@ -111,7 +122,7 @@ pub async fn run(
         pods::run(c, pcfg, network).await
     });
     let result = tokio::select! {
-        _ = shutdown => Ok(()),
+        _ = &mut shutdown => Ok(()),
         r = &mut pods => match r {
             Ok(r) => r,
             Err(e) => Err(Error::Task(e.to_string())),

@@ -86,6 +86,55 @@ async fn node_registers_with_lease_and_status() {
     assert!(spec.renew_time.is_some());
 }
 
+/// An agent whose master does not answer yet (not started, or restarting with it) waits and
+/// registers once it does, instead of exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_started_before_its_master_registers_when_it_answers() {
+    let c = cluster().await;
+    // the master is reached through a port where nothing listens yet
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut node = TestNode::unstarted(
+        &c.server,
+        "n-early",
+        &["--pod-network", "none", "--proxy=false", "--dns=false"],
+    );
+    let server = node.args.iter().position(|a| a == "--server").unwrap() + 1;
+    node.args[server] = format!("https://127.0.0.1:{port}");
+    node.start_agent();
+    api_common::wait_for("a failed registration", Duration::from_secs(20), || async {
+        node.log()
+            .contains("unable to register the node with the API server")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        node.agent.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the agent exited:\n{}",
+        node.log()
+    );
+    // now the master answers there
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let master = c.server.handle.addr;
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(master).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    wait_node_ready(&c.client, &node).await;
+    assert!(node.log().contains("node registered"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_runs_with_logs_env_and_deletion_removes_everything() {
     let c = cluster().await;

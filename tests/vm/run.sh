@@ -321,10 +321,14 @@ pids_before=$(guest 'systemctl show -p MainPID --value skiff-master skiff-agent 
 sleeper_before=$(guest "cat $cg/cgroup.procs | sort | tr '\n' ' '")
 guest '/mnt/host/skiff install' >&2
 pids_after=$(guest 'systemctl show -p MainPID --value skiff-master skiff-agent | tr "\n" " "')
-log "master and agent pids: $pids_before-> $pids_after"
+# no automatic restart either: an agent restarted together with its master waits for it
+restarts_auto=$(guest 'systemctl show -p NRestarts --value skiff-master skiff-agent | xargs')
+log "master and agent pids: $pids_before-> $pids_after, automatic restarts: $restarts_auto"
 for p in $pids_before; do
     case " $pids_after " in *" $p "*) echo "$0: the update did not restart the service with pid $p" >&2; exit 1 ;; esac
 done
+case " $pids_after " in *" 0 "*) echo "$0: a service is not running after the update" >&2; exit 1 ;; esac
+[ "$restarts_auto" = "0 0" ] || { guest journalctl -u skiff-agent -u skiff-master --no-pager | grep -v " INFO " | tail -20 >&2; echo "$0: a service failed and systemd restarted it" >&2; exit 1; }
 guest 'export KUBECONFIG=/etc/skiff/admin.kubeconfig K=/mnt/host/kubectl
     for i in $(seq 120); do $K get node skiff-vm -o jsonpath="{.status.conditions[?(@.type==\"Ready\")].status}" 2>/dev/null | grep -qx True && break; sleep 1; done
     $K wait --for=condition=Ready node/skiff-vm pod/limited --timeout=60s

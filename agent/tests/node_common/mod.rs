@@ -69,6 +69,13 @@ impl TestNode {
     }
 
     pub fn with_args(server: &api_common::TestServer, name: &str, extra: &[&str]) -> TestNode {
+        let mut n = TestNode::unstarted(server, name, extra);
+        n.start_agent();
+        n
+    }
+
+    /// A node as [`TestNode::with_args`] makes it, its agent not started yet.
+    pub fn unstarted(server: &api_common::TestServer, name: &str, extra: &[&str]) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("skiff-test-{}-{name}", std::process::id());
         let p = |s: &str| dir.path().join(s).display().to_string();
@@ -106,15 +113,13 @@ impl TestNode {
             .chain(eviction_off)
             .chain(extra.iter().map(|s| s.to_string()))
             .collect();
-        let mut n = TestNode {
+        TestNode {
             dir,
             prefix,
             name: name.into(),
             args,
             agent: None,
-        };
-        n.start_agent();
-        n
+        }
     }
 
     pub fn start_agent(&mut self) {
