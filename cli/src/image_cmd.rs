@@ -269,13 +269,17 @@ pub fn main(cli: ImageCli) -> Result<i32> {
             }
         }
         Verb::Prune => {
-            let report = store.gc()?;
-            let mut keep = std::collections::HashSet::new();
-            for rec in store.list_images()? {
-                let diff: Vec<_> = rec.layers.iter().map(|l| l.diff_id.clone()).collect();
-                keep.extend(chain_ids(&diff));
-            }
-            let snaps_removed = snaps.gc(&keep)?;
+            // the snapshots' gc under the store's lock too: a pull in another process
+            // cannot record an image (whose layers it then unpacks) between the list of
+            // images and the snapshots' removal
+            let (report, snaps_removed) = store.gc_then(|store| -> Result<usize> {
+                let mut keep = std::collections::HashSet::new();
+                for rec in store.list_images()? {
+                    let diff: Vec<_> = rec.layers.iter().map(|l| l.diff_id.clone()).collect();
+                    keep.extend(chain_ids(&diff));
+                }
+                Ok(snaps.gc(&keep)?)
+            })?;
             println!(
                 "removed {} blobs ({}) and {} snapshots",
                 report.blobs.len(),

@@ -549,6 +549,28 @@ fn one_layer_image_is_pulled_listed_inspected_and_run() {
         "{:?}",
         env.entries("snapshots")
     );
+
+    // untagged and pruned: blobs and snapshots go; not while a pull holds its lease
+    env.image(&["rm", &image]).ok();
+    assert!(env.image_names().is_empty());
+    let store = skiff_rootfs::store::Store::open(&env.root).unwrap();
+    let lease = store.lease().unwrap();
+    let busy = env.image(&["prune"]).failed();
+    assert!(busy.stderr.contains("in use by a pull"), "{}", busy.stderr);
+    assert_eq!(env.entries("snapshots").len(), 2);
+    drop(lease);
+    let pruned = env.image(&["prune"]).ok();
+    assert!(
+        pruned.stdout.starts_with("removed 4 blobs")
+            && pruned.stdout.trim_end().ends_with("and 2 snapshots"),
+        "{}",
+        pruned.stdout
+    );
+    assert!(
+        env.entries("snapshots").is_empty(),
+        "{:?}",
+        env.entries("snapshots")
+    );
 }
 
 // ---------------------------------------------------------------------------------------

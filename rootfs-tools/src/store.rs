@@ -679,6 +679,23 @@ impl Store {
     /// [`INGEST_MAX_AGE`]. Fails with [`StoreError::Busy`] while a lease is held.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         let _exclusive = self.lock(FlockArg::LockExclusiveNonblock)?;
+        self.gc_locked()
+    }
+
+    /// [`Store::gc`], then `then` while gc's exclusive lock is still held: no pull stores a
+    /// blob or an image record meanwhile (its lease waits), so the images `then` reads are
+    /// the ones that stay. A prune needs that to compute the snapshots to keep.
+    pub fn gc_then<T, E: From<StoreError>>(
+        &self,
+        then: impl FnOnce(&Store) -> Result<T, E>,
+    ) -> Result<(GcReport, T), E> {
+        let _exclusive = self.lock(FlockArg::LockExclusiveNonblock)?;
+        let report = self.gc_locked()?;
+        Ok((report, then(self)?))
+    }
+
+    /// The work of [`Store::gc`]; the caller holds the exclusive lock.
+    fn gc_locked(&self) -> Result<GcReport, StoreError> {
         let keep = self.referenced_blobs()?;
         let mut report = GcReport::default();
         for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {

@@ -437,6 +437,25 @@ fn gc_removes_exactly_the_unreferenced_blobs() {
     let again = store.gc().unwrap();
     assert!(again.blobs.is_empty());
     assert_eq!(again.bytes(), 0);
+
+    // gc_then: a pull that starts meanwhile (its lease) waits until `then` is done
+    let (report, leased) = store
+        .gc_then(|s| {
+            let s = s.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let lease = s.lease();
+                let _ = tx.send(lease.is_ok());
+            });
+            assert!(
+                rx.recv_timeout(Duration::from_millis(300)).is_err(),
+                "a lease was granted while gc_then ran"
+            );
+            Ok::<_, StoreError>(rx)
+        })
+        .unwrap();
+    assert!(report.blobs.is_empty());
+    assert_eq!(leased.recv_timeout(Duration::from_secs(10)), Ok(true));
 }
 
 /// Content of the blob the killed writer downloads.
