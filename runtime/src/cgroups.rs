@@ -1,18 +1,26 @@
-//! cgroups for containers, through youki's `libcgroups`.
+//! cgroups for containers: cgroup v2 through youki's `libcgroups`, cgroup v1 (legacy and
+//! hybrid hosts) through [`v1`], written directly to cgroupfs.
 //!
 //! Why libcgroups and not cgroups-rs: it takes oci-spec's `LinuxResources` directly (the
-//! same oci-spec 0.10 we use), detects v1, v2 and hybrid hosts itself, and covers freezer,
-//! stats and pid listing; cgroups-rs would pull zbus and a second, older nix. On a hybrid
-//! host (v1 controllers plus an empty v2 hierarchy) the v1 controllers do the work.
+//! same oci-spec 0.10 we use), handles v2's controllers, freezer and stats itself, and covers
+//! pid listing; cgroups-rs would pull zbus and a second, older nix. Its v1 manager, though,
+//! reads `/proc/self/mountinfo` and `/proc/self/cgroup` once per controller when it is
+//! opened, most of a container start's work on a v1 host; [`v1`] reads the hierarchies once
+//! and keeps libcgroups' v1 manager for statistics only. On a hybrid host (v1 controllers
+//! plus a v2 hierarchy) the v1 controllers do the work.
 
+use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{
     AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState,
     create_cgroup_manager_with_root,
 };
+use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
+
+pub mod v1;
 
 /// Where cgroupfs is mounted unless told otherwise.
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -45,7 +53,17 @@ pub struct Cgroup {
     /// Where cgroupfs is mounted (the unified hierarchy's root on cgroup v2).
     root: PathBuf,
     path: PathBuf,
-    manager: AnyCgroupManager,
+    backend: Backend,
+}
+
+enum Backend {
+    /// cgroup v1: the directories are ours; libcgroups' manager is opened for stats only.
+    V1 {
+        cgroup: v1::V1Cgroup,
+        stats: OnceCell<libcgroups::v1::Manager>,
+    },
+    /// cgroup v2 (and systemd) through libcgroups.
+    Managed(AnyCgroupManager),
 }
 
 impl std::fmt::Debug for Cgroup {
@@ -81,23 +99,37 @@ pub fn path_for(spec_path: Option<&Path>, id: &str, systemd: bool) -> PathBuf {
 
 impl Cgroup {
     /// Opens (without creating) the cgroup at `path` under `root` (default /sys/fs/cgroup).
+    /// `root` decides between v2 (a cgroup2 mount) and v1; v1 hierarchies are found in
+    /// this process's mountinfo, wherever they are mounted.
     pub fn open(root: Option<&Path>, path: &Path) -> Result<Cgroup, CgroupError> {
-        let config = CgroupConfig {
-            cgroup_path: path.to_path_buf(),
-            systemd_cgroup: false,
-            container_name: String::new(),
-        };
         let root = root.unwrap_or(Path::new(DEFAULT_CGROUP_ROOT));
-        let manager = create_cgroup_manager_with_root(Some(root), config).map_err(|e| {
-            CgroupError::Setup {
-                path: path.to_path_buf(),
-                message: e.to_string(),
+        let setup = |message: String| CgroupError::Setup {
+            path: path.to_path_buf(),
+            message,
+        };
+        let fs =
+            statfs(root).map_err(|e| setup(format!("no cgroupfs at {}: {e}", root.display())))?;
+        let backend = if fs.filesystem_type() == CGROUP2_SUPER_MAGIC {
+            let config = CgroupConfig {
+                cgroup_path: path.to_path_buf(),
+                systemd_cgroup: false,
+                container_name: String::new(),
+            };
+            let manager = create_cgroup_manager_with_root(Some(root), config)
+                .map_err(|e| setup(e.to_string()))?;
+            Backend::Managed(manager)
+        } else {
+            let hierarchies = v1::Hierarchies::read().map_err(|e| setup(e.to_string()))?;
+            let cgroup = v1::V1Cgroup::new(&hierarchies, path).map_err(|e| setup(e.to_string()))?;
+            Backend::V1 {
+                cgroup,
+                stats: OnceCell::new(),
             }
-        })?;
+        };
         Ok(Cgroup {
             root: root.to_path_buf(),
             path: path.to_path_buf(),
-            manager,
+            backend,
         })
     }
 
@@ -123,7 +155,11 @@ impl Cgroup {
         // libcgroups' v2 manager makes each missing directory of the path after an exists()
         // check, so two containers created at once under a new parent (`/skiff` on a freshly
         // booted node) race for it and one fails with EEXIST. create_dir_all does not.
-        if let (AnyCgroupManager::V2(_), Some(parent)) = (&self.manager, self.path.parent()) {
+        let manager = match &self.backend {
+            Backend::V1 { cgroup, .. } => return self.op("add a process to", cgroup.add(pid)),
+            Backend::Managed(m) => m,
+        };
+        if let (AnyCgroupManager::V2(_), Some(parent)) = (manager, self.path.parent()) {
             let dir = self.root.join(parent.strip_prefix("/").unwrap_or(parent));
             std::fs::create_dir_all(&dir).map_err(|e| CgroupError::Op {
                 op: "create the parent of",
@@ -131,47 +167,81 @@ impl Cgroup {
                 message: format!("{}: {e}", dir.display()),
             })?;
         }
-        self.op("add a process to", self.manager.add_task(pid))
+        self.op("add a process to", manager.add_task(pid))
     }
 
     /// Applies resource limits.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
-        let opt = ControllerOpt {
-            resources,
-            disable_oom_killer: resources
-                .memory()
-                .as_ref()
-                .and_then(|m| m.disable_oom_killer())
-                .unwrap_or(false),
-            oom_score_adj: None,
-            freezer_state: None,
-        };
-        self.op("apply resources to", self.manager.apply(&opt))
+        let disable_oom_killer = resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.disable_oom_killer())
+            .unwrap_or(false);
+        match &self.backend {
+            Backend::V1 { cgroup, .. } => self.op(
+                "apply resources to",
+                cgroup.apply(resources, disable_oom_killer),
+            ),
+            Backend::Managed(m) => {
+                let opt = ControllerOpt {
+                    resources,
+                    disable_oom_killer,
+                    oom_score_adj: None,
+                    freezer_state: None,
+                };
+                self.op("apply resources to", m.apply(&opt))
+            }
+        }
     }
 
     /// Freezes (pause) or thaws (resume) every process in the cgroup.
     pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
-        let state = if frozen {
-            FreezerState::Frozen
-        } else {
-            FreezerState::Thawed
-        };
-        self.op("freeze", self.manager.freeze(state))
+        let op = if frozen { "freeze" } else { "thaw" };
+        match &self.backend {
+            Backend::V1 { cgroup, .. } => self.op(op, cgroup.set_frozen(frozen)),
+            Backend::Managed(m) => {
+                let state = if frozen {
+                    FreezerState::Frozen
+                } else {
+                    FreezerState::Thawed
+                };
+                self.op(op, m.freeze(state))
+            }
+        }
     }
 
     /// Usage figures (cpu, memory, pids, blkio, hugetlb).
     pub fn stats(&self) -> Result<libcgroups::stats::Stats, CgroupError> {
-        self.op("read stats of", self.manager.stats())
+        match &self.backend {
+            Backend::V1 { stats, .. } => {
+                let manager = match stats.get() {
+                    Some(m) => m,
+                    None => {
+                        let m = libcgroups::v1::Manager::new(&self.path);
+                        let m = self.op("read stats of", m)?;
+                        stats.get_or_init(|| m)
+                    }
+                };
+                self.op("read stats of", manager.stats())
+            }
+            Backend::Managed(m) => self.op("read stats of", m.stats()),
+        }
     }
 
     /// Every pid in the cgroup.
     pub fn pids(&self) -> Result<Vec<Pid>, CgroupError> {
-        self.op("list processes of", self.manager.get_all_pids())
+        match &self.backend {
+            Backend::V1 { cgroup, .. } => self.op("list processes of", cgroup.pids()),
+            Backend::Managed(m) => self.op("list processes of", m.get_all_pids()),
+        }
     }
 
     /// Kills what is left and removes the cgroup directories.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        self.op("remove", self.manager.remove())
+        match &self.backend {
+            Backend::V1 { cgroup, .. } => self.op("remove", cgroup.remove()),
+            Backend::Managed(m) => self.op("remove", m.remove()),
+        }
     }
 }
 

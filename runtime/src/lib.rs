@@ -11,7 +11,7 @@
 //! applies the process attributes and waits on `exec.fifo` until `start`.
 #![deny(missing_docs)]
 
-/// cgroups v1, v2 and hybrid through youki's `libcgroups`.
+/// cgroups: v2 through youki's `libcgroups`, v1 and hybrid written directly ([`cgroups::v1`]).
 pub mod cgroups;
 /// The typed parent/child channel used during container start.
 pub mod channel;
