@@ -680,17 +680,45 @@ impl Ctx {
 
     /// Resolves `path` (symlinks followed, never leaving the root).
     fn resolve(&self, path: &Path) -> Result<Handle, RootfsError> {
-        self.root
-            .resolve(path)
-            .map_err(|e| self.in_root_err("resolve", path, e))
+        match self.resolve_in_kernel(path) {
+            Some(Ok(h)) => Ok(h),
+            _ => self
+                .root
+                .resolve(path)
+                .map_err(|e| self.in_root_err("resolve", path, e)),
+        }
     }
 
     /// Resolves `path`, `None` when it (or a component) does not exist.
     fn resolve_optional(&self, path: &Path) -> Result<Option<Handle>, RootfsError> {
+        match self.resolve_in_kernel(path) {
+            Some(Ok(h)) => return Ok(Some(h)),
+            Some(Err(Errno::ENOENT)) => return Ok(None),
+            _ => {}
+        }
         match self.root.resolve(path) {
             Ok(h) => Ok(Some(h)),
             Err(e) if pathrs_errno(&e) == Some(Errno::ENOENT) => Ok(None),
             Err(e) => Err(self.in_root_err("resolve", path, e)),
+        }
+    }
+
+    /// The resolution libpathrs itself makes on kernels with `openat2` (5.6+): one
+    /// `openat2` with `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`, so symlinks and `..`
+    /// stay inside the root. Done here because libpathrs describes each failure, a
+    /// missing path included, with the root's path read back through a checked procfs
+    /// (about ten system calls), and a container start asks for a dozen paths that are
+    /// not there yet. `None`: ask libpathrs (no `openat2`, or `EAGAIN` from a concurrent
+    /// rename, which it retries).
+    fn resolve_in_kernel(&self, path: &Path) -> Option<Result<Handle, Errno>> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match nix::fcntl::openat2(self.root.as_fd().as_raw_fd(), path, how) {
+            Ok(fd) => Some(Ok(Handle::from_fd(crate::sys::owned_fd(fd)))),
+            Err(Errno::ENOSYS | Errno::EAGAIN | Errno::E2BIG | Errno::EINVAL) => None,
+            Err(e) => Some(Err(e)),
         }
     }
 
@@ -719,15 +747,15 @@ impl Ctx {
                 SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
             })
         };
-        match self.root.resolve(path) {
-            Ok(h) => return is_dir(&h).then_some(h),
-            Err(e) if pathrs_errno(&e) == Some(Errno::ENOENT) => {}
+        match self.resolve_optional(path) {
+            Ok(Some(h)) => return is_dir(&h).then_some(h),
+            Ok(None) => {}
             Err(_) => return None,
         }
         let Some(Component::Normal(leaf)) = path.components().next_back() else {
             return None;
         };
-        let parent = self.root.resolve(path.parent()?).ok()?;
+        let parent = self.resolve(path.parent()?).ok()?;
         if !is_dir(&parent) {
             return None;
         }

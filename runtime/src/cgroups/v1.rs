@@ -432,8 +432,12 @@ impl V1Cgroup {
     /// them). A directory already gone is fine.
     pub fn remove(&self) -> Result<()> {
         for (_, dir) in self.unique_dirs() {
-            if !dir.exists() {
-                continue;
+            // the common case, an empty cgroup with no children: one rmdir (the kernel
+            // refuses it, EBUSY, while a task or a child cgroup is left)
+            match fs::remove_dir(dir) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(_) => {}
             }
             let mut pids = Vec::new();
             collect_pids(dir, &mut pids)?;
