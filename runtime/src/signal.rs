@@ -20,7 +20,8 @@ pub fn parse(s: &str) -> Result<i32, UnknownSignal> {
     let unknown = || UnknownSignal(s.to_string());
     let t = s.trim();
     if let Ok(n) = t.parse::<i32>() {
-        return valid(n).ok_or_else(unknown);
+        // a number goes to kill(2) as given, as runc passes it: the kernel's 32 and 33 too
+        return (1..=RTMAX).contains(&n).then_some(n).ok_or_else(unknown);
     }
     let up = t.to_ascii_uppercase();
     let name = up.strip_prefix("SIG").unwrap_or(&up);
@@ -43,7 +44,7 @@ pub fn parse(s: &str) -> Result<i32, UnknownSignal> {
     n.and_then(valid).ok_or_else(unknown)
 }
 
-/// `n` if it is a signal a container process can be sent (1 to 64, not glibc's own 32 and 33).
+/// `n` if a name may stand for it (1 to 64, not glibc's own 32 and 33, which have none).
 fn valid(n: i32) -> Option<i32> {
     ((1..=31).contains(&n) || (RTMIN..=RTMAX).contains(&n)).then_some(n)
 }
@@ -76,7 +77,8 @@ mod tests {
             ("SIGRTMAX-2", Some(62)),
             ("37", Some(37)),
             ("0", None),
-            ("32", None),
+            ("32", Some(32)),
+            ("33", Some(33)),
             ("65", None),
             ("SIGRTMIN+31", None),
             ("SIGRTMIN-1", None),
