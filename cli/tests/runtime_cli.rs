@@ -1009,6 +1009,23 @@ fn kill_and_delete_leave_nothing_behind() -> Result<()> {
         !dirs.is_empty() && dirs.iter().all(|d| d.is_dir()),
         "no cgroup dirs: {dirs:?}"
     );
+    // on a v1 or hybrid host the container also joins the hierarchies without
+    // controllers (name=systemd, the v2 one), as runc and crun do
+    let mounts = host::mounts("self")?;
+    if mounts.iter().any(|m| m.fstype == "cgroup") {
+        let joined_only = mounts.iter().filter(|m| {
+            m.fstype == "cgroup2"
+                || (m.fstype == "cgroup" && m.super_options.iter().any(|o| o.starts_with("name=")))
+        });
+        for m in joined_only {
+            ensure!(
+                dirs.iter()
+                    .any(|d| d.starts_with(&m.mount_point) && d.ends_with(c.id())),
+                "not in the hierarchy at {}: {dirs:?}",
+                m.mount_point
+            );
+        }
+    }
     ensure!(
         rt.state_entries().iter().any(|e| e == c.id()),
         "no state entry while running"

@@ -95,10 +95,14 @@ pub const CONTROLLERS: [&str; 12] = [
     "freezer",
 ];
 
-/// Where each v1 controller's hierarchy is mounted.
+/// Where each v1 controller's hierarchy is mounted, and the hierarchies a container only
+/// joins: named ones without controllers (`name=systemd`) and, on a hybrid host, the v2
+/// one. runc and crun join those too, so that systemd and cgroup-v2-aware tools see the
+/// container's processes in the container's cgroup rather than in the runtime's service.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Hierarchies {
     mounts: BTreeMap<&'static str, PathBuf>,
+    membership: Vec<PathBuf>,
 }
 
 impl Hierarchies {
@@ -109,29 +113,42 @@ impl Hierarchies {
     }
 
     /// The hierarchies in a mountinfo text: each `cgroup` mount and the controllers its
-    /// super options name (`rw,cpu,cpuacct`). The first mount of a controller wins.
+    /// super options name (`rw,cpu,cpuacct`), each named hierarchy (`name=systemd`), and
+    /// the first `cgroup2` mount. The first mount of a hierarchy wins.
     pub fn parse(mountinfo: &str) -> Hierarchies {
         let mut mounts = BTreeMap::new();
+        let mut named: Vec<(String, PathBuf)> = Vec::new();
+        let mut unified = None;
         for line in mountinfo.lines() {
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
             };
             let mut right = right.split(' ');
-            if right.next() != Some("cgroup") {
-                continue;
-            }
+            let fs_type = right.next();
             let (Some(mount_point), Some(options)) = (left.split(' ').nth(4), right.nth(1)) else {
                 continue;
             };
-            for option in options.split(',') {
-                if let Some(name) = CONTROLLERS.iter().find(|c| **c == option) {
-                    mounts
-                        .entry(*name)
-                        .or_insert_with(|| PathBuf::from(unescape(mount_point)));
+            let mount_point = || PathBuf::from(unescape(mount_point));
+            match fs_type {
+                Some("cgroup2") => {
+                    unified.get_or_insert_with(mount_point);
                 }
+                Some("cgroup") => {
+                    for option in options.split(',') {
+                        if let Some(name) = CONTROLLERS.iter().find(|c| **c == option) {
+                            mounts.entry(*name).or_insert_with(mount_point);
+                        } else if let Some(name) = option.strip_prefix("name=") {
+                            if !named.iter().any(|(n, _)| n == name) {
+                                named.push((name.to_string(), mount_point()));
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
         }
-        Hierarchies { mounts }
+        let membership = named.into_iter().map(|(_, m)| m).chain(unified).collect();
+        Hierarchies { mounts, membership }
     }
 
     /// The mount point of `controller`'s hierarchy.
@@ -171,6 +188,8 @@ pub struct V1Cgroup {
     dirs: BTreeMap<&'static str, PathBuf>,
     /// Controller → its hierarchy's mount point.
     mounts: BTreeMap<&'static str, PathBuf>,
+    /// The directories in the hierarchies the container only joins.
+    membership: Vec<PathBuf>,
 }
 
 impl V1Cgroup {
@@ -188,6 +207,11 @@ impl V1Cgroup {
         Ok(V1Cgroup {
             dirs,
             mounts: hierarchies.mounts.clone(),
+            membership: hierarchies
+                .membership
+                .iter()
+                .map(|m| m.join(relative))
+                .collect(),
         })
     }
 
@@ -196,10 +220,12 @@ impl V1Cgroup {
         self.dirs.get(controller).map(PathBuf::as_path)
     }
 
-    /// Each directory once (co-mounted controllers share one).
+    /// Each directory once (co-mounted controllers share one), the controllers' first,
+    /// then those of the hierarchies the container only joins (labelled "").
     fn unique_dirs(&self) -> Vec<(&'static str, &Path)> {
         let mut seen: Vec<(&'static str, &Path)> = Vec::new();
-        for (c, d) in &self.dirs {
+        let all = self.dirs.iter().map(|(c, d)| (*c, d));
+        for (c, d) in all.chain(self.membership.iter().map(|d| ("", d))) {
             if !seen.iter().any(|(_, s)| *s == d.as_path()) {
                 seen.push((c, d));
             }
@@ -214,6 +240,16 @@ impl V1Cgroup {
     /// Creates the cgroup in every hierarchy and moves `pid` into it.
     pub fn add(&self, pid: Pid) -> Result<()> {
         for (controller, dir) in self.unique_dirs() {
+            if controller.is_empty() {
+                // no resources hang on these: a host that refuses costs a warning only
+                let joined = fs::create_dir_all(dir)
+                    .map_err(io("create", dir))
+                    .and_then(|()| write(dir, "cgroup.procs", pid));
+                if let Err(e) = joined {
+                    tracing::warn!(error = %e, "cannot join a cgroup hierarchy without controllers");
+                }
+                continue;
+            }
             fs::create_dir_all(dir).map_err(io("create", dir))?;
             if controller == "cpuset" || self.dir("cpuset") == Some(dir) {
                 // a new cpuset has empty cpus and mems, and takes no task until they are set
@@ -768,6 +804,11 @@ mod tests {
         .map(|(c, p)| (c, PathBuf::from(p)))
         .collect();
         assert_eq!(h.mounts, want);
+        let joined = [
+            PathBuf::from("/sys/fs/cgroup/systemd"),
+            PathBuf::from("/sys/fs/cgroup/unified"),
+        ];
+        assert_eq!(h.membership, joined);
         assert_eq!(
             Hierarchies::parse("garbage\n\n1 2 3 - cgroup").mounts.len(),
             0
@@ -821,6 +862,14 @@ mod tests {
                 mount.display()
             );
         }
+        // a named hierarchy the container only joins
+        let named = dir.path().join("named");
+        fs::create_dir_all(named.join("skiff/c1")).expect("mkdir");
+        fs::write(named.join("skiff/c1/cgroup.procs"), "").expect("write");
+        mountinfo += &format!(
+            "99 1 0:99 / {} rw - cgroup cgroup rw,xattr,name=fake\n",
+            named.display()
+        );
         let h = Hierarchies::parse(&mountinfo);
         let cgroup = V1Cgroup::new(&h, Path::new("/skiff/c1")).expect("cgroup");
         FakeFs { _dir: dir, cgroup }
@@ -957,6 +1006,8 @@ mod tests {
         );
         assert_eq!(f.read("cpuset", "cgroup.procs"), "42");
         assert_eq!(f.read("pids", "cgroup.procs"), "42");
+        let named = f.cgroup.membership[0].join("cgroup.procs");
+        assert_eq!(fs::read_to_string(named).expect("read"), "42");
     }
 
     #[test]
