@@ -9,7 +9,8 @@
 #   scripts/order-runtime-code.sh PATH-TO-SKIFF
 #
 # Then rebuild (`cargo build --release -p skiff` relinks with the new list) and commit the
-# list. A second round on the rebuilt binary changes it little (about 20 of 1,200 names).
+# list. The names of the previous list that the binary still has are kept (in front): a
+# round on a binary already laid out by the list misses some functions that run.
 #
 # Regenerate after a dependency or toolchain update: the file names functions by their
 # mangled names, whose hashes change with crate versions, the compiler and the release
@@ -114,4 +115,4 @@ if [ -e "$tracefs/uprobe_events" ] && "$helper" probe "$work/mnt/skiff" "$skiff"
 else
     echo "no uprobes: listing every candidate" >&2
 fi
-"$helper" write "$work" "$out"
+"$helper" write "$work" "$out" "$skiff"
