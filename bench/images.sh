@@ -22,7 +22,7 @@ for t in hyperfine docker-registry skopeo umoci; do
 done
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 cargo build --release -p skiff
-skiff=$(pwd)/target/release/skiff
+skiff=$(pwd)/target/$(rustc --print host-tuple)/release/skiff
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 
 work=$(mktemp -d /tmp/skiff-imgbench.XXXXXX)

@@ -14,7 +14,7 @@
 #   bench/pods.sh                 # N=100 PROFILE=debug
 #   N=20 PROFILE=perf bench/pods.sh
 # PROFILE is a cargo profile (debug, release, perf: see Cargo.toml); SKIP_BUILD=1 measures
-# the binary already in target/$PROFILE; KEEP_LOGS=DIR copies the master's and the agent's
+# the binary already in target/<host tuple>/$PROFILE; KEEP_LOGS=DIR copies the master's and the agent's
 # logs there; AGENT_WRAP runs the agent under a command (e.g. "perf record -g -o FILE --");
 # LAYOUT=installed runs master and agent from a read-only bind mount, as `skiff install` does
 # (default: from target/, where every shim re-executes itself through a read-only mount).
@@ -36,7 +36,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
         *) cargo build --profile "$PROFILE" -p skiff ;;
     esac
 fi
-skiff=$(pwd)/target/$PROFILE/skiff
+skiff=$(pwd)/target/$(rustc --print host-tuple)/$PROFILE/skiff
 
 work=$(mktemp -d /tmp/skiff-podbench.XXXXXX)
 prefix=skiff-bench-$$

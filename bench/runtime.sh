@@ -5,7 +5,7 @@
 #
 #   bench/runtime.sh                  # RUNS=50 WARMUP=5 TIME_RUNS=30
 #   RUNS=20 TIME_RUNS=10 bench/runtime.sh
-#   PROFILE=perf bench/runtime.sh     # build and measure target/perf/skiff instead
+#   PROFILE=perf bench/runtime.sh     # build and measure target/<host tuple>/perf/skiff instead
 #   SKIFF=path/to/skiff bench/runtime.sh   # measure this binary, build nothing
 #
 # Prints, per runtime: median wall time and mean CPU time user+sys (hyperfine, which reads
@@ -40,7 +40,7 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
 fi
 if [ -z "$SKIFF" ]; then
     cargo build --profile "$PROFILE" -p skiff
-    SKIFF=target/$PROFILE/skiff
+    SKIFF=target/$(rustc --print host-tuple)/$PROFILE/skiff
 fi
 [ -x "$SKIFF" ] || die "no skiff binary at $SKIFF"
 SKIFF=$(cd "$(dirname "$SKIFF")" && pwd)/$(basename "$SKIFF")

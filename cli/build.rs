@@ -4,24 +4,19 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={CODE_ORDER}");
     println!("cargo:rerun-if-env-changed=SKIFF_CODE_ORDER");
-    println!("cargo:rerun-if-env-changed=SKIFF_PIE");
     println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let gnu_linux = var("CARGO_CFG_TARGET_OS") == "linux" && var("CARGO_CFG_TARGET_ENV") == "gnu";
-    if gnu_linux && var("SKIFF_PIE") != "1" {
-        // Position-dependent, as Debian's runc, etcd and kubectl and upstream Kubernetes'
-        // binaries are: a PIE is loaded at a random address, so the loader rewrites every
-        // pointer in its static data (about 100k, 2.2 MB of `.data.rel.ro` and `.got`) at
-        // each start, in each process. That was half of a `skiff-runc run`'s page faults
-        // and 2 MiB of its resident memory. The price is that the binary's own code and data
-        // sit at a fixed address (stack, heap, mmap and the shared libraries stay
-        // randomised). SKIFF_PIE=1 builds a PIE instead (docs/runtime.md, "Start-up cost").
-        println!("cargo:rustc-link-arg-bins=-no-pie");
-    } else if gnu_linux {
-        // A PIE: its relative relocations packed as DT_RELR take 36 KB instead of 2.4 MB
-        // of `.rela.dyn` that every process read and kept resident. GNU ld >= 2.38 and
-        // glibc >= 2.36 do it; ld leaves it out when the C library cannot load it, and
-        // older ld ignores the option with a warning.
+    let static_crt = var("CARGO_CFG_TARGET_FEATURE")
+        .split(',')
+        .any(|f| f == "crt-static");
+    if gnu_linux && !static_crt {
+        // A dynamic build (`RUSTFLAGS= cargo build` overrides .cargo/config.toml's static
+        // one): a PIE whose relative relocations are packed as DT_RELR, 36 KB instead of
+        // 2.4 MB of `.rela.dyn` that every process reads and keeps resident. GNU ld >= 2.38
+        // and glibc >= 2.36 do it; ld leaves it out when the C library cannot load it, and
+        // older ld ignores the option with a warning. The static build has nothing to
+        // relocate: .cargo/config.toml links it position-dependent.
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
     // The runtime verbs' functions first in `.text`, next to each other (scripts/

@@ -2,7 +2,8 @@
 # Installs skiff on this machine as systemd services: a thin wrapper over `skiff install`
 # (docs/install.md). Usage, as root:
 #   scripts/install.sh [PATH-TO-SKIFF] [skiff install options…]
-# PATH-TO-SKIFF defaults to target/release/skiff, then target/debug/skiff of this checkout.
+# PATH-TO-SKIFF defaults to target/<host tuple>/release/skiff, then …/debug/skiff of this
+# checkout (.cargo/config.toml builds for the host tuple, `rustc --print host-tuple`).
 # A worker joins a master with: scripts/install.sh --server https://MASTER:6443 --token T --ca-file ca.crt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,8 @@ if [ $# -gt 0 ] && [ -x "$1" ] && [ -f "$1" ]; then
     bin=$1
     shift
 fi
-for candidate in target/release/skiff target/debug/skiff; do
+host=$(rustc --print host-tuple 2>/dev/null || true)
+for candidate in "target/$host/release/skiff" "target/$host/debug/skiff"; do
     [ -n "$bin" ] || { [ -x "$candidate" ] && bin=$candidate; }
 done
 [ -n "$bin" ] || { echo "$0: no skiff binary: build it (cargo build --release -p skiff) or give its path" >&2; exit 1; }

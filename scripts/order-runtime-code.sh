@@ -28,7 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-skiff=${1:-target/release/skiff}
+skiff=${1:-target/$(rustc --print host-tuple)/release/skiff}
 out=cli/runtime-code.order
 
 die() {

@@ -49,7 +49,7 @@ else
         . "$HOME/.cargo/env"
     fi
     cargo build --release -p skiff
-    bin=target/release/skiff
+    bin=target/$(rustc --print host-tuple)/release/skiff
 fi
 if ! cmp -s "$bin" /usr/local/bin/skiff; then
     # a running `skiff up` keeps its (unlinked) copy; the new binary takes over at its restart

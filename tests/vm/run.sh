@@ -165,6 +165,7 @@ mkdir -p "$share/tests"
 log "building skiff and the runtime's test binaries"
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 cargo build -p skiff >&2
+host=$(rustc --print host-tuple) # .cargo/config.toml builds for it: target/<host tuple>/<profile>/
 tests_json=$(cargo test -p skiff-runtime -p skiff --test cgroups --test rootfs --test seccomp --test runtime_cli \
     --test runtime_security \
     --no-run --message-format=json 2>/dev/null)
@@ -173,13 +174,13 @@ echo "$tests_json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep '/dep
     cp "$exe" "$share/tests/$(basename "$exe" | sed 's/-[0-9a-f]*$//')"
 done
 ls "$share/tests" >&2
-cp target/debug/skiff "$share/skiff"
+cp "target/$host/debug/skiff" "$share/skiff"
 kubectl=$(ls /usr/lib/google-cloud-sdk/bin/kubectl.1.3* 2>/dev/null | sort -V | tail -1 || true)
 [ -n "$kubectl" ] || kubectl=$(command -v kubectl || true)
 [ -n "$kubectl" ] || { echo "$0: kubectl is needed (the kubectl package)" >&2; exit 1; }
 cp "$kubectl" "$share/kubectl"
 # the test binaries find skiff where cargo built it: the guest gets a link at that path
-echo "$repo/target/debug/skiff" > "$share/skiff.path"
+echo "$repo/target/$host/debug/skiff" > "$share/skiff.path"
 
 log "building a busybox image (OCI layout)"
 umoci init --layout "$work/oci" >/dev/null
@@ -192,8 +193,8 @@ umoci repack --image "$work/oci:vm" "$work/bundle" >/dev/null
 umoci config --image "$work/oci:vm" --config.cmd /bin/sh >/dev/null
 tar -C "$work/oci" -cf "$share/busybox-oci.tar" .
 log "building the sample web image (scripts/sample-image.sh)"
-SKIFF="$repo/target/debug/skiff" scripts/sample-image.sh "$work/store" >/dev/null
-target/debug/skiff image export --root "$work/store" -o "$share/sample-web.tar" skiff.local/sample-web:1 >/dev/null
+SKIFF="$repo/target/$host/debug/skiff" scripts/sample-image.sh "$work/store" >/dev/null
+"target/$host/debug/skiff" image export --root "$work/store" -o "$share/sample-web.tar" skiff.local/sample-web:1 >/dev/null
 cp examples/sample-web.yaml "$share/sample-web.yaml"
 
 # --- boot ------------------------------------------------------------------------------------
