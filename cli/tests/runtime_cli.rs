@@ -355,6 +355,81 @@ fn dropped_capabilities_really_deny() -> Result<()> {
     Ok(())
 }
 
+/// The device cgroup (v1's controller, v2's eBPF program) denies a node the spec's rules do
+/// not allow, even to root in the container, and allows it once a rule does.
+#[test]
+fn device_rules_deny_nodes_the_spec_does_not_allow() -> Result<()> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, Mount};
+    let rt = runtime();
+    // a node of our own for 1:11 (kmsg), which runc's default rules do not allow, bound
+    // into the container's /dev
+    let nodes = tempfile::tempdir()?;
+    let node = nodes.path().join("kmsg");
+    mknod(
+        &node,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o600),
+        makedev(1, 11),
+    )?;
+    let script = "for d in test-kmsg null; do \
+                  if (true </dev/$d) 2>/dev/null; then echo $d=opened; else echo $d=denied; fi; \
+                  done";
+    let run = |id: &str, allow_kmsg: bool| -> Result<BTreeMap<String, String>> {
+        let mut bundle = Bundle::busybox()?;
+        // opening kmsg also takes CAP_SYSLOG where dmesg is restricted: granted in both
+        // runs, so only the device rule differs
+        bundle.sh(script).capabilities(&[
+            Capability::AuditWrite,
+            Capability::Kill,
+            Capability::NetBindService,
+            Capability::Syslog,
+        ]);
+        let mut bind = Mount::default();
+        bind.set_destination("/dev/test-kmsg".into())
+            .set_typ(Some("bind".into()))
+            .set_source(Some(node.clone()))
+            .set_options(Some(vec!["bind".into()]));
+        bundle
+            .spec_mut()
+            .mounts_mut()
+            .get_or_insert_default()
+            .push(bind);
+        if allow_kmsg {
+            bundle.resources(|r| {
+                let mut rule = LinuxDeviceCgroup::default();
+                rule.set_allow(true)
+                    .set_typ(Some(LinuxDeviceType::C))
+                    .set_major(Some(1))
+                    .set_minor(Some(11))
+                    .set_access(Some("r".into()));
+                r.devices_mut().get_or_insert_default().push(rule);
+            });
+        }
+        bundle.write_spec()?;
+        let out = rt.container(id, &bundle).run(&[])?.ok()?;
+        Ok(key_values(&out.stdout))
+    };
+    let denied = run("dev-deny", false)?;
+    assert_eq!(
+        denied.get("test-kmsg").map(String::as_str),
+        Some("denied"),
+        "{denied:?}"
+    );
+    assert_eq!(
+        denied.get("null").map(String::as_str),
+        Some("opened"),
+        "{denied:?}"
+    );
+    let allowed = run("dev-allow", true)?;
+    assert_eq!(
+        allowed.get("test-kmsg").map(String::as_str),
+        Some("opened"),
+        "{allowed:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn rlimits_apply() -> Result<()> {
     let rt = runtime();

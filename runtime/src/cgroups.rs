@@ -20,6 +20,7 @@ use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 
+pub mod devices;
 pub mod v1;
 
 /// Where cgroupfs is mounted unless told otherwise.
@@ -189,7 +190,19 @@ impl Cgroup {
                     oom_score_adj: None,
                     freezer_state: None,
                 };
-                self.op("apply resources to", m.apply(&opt))
+                self.op("apply resources to", m.apply(&opt))?;
+                // libcgroups leaves device rules out without its eBPF feature (which needs
+                // libbpf): our own program, with runc's defaults after the spec's. Resources
+                // without device rules (an `update` of limits) keep the program there is.
+                if let (AnyCgroupManager::V2(_), Some(rules)) = (m, resources.devices()) {
+                    let filter =
+                        devices::Filter::from_rules(rules.iter().chain(v1::default_device_rules()));
+                    let dir = self
+                        .root
+                        .join(self.path.strip_prefix("/").unwrap_or(&self.path));
+                    self.op("apply device rules to", devices::apply(&dir, &filter))?;
+                }
+                Ok(())
             }
         }
     }

@@ -241,3 +241,85 @@ fn default_hierarchy_limits_land_in_files() {
     let p = Path::new("/sys/fs/cgroup").join(&prefix);
     assert!(!p.join("limits").exists(), "{} left behind", p.display());
 }
+
+/// Device rules on cgroup v2 are an eBPF program attached to the cgroup: a process in it
+/// may open the nodes the rules allow and no other, and an `update` replaces the program
+/// (two attached programs would both have to allow).
+#[test]
+fn unified_hierarchy_device_rules_are_enforced_and_replaced() {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+    use std::io::{BufRead, Write};
+    require_root();
+    let unified = unified_root().expect("no cgroup2 hierarchy mounted on this host");
+    let owned = Prefix::new("devices");
+    let prefix = unified.join(&owned.0);
+    std::fs::create_dir_all(&prefix).unwrap();
+    // nodes of our own: 1:11 (kmsg), which the runtime's defaults do not allow, and 1:3
+    // (null), which they do
+    let nodes = tempfile::tempdir().unwrap();
+    let kmsg = nodes.path().join("kmsg");
+    let null = nodes.path().join("null");
+    let mode = Mode::from_bits_truncate(0o600);
+    mknod(&kmsg, SFlag::S_IFCHR, mode, makedev(1, 11)).unwrap();
+    mknod(&null, SFlag::S_IFCHR, mode, makedev(1, 3)).unwrap();
+    let cg = Cgroup::open(Some(&prefix), Path::new("/dev")).unwrap();
+    // a shell in the cgroup that, per line read, opens both nodes for reading
+    let script = format!(
+        "while read x; do r=; for d in {} {}; do \
+         if (true <\"$d\") 2>/dev/null; then r=\"$r ${{d##*/}}\"; fi; done; \
+         echo \"opened:$r\"; done",
+        kmsg.display(),
+        null.display()
+    );
+    let mut sh = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cg.add(Pid::from_raw(sh.id() as i32)).unwrap();
+    let mut input = sh.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(sh.stdout.take().unwrap());
+    let mut ask = || {
+        writeln!(input).unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    let device = |allow: bool, typ, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(allow)
+            .set_typ(Some(typ))
+            .set_major(major)
+            .set_minor(minor)
+            .set_access(Some(access.into()));
+        r
+    };
+    let rules = |rules: Vec<LinuxDeviceCgroup>| {
+        let mut r = LinuxResources::default();
+        r.set_devices(Some(rules));
+        r
+    };
+    let deny_all = device(false, LinuxDeviceType::A, None, None, "rwm");
+    let read_kmsg = device(true, LinuxDeviceType::C, Some(1), Some(11), "r");
+
+    assert_eq!(ask(), "opened: kmsg null", "before any rule");
+    // runc's default spec: deny everything; the runtime's defaults allow null
+    cg.apply(&rules(vec![deny_all.clone()])).unwrap();
+    assert_eq!(ask(), "opened: null");
+    // an update that allows kmsg: the new program replaces the old one (were both
+    // attached, the old one would still deny it)
+    cg.apply(&rules(vec![deny_all.clone(), read_kmsg])).unwrap();
+    assert_eq!(ask(), "opened: kmsg null");
+    cg.apply(&rules(vec![deny_all])).unwrap();
+    assert_eq!(ask(), "opened: null");
+    // resources without device rules (an update of limits; this hierarchy has no
+    // controllers to limit) keep the device program
+    cg.apply(&LinuxResources::default()).unwrap();
+    assert_eq!(ask(), "opened: null");
+    drop(input);
+    sh.wait().unwrap();
+    cg.remove().unwrap();
+}

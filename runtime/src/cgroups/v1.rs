@@ -711,7 +711,7 @@ fn apply_blkio(dir: &Path, blkio: &oci_spec::runtime::LinuxBlockIo) -> Result<()
 /// The device rules every container gets after the spec's own (the defaults runc and
 /// libcgroups add): `mknod` of any device, and use of the standard nodes, the pseudo
 /// terminals and the tun device.
-fn default_device_rules() -> &'static [LinuxDeviceCgroup] {
+pub(crate) fn default_device_rules() -> &'static [LinuxDeviceCgroup] {
     static RULES: std::sync::OnceLock<Vec<LinuxDeviceCgroup>> = std::sync::OnceLock::new();
     RULES.get_or_init(|| {
         let rule = |typ, major: Option<i64>, minor: Option<i64>, access: &str| {
