@@ -14,8 +14,9 @@
 #   bench/pods.sh                 # N=100 PROFILE=debug
 #   N=20 PROFILE=perf bench/pods.sh
 # PROFILE is a cargo profile (debug, release, perf: see Cargo.toml); SKIP_BUILD=1 measures
-# the binary already in target/<host tuple>/$PROFILE; KEEP_LOGS=DIR copies the master's and the agent's
-# logs there; AGENT_WRAP runs the agent under a command (e.g. "perf record -g -o FILE --");
+# the binary already in target/<host tuple>/$PROFILE; KEEP_LOGS=DIR copies the master's and
+# the agent's logs there; AGENT_WRAP runs the agent under a command (e.g.
+# "perf record -g -o FILE --");
 # LAYOUT=installed runs master and agent from a read-only bind mount, as `skiff install` does
 # (default: from target/, where every shim re-executes itself through a read-only mount).
 set -euo pipefail

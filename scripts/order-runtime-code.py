@@ -94,7 +94,7 @@ def probe_safe(name):
     current thread handle already set during thread spawn"). They stay candidates, listed
     unprobed."""
     return name.startswith("_R") or name.startswith("_ZN") or not any(
-        k in name for k in ("avx", "sse", "evex", "erms"))
+        k in name for k in ("_sse", "_ssse", "_avx", "_evex", "_erms"))
 
 
 def probe(copy, state):
