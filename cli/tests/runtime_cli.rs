@@ -430,6 +430,20 @@ fn device_rules_deny_nodes_the_spec_does_not_allow() -> Result<()> {
     Ok(())
 }
 
+/// The container's process starts with no signal ignored, as under runc and crun: an
+/// ignored signal survives execve, and the runtime ignores SIGPIPE (so would every
+/// pipeline in the container).
+#[test]
+fn no_signal_is_ignored_in_the_container() -> Result<()> {
+    let rt = runtime();
+    let mut bundle = Bundle::busybox()?;
+    bundle.args(&["/bin/grep", "SigIgn", "/proc/self/status"]);
+    bundle.write_spec()?;
+    let out = rt.container("sig-ign", &bundle).run(&[])?.ok()?;
+    assert_eq!(out.stdout.trim(), "SigIgn:\t0000000000000000", "{out}");
+    Ok(())
+}
+
 #[test]
 fn rlimits_apply() -> Result<()> {
     let rt = runtime();

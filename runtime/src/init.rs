@@ -88,6 +88,34 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Every signal back to its default action. An ignored signal stays ignored across
+/// `execve`, and this process ignores SIGPIPE (Rust's runtime does; systemd does for the
+/// services it starts), so without this every container process would too: `yes | head -1`
+/// would loop on EPIPE instead of ending. runc and crun start containers with none ignored.
+/// Straight to the kernel: glibc's `sigaction` refuses the two signals it keeps for itself
+/// (32, 33) and left 32 ignored here.
+fn reset_signal_dispositions() {
+    // the kernel's struct sigaction, all zero: SIG_DFL, no flags, no restorer, empty mask
+    // (zero is the same whatever the architecture's field layout)
+    let default = [0u64; 4];
+    for signal in 1..=64 {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: rt_sigaction reads a struct sigaction (at most 32 bytes for an 8-byte
+            // signal set) from `default`, which lives across the call, and writes nothing
+            // (no old action asked for). SIG_DFL installs no handler.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    default.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                )
+            };
+        }
+    }
+}
+
 fn bootstrap_inner(launch: &Launch<'_>, chan: &Channel) -> Result<()> {
     // the runtime may block signals to forward them; the container starts with none blocked
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
@@ -290,6 +318,7 @@ fn container_process(launch: &Launch<'_>, chan: &Channel) -> Result<Never> {
             hooks::run(HookKind::StartContainer, &h, &with_pid(hook_state))?;
         }
     }
+    reset_signal_dispositions();
     if let Some(f) = filter {
         seccomp::load_bpf(f)?;
     }
