@@ -184,6 +184,21 @@ impl Cgroup {
                 cgroup.apply(resources, disable_oom_killer),
             ),
             Backend::Managed(m) => {
+                // libcgroups leaves device rules out without its eBPF feature (which needs
+                // libbpf): our own program, with runc's defaults after the spec's, built
+                // before anything is written. Resources without device rules (an `update`
+                // of limits) keep the program there is.
+                let filter = match (m, resources.devices()) {
+                    (AnyCgroupManager::V2(_), Some(rules)) => Some(
+                        devices::Filter::from_rules(rules.iter().chain(v1::default_device_rules()))
+                            .map_err(|message| CgroupError::Op {
+                                op: "apply device rules to",
+                                path: self.path.clone(),
+                                message,
+                            })?,
+                    ),
+                    _ => None,
+                };
                 let opt = ControllerOpt {
                     resources,
                     disable_oom_killer,
@@ -191,12 +206,7 @@ impl Cgroup {
                     freezer_state: None,
                 };
                 self.op("apply resources to", m.apply(&opt))?;
-                // libcgroups leaves device rules out without its eBPF feature (which needs
-                // libbpf): our own program, with runc's defaults after the spec's. Resources
-                // without device rules (an `update` of limits) keep the program there is.
-                if let (AnyCgroupManager::V2(_), Some(rules)) = (m, resources.devices()) {
-                    let filter =
-                        devices::Filter::from_rules(rules.iter().chain(v1::default_device_rules()));
+                if let Some(filter) = filter {
                     let dir = self
                         .root
                         .join(self.path.strip_prefix("/").unwrap_or(&self.path));

@@ -220,6 +220,16 @@ pub fn validate(spec: &Spec) -> Result<(), Invalid> {
             ));
         }
     }
+    let resources = linux.resources().as_ref();
+    for (i, rule) in resources
+        .and_then(|r| r.devices().as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        crate::cgroups::devices::check(rule)
+            .map_err(|message| bad(format!("linux.resources.devices[{i}]"), message))?;
+    }
     if let Some(sc) = linux.seccomp() {
         seccomp::validate(sc).map_err(|e| bad("linux.seccomp", e.to_string()))?;
     }
@@ -335,6 +345,14 @@ mod tests {
     fn table_of_invalid_specs() {
         type Edit = fn(&mut serde_json::Value);
         let cases: Vec<(&str, Edit, &str)> = vec![
+            (
+                "device rule access",
+                |v| {
+                    v["linux"]["resources"]["devices"] =
+                        serde_json::json!([{"allow": true, "access": "rwx"}])
+                },
+                "linux.resources.devices[0]",
+            ),
             (
                 "unknown namespace",
                 |v| v["linux"]["namespaces"][0]["type"] = "bogus".into(),

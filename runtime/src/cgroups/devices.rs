@@ -40,19 +40,22 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// The filter for `rules` applied in order to a new cgroup. Fifo rules (`p`) are left
-    /// out: the device cgroup does not see fifos.
-    pub fn from_rules<'a>(rules: impl IntoIterator<Item = &'a LinuxDeviceCgroup>) -> Filter {
+    /// The filter for `rules` applied in order to a new cgroup, or the first rule
+    /// [`check`] refuses.
+    pub fn from_rules<'a>(
+        rules: impl IntoIterator<Item = &'a LinuxDeviceCgroup>,
+    ) -> Result<Filter, String> {
         let mut filter = Filter {
             default_allow: true,
             exceptions: Vec::new(),
         };
         for r in rules {
+            check(r)?;
             let typ = match r.typ().unwrap_or(LinuxDeviceType::A) {
                 LinuxDeviceType::A => None,
                 LinuxDeviceType::B => Some(DEV_BLOCK),
                 LinuxDeviceType::C | LinuxDeviceType::U => Some(DEV_CHAR),
-                LinuxDeviceType::P => continue,
+                LinuxDeviceType::P => unreachable!("refused by check"),
             };
             let number = |n: Option<i64>| n.filter(|n| *n >= 0).map(|n| n as i32);
             let access = match r.access().as_deref() {
@@ -61,8 +64,7 @@ impl Filter {
                     bits | match c {
                         'm' => ACC_MKNOD,
                         'r' => ACC_READ,
-                        'w' => ACC_WRITE,
-                        _ => 0,
+                        _ => ACC_WRITE, // check let only r, w and m through
                     }
                 }),
             };
@@ -84,7 +86,7 @@ impl Filter {
                 filter.exceptions.push(rule);
             }
         }
-        filter
+        Ok(filter)
     }
 
     /// Whether the filter allows everything, so no program is needed.
@@ -152,6 +154,23 @@ impl Filter {
         p.push(Insn::exit());
         p
     }
+}
+
+/// Why a device cgroup rule is refused, if it is: its access may name only `r`, `w` and
+/// `m`, and its type must be a device type the cgroup sees (`a`, `b`, `c`, `u`; not the
+/// fifo type `p`), as for cgroup v1's `devices.allow`.
+pub fn check(rule: &LinuxDeviceCgroup) -> Result<(), String> {
+    if rule.typ() == Some(LinuxDeviceType::P) {
+        return Err("type \"p\" (fifo) is not a device type the device cgroup checks".into());
+    }
+    if let Some(bad) = rule
+        .access()
+        .as_deref()
+        .and_then(|a| a.chars().find(|c| !"rwm".contains(*c)))
+    {
+        return Err(format!("access {bad:?} is not one of r, w, m"));
+    }
+    Ok(())
 }
 
 /// One eBPF instruction (`struct bpf_insn`): opcode, destination and source registers,
@@ -418,7 +437,7 @@ mod tests {
             rule(true, B, -1, -1, "m"),
             rule(false, C, 136, 4, "w"),
         ];
-        let f = Filter::from_rules(&rules);
+        let f = Filter::from_rules(&rules).unwrap();
         assert!(!f.allows_all());
         assert!(f.allows(DEV_CHAR, 1, 3, ACC_READ | ACC_WRITE)); // /dev/null
         assert!(!f.allows(DEV_CHAR, 1, 5, ACC_READ)); // /dev/zero: the default
@@ -430,10 +449,22 @@ mod tests {
         assert!(!f.allows(DEV_BLOCK, 8, 0, ACC_READ));
         // a rule for all devices resets: what came before it is gone
         let reset = [rule(true, C, 1, 5, "rwm"), rule(false, A, -1, -1, "rwm")];
-        assert!(!Filter::from_rules(&reset).allows(DEV_CHAR, 1, 5, ACC_READ));
+        assert!(
+            !Filter::from_rules(&reset)
+                .unwrap()
+                .allows(DEV_CHAR, 1, 5, ACC_READ)
+        );
         // no rules, or only allows: everything, and no program
-        assert!(Filter::from_rules(&[]).allows_all());
-        assert!(Filter::from_rules(&[rule(true, C, 1, 3, "rwm")]).allows_all());
+        assert!(Filter::from_rules(&[]).unwrap().allows_all());
+        assert!(
+            Filter::from_rules(&[rule(true, C, 1, 3, "rwm")])
+                .unwrap()
+                .allows_all()
+        );
+        // bad rules are refused, not skipped
+        let err = Filter::from_rules(&[rule(true, C, 1, 3, "rx")]).unwrap_err();
+        assert!(err.contains("'x'"), "{err}");
+        assert!(Filter::from_rules(&[rule(true, LinuxDeviceType::P, 1, 3, "r")]).is_err());
     }
 
     #[test]
@@ -441,7 +472,8 @@ mod tests {
         let f = Filter::from_rules(&[
             rule(false, LinuxDeviceType::A, -1, -1, "rwm"),
             rule(true, LinuxDeviceType::C, 1, 3, "rw"),
-        ]);
+        ])
+        .unwrap();
         let p = f.program();
         // 6 of context, one block (type, access: 3, major, minor, answer: 2), the default
         assert_eq!(p.len(), 6 + 8 + 2);

@@ -403,6 +403,15 @@ impl V1Cgroup {
                 });
             }
         }
+        for rule in r.devices().iter().flatten() {
+            super::devices::check(rule).map_err(|message| V1Error::Invalid {
+                path: self
+                    .dir("devices")
+                    .unwrap_or(Path::new(""))
+                    .join("devices.allow"),
+                message,
+            })?;
+        }
         if let Some(swappiness) = r.memory().as_ref().and_then(|m| m.swappiness()) {
             if swappiness > 100 {
                 return Err(V1Error::Invalid {
