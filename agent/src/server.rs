@@ -1084,6 +1084,10 @@ async fn attach(
         false => None,
     };
     loop {
+        // looked at before the log is read: the shim records the end only after the last
+        // output is in the log, so lines written just before the end are still sent
+        let ended = matches!(shim::record(pod_dir, name, restart),
+            Ok(Some(r)) if r.finished_at.is_some());
         for l in reader.read_new().await {
             let channel = match l.stream {
                 Stream::Stderr if !q.tty => STDERR,
@@ -1098,8 +1102,6 @@ async fn attach(
                 return Ok(0);
             }
         }
-        let ended = matches!(shim::record(pod_dir, name, restart),
-            Ok(Some(r)) if r.finished_at.is_some());
         if ended || !pod_dir.exists() {
             return Ok(0);
         }
