@@ -191,8 +191,8 @@ pub fn main(cli: ImageCli) -> Result<i32> {
     match cli.verb {
         Verb::Pull { image, quiet } => {
             let rec = cli.store.pull(&store, &snaps, &image, quiet)?;
-            println!("{}", rec.name);
-            println!("sha256:{}", rec.id());
+            outln!("{}", rec.name);
+            outln!("sha256:{}", rec.id());
         }
         Verb::Import { path, name } => {
             let name = name.map(|n| n.parse::<Reference>()).transpose()?;
@@ -206,7 +206,7 @@ pub fn main(cli: ImageCli) -> Result<i32> {
                     }
                     return Err(e).with_context(|| format!("cannot unpack image {}", rec.name));
                 }
-                println!("{}", rec.name);
+                outln!("{}", rec.name);
             }
         }
         Verb::Export {
@@ -235,17 +235,20 @@ pub fn main(cli: ImageCli) -> Result<i32> {
             let images = store.list_images()?;
             if quiet {
                 for i in &images {
-                    println!("{}", &i.id()[..12.min(i.id().len())]);
+                    outln!("{}", &i.id()[..12.min(i.id().len())]);
                 }
             } else if format == Format::Json {
-                println!("{}", serde_json::to_string(&images)?);
+                outln!("{}", serde_json::to_string(&images)?);
             } else {
-                println!(
+                outln!(
                     "{:<50} {:<14} {:<12} {:>10}",
-                    "IMAGE", "ID", "PLATFORM", "SIZE"
+                    "IMAGE",
+                    "ID",
+                    "PLATFORM",
+                    "SIZE"
                 );
                 for i in &images {
-                    println!(
+                    outln!(
                         "{:<50} {:<14} {:<12} {:>10}",
                         i.name,
                         &i.id()[..12.min(i.id().len())],
@@ -259,13 +262,13 @@ pub fn main(cli: ImageCli) -> Result<i32> {
             let rec = find(&store, &image)?.with_context(|| format!("image {image} not found"))?;
             let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&rec.config)?)?;
             let v = serde_json::json!({"record": rec, "config": config});
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
         }
         Verb::Rm { images } => {
             for i in images {
                 let rec = find(&store, &i)?.with_context(|| format!("image {i} not found"))?;
                 store.remove_image(&rec.name)?;
-                println!("Untagged: {}", rec.name);
+                outln!("Untagged: {}", rec.name);
             }
         }
         Verb::Prune => {
@@ -280,7 +283,7 @@ pub fn main(cli: ImageCli) -> Result<i32> {
                 }
                 Ok(snaps.gc(&keep)?)
             })?;
-            println!(
+            outln!(
                 "removed {} blobs ({}) and {} snapshots",
                 report.blobs.len(),
                 human(report.bytes()),

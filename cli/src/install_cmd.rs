@@ -390,7 +390,7 @@ pub fn install(
     ] {
         replace_with_symlink(&under(root, &link), target)?;
     }
-    println!(
+    outln!(
         "installed {} (from {} and {})",
         lib_bin.display(),
         bin.display(),
@@ -401,14 +401,14 @@ pub fn install(
     let etc = under(root, "/etc/skiff");
     let config = etc.join("config.yaml");
     if config.exists() && !a.force_config {
-        println!("kept /etc/skiff/config.yaml (--force-config replaces it)");
+        outln!("kept /etc/skiff/config.yaml (--force-config replaces it)");
     } else {
         write_file(
             &config,
             default_config(role, a.server.as_deref()).as_bytes(),
             0o600,
         )?;
-        println!("wrote /etc/skiff/config.yaml");
+        outln!("wrote /etc/skiff/config.yaml");
     }
     if let (Some(token), Some(ca)) = (&a.token, &a.ca_file) {
         write_file(
@@ -461,7 +461,7 @@ pub fn install(
         )?;
         units.push(AGENT_UNIT);
     }
-    println!("wrote {mount}, {}", units.join(", "));
+    outln!("wrote {mount}, {}", units.join(", "));
 
     // completions (bash-completion and zsh pick them up from these places)
     for (shell, path) in [
@@ -483,22 +483,22 @@ pub fn install(
 
     if a.no_start || !systemd_running(root) {
         if !a.no_start {
-            println!("systemd is not running on this machine: start skiff by hand, as root:");
+            outln!("systemd is not running on this machine: start skiff by hand, as root:");
         } else {
-            println!("not started (--no-start); to start by hand, as root:");
+            outln!("not started (--no-start); to start by hand, as root:");
         }
-        println!(
+        outln!(
             "  mount --bind -o ro {lib} {lib}   # optional: the runtime then starts once per call",
             lib = lib.display()
         );
         if role.master() {
-            println!(
+            outln!(
                 "  {} --config /etc/skiff/config.yaml master &",
                 bin.display()
             );
         }
         if role.agent() {
-            println!(
+            outln!(
                 "  {} --config /etc/skiff/config.yaml agent &",
                 bin.display()
             );
@@ -526,12 +526,12 @@ pub fn install(
             &Path::new(MASTER_DATA_DIR).join("admin.kubeconfig"),
             Duration::from_secs(60),
         )?;
-        println!("kubeconfig: export KUBECONFIG=/etc/skiff/admin.kubeconfig");
-        println!(
+        outln!("kubeconfig: export KUBECONFIG=/etc/skiff/admin.kubeconfig");
+        outln!(
             "join a worker: skiff install --server https://THIS-HOST:6443 --token $(cat {MASTER_DATA_DIR}/node-token) --ca-file ca.crt (copy {MASTER_DATA_DIR}/ca.crt there)"
         );
     }
-    println!("{} active", units.join(" and "));
+    outln!("{} active", units.join(" and "));
     Ok(0)
 }
 
@@ -657,7 +657,7 @@ pub fn uninstall(a: UninstallArgs) -> Result<i32> {
         );
     }
     if problems.is_empty() {
-        println!("skiff is uninstalled");
+        outln!("skiff is uninstalled");
         Ok(0)
     } else {
         for p in &problems {

@@ -1,6 +1,9 @@
 //! `skiff`: the one binary. It only parses arguments, sets up logging and calls into the
 //! library crates. Started as `skiff-runc` (a symlink) it is exactly `skiff runtime`.
 
+#[macro_use]
+mod stdout;
+
 mod agent_cmd;
 mod config_file;
 mod ctl;
@@ -154,11 +157,8 @@ fn main() {
             Command::Install(a) => install_cmd::install(a, completion_script),
             Command::Uninstall(a) => install_cmd::uninstall(a),
             Command::Completion(a) => {
-                use std::io::Write;
-                std::io::stdout()
-                    .write_all(&completion_script(a.shell))
-                    .map(|()| 0)
-                    .map_err(anyhow::Error::from)
+                stdout::write_bytes(&completion_script(a.shell));
+                Ok(0)
             }
         };
         match result {

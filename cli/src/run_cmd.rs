@@ -219,7 +219,7 @@ fn start(
         }
         c.start()?;
         if a.detach {
-            println!("{id}");
+            outln!("{id}");
             if a.rm {
                 spawn_reaper(&a.where_, id)?;
             }
@@ -309,7 +309,7 @@ pub struct PsArgs {
 /// Lists containers started by `skiff run`.
 pub fn ps(a: PsArgs) -> Result<i32> {
     let rt = a.where_.runtime();
-    println!("{:<20} {:<10} {:<8} CREATED", "CONTAINER", "STATUS", "PID");
+    outln!("{:<20} {:<10} {:<8} CREATED", "CONTAINER", "STATUS", "PID");
     for c in rt.list()? {
         if !a.all && c.status() == Status::Stopped {
             continue;
@@ -318,7 +318,7 @@ pub fn ps(a: PsArgs) -> Result<i32> {
             continue; // not one of ours (a bare `skiff runtime` container)
         }
         let s = c.state();
-        println!("{:<20} {:<10} {:<8} {}", s.id, s.status, s.pid, s.created);
+        outln!("{:<20} {:<10} {:<8} {}", s.id, s.status, s.pid, s.created);
     }
     Ok(0)
 }
@@ -349,7 +349,7 @@ pub fn rm(a: RmArgs) -> Result<i32> {
             );
         }
         cleanup(&a.where_, &snaps, id);
-        println!("{id}");
+        outln!("{id}");
     }
     Ok(0)
 }

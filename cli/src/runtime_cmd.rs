@@ -1,7 +1,6 @@
 //! `skiff runtime …` / `skiff-runc …`: runc's command line over `skiff-runtime`.
 //! Verbs, flags, stdout and exit codes follow runc, so runc's callers need no change.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -357,7 +356,7 @@ fn dispatch(cli: RuntimeCli) -> Result<i32> {
         }
         Verb::State { id } => {
             let c = rt.load(&id)?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&c.state().to_oci_json())?
             );
@@ -416,7 +415,7 @@ fn dispatch(cli: RuntimeCli) -> Result<i32> {
             Ok(0)
         }
         Verb::Features => {
-            println!("{}", serde_json::to_string_pretty(&features())?);
+            outln!("{}", serde_json::to_string_pretty(&features())?);
             Ok(0)
         }
     }
@@ -604,7 +603,7 @@ fn ps(c: &Container, format: Format, ps_args: &[String]) -> Result<i32> {
     let pids = c.processes()?;
     if format == Format::Json {
         let raw: Vec<i32> = pids.iter().map(|p| p.as_raw()).collect();
-        println!("{}", serde_json::to_string(&raw)?);
+        outln!("{}", serde_json::to_string(&raw)?);
         return Ok(0);
     }
     let args: Vec<String> = if ps_args.is_empty() {
@@ -630,14 +629,14 @@ fn ps(c: &Container, format: Format, ps_args: &[String]) -> Result<i32> {
         .split_whitespace()
         .position(|h| h == "PID")
         .ok_or_else(|| anyhow!("ps output has no PID column"))?;
-    println!("{header}");
+    outln!("{header}");
     for line in lines {
         let pid: Option<i32> = line
             .split_whitespace()
             .nth(pid_col)
             .and_then(|s| s.parse().ok());
         if pid.is_some_and(|p| pids.iter().any(|q| q.as_raw() == p)) {
-            println!("{line}");
+            outln!("{line}");
         }
     }
     Ok(0)
@@ -647,14 +646,14 @@ fn list(rt: &Runtime, format: Format, quiet: bool) -> Result<i32> {
     let containers = rt.list()?;
     if quiet {
         for c in &containers {
-            println!("{}", c.id());
+            outln!("{}", c.id());
         }
         return Ok(0);
     }
     if format == Format::Json {
         let v: Vec<serde_json::Value> =
             containers.iter().map(|c| c.state().to_oci_json()).collect();
-        println!("{}", serde_json::to_string(&v)?);
+        outln!("{}", serde_json::to_string(&v)?);
         return Ok(0);
     }
     let rows: Vec<[String; 6]> = containers
@@ -687,14 +686,13 @@ fn list(rt: &Runtime, format: Format, quiet: bool) -> Result<i32> {
             *w = (*w).max(cell.len());
         }
     }
-    let mut out = std::io::stdout().lock();
     for r in std::iter::once(&header).chain(rows.iter()) {
         let line: Vec<String> = r
             .iter()
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}", w = w + 2))
             .collect();
-        writeln!(out, "{}", line.join("").trim_end())?;
+        outln!("{}", line.join("").trim_end());
     }
     Ok(0)
 }
@@ -806,7 +804,7 @@ fn events(rt: &Runtime, id: &str, once: bool, interval: &str) -> Result<i32> {
             "id": id,
             "data": skiff_runtime::cgroups::runc_stats_json(&c.stats()?),
         });
-        println!("{ev}");
+        outln!("{ev}");
         if once {
             return Ok(0);
         }

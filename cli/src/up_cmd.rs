@@ -136,11 +136,11 @@ pub fn main(a: UpArgs) -> Result<i32> {
         let mut agent = tokio::spawn(skiff_agent::run(config, async move {
             let _ = agent_stopped.await;
         }));
-        println!(
+        outln!(
             "skiff up: API server on https://{node_ip}:{} (node {node_name}, {node_ip})",
             a.port
         );
-        println!("  export KUBECONFIG={}", kubeconfig.display());
+        outln!("  export KUBECONFIG={}", kubeconfig.display());
         let client = skiff_master::controllers::client_from_kubeconfig(&kubeconfig)
             .await
             .context("cannot connect to the API server")?;
@@ -160,7 +160,7 @@ pub fn main(a: UpArgs) -> Result<i32> {
             _ = &mut shutdown => Ok(()),
             r = &mut agent => Err(agent_ended(r)),
             _ = ready => {
-                println!(
+                outln!(
                     "skiff up: node {node_name} is Ready ({:.1}s); try: kubectl get nodes",
                     started.elapsed().as_secs_f64()
                 );
@@ -175,7 +175,7 @@ pub fn main(a: UpArgs) -> Result<i32> {
             let _ = tokio::time::timeout(Duration::from_secs(10), &mut agent).await;
         }
         master.stop().await;
-        println!("skiff up: stopped (pods keep running; `skiff up` again adopts them)");
+        outln!("skiff up: stopped (pods keep running; `skiff up` again adopts them)");
         result.map(|()| 0)
     })
 }

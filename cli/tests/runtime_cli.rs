@@ -722,6 +722,36 @@ fn events_stats_reports_the_cgroup() -> Result<()> {
     Ok(())
 }
 
+/// A reader that goes away ends streaming `events` by SIGPIPE, as it ends runc: no panic, no message.
+#[test]
+fn events_end_quietly_when_their_reader_goes() -> Result<()> {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let rt = runtime();
+    let bundle = bundle_running(&["sleep", "1000"])?;
+    let c = rt.container("events-pipe", &bundle);
+    c.run_detached()?;
+    let mut events = rt
+        .command(&["events", "--interval", "100ms", c.id()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    std::io::BufReader::new(events.stdout.take().context("stdout")?).read_line(&mut first)?;
+    ensure!(first.contains("\"stats\""), "{first:?}");
+    // the reader is gone: the next event's write finds the pipe closed
+    let out = events.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert_eq!(stderr, "");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Lifecycle
 // ---------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ mod print;
 mod resources;
 mod rollout;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -358,7 +357,7 @@ async fn apply(ctl: &Ctl, a: &ApplyArgs) -> Result<()> {
             }
             Some(_) => "configured",
         };
-        println!("{}/{} {verb}", r.qualified_singular(), doc.name);
+        outln!("{}/{} {verb}", r.qualified_singular(), doc.name);
     }
     Ok(())
 }
@@ -431,7 +430,7 @@ async fn get(ctl: &Ctl, a: &GetArgs) -> Result<()> {
                 }
             }
         }
-        print!("{out}");
+        out!("{out}");
         return Ok(());
     }
     let mut objects = Vec::new();
@@ -495,7 +494,7 @@ async fn get(ctl: &Ctl, a: &GetArgs) -> Result<()> {
         },
         _ => {}
     }
-    print!(
+    out!(
         "{}",
         out.trim_end_matches("\n\n").to_string() + if out.ends_with("\n\n") { "\n" } else { "" }
     );
@@ -548,7 +547,7 @@ fn urlencode(s: &str) -> String {
 async fn describe(ctl: &Ctl, a: &TargetArgs) -> Result<()> {
     for (r, name) in ctl.targets(&a.targets)? {
         let o = ctl.get_json(r, &name, &ctl.namespace).await?;
-        print!("{}", print::objects(vec![o.clone()], Format::Yaml, true)?);
+        out!("{}", print::objects(vec![o.clone()], Format::Yaml, true)?);
         let uid = o["metadata"]["uid"].as_str().unwrap_or("");
         let ev = ctl.resolve("events")?;
         let ns = o["metadata"]["namespace"]
@@ -587,18 +586,18 @@ async fn describe(ctl: &Ctl, a: &TargetArgs) -> Result<()> {
             .collect();
         rows.sort();
         if rows.is_empty() {
-            println!("Events: <none>");
+            outln!("Events: <none>");
         } else {
-            println!("Events:");
+            outln!("Events:");
             let h: Vec<String> = ["Type", "Reason", "Last seen", "From", "Message"]
                 .map(String::from)
                 .to_vec();
             let body: Vec<Vec<String>> = rows.into_iter().map(|(_, c)| c).collect();
             for line in print::columns(&h, &body).lines() {
-                println!("  {line}");
+                outln!("  {line}");
             }
         }
-        println!();
+        outln!();
     }
     Ok(())
 }
@@ -643,7 +642,7 @@ async fn delete(ctl: &Ctl, a: &DeleteArgs) -> Result<()> {
     for (r, name, ns) in &targets {
         match ctl.api(r, Some(ns)).delete(name, &dp).await {
             Ok(_) => {
-                println!("{} {name:?} deleted", r.qualified_singular());
+                outln!("{} {name:?} deleted", r.qualified_singular());
                 gone.push((*r, name.clone(), ns.clone()));
             }
             Err(kube::Error::Api(s)) if s.code == 404 && a.ignore_not_found => {}
@@ -683,7 +682,7 @@ async fn scale(ctl: &Ctl, a: &ScaleArgs) -> Result<()> {
         )
         .await
         .map_err(|e| server_error(e, r, &name))?;
-        println!("{}/{name} scaled", r.qualified_singular());
+        outln!("{}/{name} scaled", r.qualified_singular());
     }
     Ok(())
 }
@@ -701,7 +700,7 @@ async fn rollout_status(ctl: &Ctl, a: &RolloutStatusArgs) -> Result<()> {
             let o = ctl.get_json(r, &name, &ctl.namespace).await?;
             let (msg, done) = view(&o)?;
             if msg != last {
-                println!("{msg}");
+                outln!("{msg}");
                 last = msg;
             }
             if done {
@@ -743,7 +742,7 @@ async fn rollout_undo(ctl: &Ctl, a: &RolloutUndoArgs) -> Result<()> {
         let d = ctl.get_json(r, &name, &ctl.namespace).await?;
         let all = replicasets(ctl, &ctl.namespace).await?;
         match rollout::rollback(&d, &all, a.to_revision)? {
-            (rev, None) => println!(
+            (rev, None) => outln!(
                 "{}/{name} skipped rollback (current template already matches revision {rev})",
                 r.qualified_singular()
             ),
@@ -756,7 +755,7 @@ async fn rollout_undo(ctl: &Ctl, a: &RolloutUndoArgs) -> Result<()> {
                     .request::<Value>(req)
                     .await
                     .map_err(|e| server_error(e, r, &name))?;
-                println!("{}/{name} rolled back", r.qualified_singular());
+                outln!("{}/{name} rolled back", r.qualified_singular());
             }
         }
     }
@@ -768,7 +767,7 @@ async fn rollout_history(ctl: &Ctl, a: &TargetArgs) -> Result<()> {
         deployment_only(r)?;
         let d = ctl.get_json(r, &name, &ctl.namespace).await?;
         let all = replicasets(ctl, &ctl.namespace).await?;
-        println!("{}/{name} ", r.qualified_singular());
+        outln!("{}/{name} ", r.qualified_singular());
         let rows: Vec<Vec<String>> = rollout::history(&d, &all)
             .into_iter()
             .map(|(rev, rs)| {
@@ -779,11 +778,11 @@ async fn rollout_history(ctl: &Ctl, a: &TargetArgs) -> Result<()> {
                 vec![rev.to_string(), cause.to_string()]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             print::columns(&["REVISION".into(), "CHANGE-CAUSE".into()], &rows)
         );
-        println!();
+        outln!();
     }
     Ok(())
 }
@@ -858,12 +857,9 @@ async fn logs(ctl: &Ctl, a: &LogsArgs) -> Result<()> {
         .await
         .map_err(|e| server_error(e, pod_res, &name))?
         .lines();
-    let mut out = std::io::stdout().lock();
+    // standard output is line-buffered: each line is out as it comes, also with --follow
     while let Some(line) = lines.try_next().await? {
-        writeln!(out, "{line}")?;
-        if a.follow {
-            out.flush()?;
-        }
+        outln!("{line}");
     }
     Ok(())
 }

@@ -191,6 +191,16 @@ impl Runtime {
         self.call_with(args, None, DEFAULT_TIMEOUT)
     }
 
+    /// `<runtime> --root <root> args…`, for a test that handles the process itself.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.leading_args)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args);
+        cmd
+    }
+
     /// Runs `<runtime> --root <root> args…`, feeding `stdin` (or nothing), killing the
     /// runtime after `timeout`.
     pub fn call_with(
@@ -203,11 +213,7 @@ impl Runtime {
         let out_path = self.scratch.path().join(format!("out-{n}"));
         let err_path = self.scratch.path().join(format!("err-{n}"));
         let in_path = self.scratch.path().join(format!("in-{n}"));
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.leading_args)
-            .arg("--root")
-            .arg(&self.root)
-            .args(args);
+        let mut cmd = self.command(args);
         let command = format!(
             "{} --root {} {}",
             std::iter::once(self.name.as_str())
