@@ -132,7 +132,13 @@ async fn agent_started_before_its_master_registers_when_it_answers() {
         }
     });
     wait_node_ready(&c.client, &node).await;
-    assert!(node.log().contains("node registered"));
+    // the Node is registered Ready; the agent logs it just after the API server's answer
+    api_common::wait_for(
+        "the registration logged",
+        Duration::from_secs(10),
+        || async { node.log().contains("node registered").then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
