@@ -1033,9 +1033,12 @@ fn e2e_8_vxlan_between_routed_nodes() {
         3,
         |c| c.set_pod_network("vxlan", true).unwrap(),
         |e| {
-            // each node: the VXLAN device, and pod routes only through it (none via eth0)
+            // each node: the VXLAN device, and pod routes only through it (none via eth0).
+            // A node is Ready before its pod network is up (that waits for the podCIDR).
             for n in &e.cluster.nodes {
-                let link = n.ns.ip(&["-d", "link", "show", "skiff.1"]).unwrap();
+                let link = e.wait(&format!("{}'s VXLAN device", n.name), 60, || {
+                    n.ns.ip(&["-d", "link", "show", "skiff.1"]).ok()
+                });
                 assert!(
                     link.contains("vxlan id 1") && link.contains(&format!("local {}", n.ip)),
                     "{}: {link}",
