@@ -101,6 +101,10 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     // as the kubelet: until the API server takes the Node, retry (100 ms doubling to 7 s);
     // a master that starts later, or restarts with its agents, is no reason to exit
+    // the kubelet's NetworkReady: a node with a pod network to set up is Ready=False until
+    // it is (registration keeps Ready for a node that is Ready already: an agent restart)
+    let net = node::network(&cfg.node_name);
+    net.set(network::waiting_for(&cfg));
     let mut delay = std::time::Duration::from_millis(100);
     while let Err(e) = node::register(&client, &cfg).await {
         tracing::warn!(error = %e, retry_in = ?delay, "unable to register the node with the API server");
@@ -119,6 +123,7 @@ pub async fn run(
     // pods wait for the pod network (the Node's podCIDR); a shutdown meanwhile still ends
     let mut pods = tokio::spawn(async move {
         let network = network::start(&c, &pcfg).await?;
+        net.set(None);
         pods::run(c, pcfg, network).await
     });
     let result = tokio::select! {

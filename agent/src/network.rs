@@ -178,6 +178,19 @@ async fn publish_vtep_mac(client: &kube::Client, cfg: &Config, mac: &str) -> Res
     Ok(())
 }
 
+/// What the pod network [`start`] sets up waits for, as the Node's Ready condition words
+/// it; `None` when there is nothing to set up (no pod network: loopback only).
+pub fn waiting_for(cfg: &Config) -> Option<String> {
+    match (&cfg.cni, &cfg.pod_network) {
+        (Some(c), _) => Some(format!(
+            "Network plugin returns error: cni plugin not initialized (no valid network configuration in {})",
+            c.conf_dir.display()
+        )),
+        (None, Some(_)) => Some("the node's podCIDR and pod network are not set up yet".into()),
+        (None, None) => None,
+    }
+}
+
 /// The pod network the configuration asks for. For the bridge network this waits until the
 /// Node has a podCIDR, sets the node side up and starts the route sync task.
 pub async fn start(client: &kube::Client, cfg: &Arc<Config>) -> Result<Box<dyn PodNetwork>> {

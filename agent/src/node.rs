@@ -129,6 +129,51 @@ impl Machine {
     }
 }
 
+/// The pod network's readiness, the kubelet's `NetworkReady`: one per node name in the
+/// process. Ready unless the agent says otherwise; while it is not, the Node is Ready=False
+/// with the kubelet's message. A change wakes the heartbeat, so it is reported at once.
+#[derive(Debug, Default)]
+pub struct NetworkReadiness {
+    not_ready: std::sync::Mutex<Option<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl NetworkReadiness {
+    /// Why the pod network is not ready, or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Marks the pod network ready (`None`) or not ready for `why`.
+    pub fn set(&self, why: Option<String>) {
+        let mut g = self.not_ready.lock().unwrap_or_else(|e| e.into_inner());
+        if *g != why {
+            *g = why;
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves after the next change (at once if one came since the last call).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
+
+/// The pod network readiness of node `node`.
+pub fn network(node: &str) -> Arc<NetworkReadiness> {
+    static ALL: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<NetworkReadiness>>>,
+    > = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(Default::default);
+    match all.lock() {
+        Ok(mut g) => g.entry(node.to_string()).or_default().clone(),
+        Err(_) => Arc::new(NetworkReadiness::default()),
+    }
+}
+
 /// The node's pressure: MemoryPressure and DiskPressure from the eviction manager once it
 /// has evaluated its thresholds (they hold for the transition period), else the machine's
 /// reading with the default thresholds; PIDPressure from the machine.
@@ -163,8 +208,9 @@ fn condition(typ: &str, on: bool, reason: &str, message: &str, now: &Time) -> No
     }
 }
 
-/// The four conditions for these pressures, with the kubelet's reasons and messages.
-pub fn conditions(p: Pressure, now: &Time) -> Vec<NodeCondition> {
+/// The four conditions for these pressures and this pod network (`Some(why)`: not ready),
+/// with the kubelet's reasons and messages.
+pub fn conditions(p: Pressure, network: Option<&str>, now: &Time) -> Vec<NodeCondition> {
     let mut out = vec![
         if p.memory {
             condition(
@@ -218,13 +264,25 @@ pub fn conditions(p: Pressure, now: &Time) -> Vec<NodeCondition> {
             )
         },
     ];
-    out.push(condition(
-        "Ready",
-        true,
-        "KubeletReady",
-        "kubelet is posting ready status",
-        now,
-    ));
+    out.push(match network {
+        None => condition(
+            "Ready",
+            true,
+            "KubeletReady",
+            "kubelet is posting ready status",
+            now,
+        ),
+        Some(why) => condition(
+            "Ready",
+            false,
+            "KubeletNotReady",
+            &format!(
+                "container runtime network not ready: NetworkReady=false \
+                 reason:NetworkPluginNotReady message:{why}"
+            ),
+            now,
+        ),
+    });
     out
 }
 
@@ -266,7 +324,11 @@ pub fn status(cfg: &Config, m: &Machine, now: &Time) -> NodeStatus {
                 }])
                 .collect(),
         ),
-        conditions: Some(conditions(pressure(cfg, m), now)),
+        conditions: Some(conditions(
+            pressure(cfg, m),
+            network(&cfg.node_name).not_ready().as_deref(),
+            now,
+        )),
         node_info: Some(NodeSystemInfo {
             architecture: go_arch().into(),
             boot_id: m.boot_id.clone(),
@@ -337,6 +399,13 @@ pub fn carry_transitions(new: &mut NodeStatus, old: Option<&NodeStatus>) {
     }
 }
 
+/// Whether a status' Ready condition is True.
+fn ready(st: Option<&NodeStatus>) -> bool {
+    st.and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
@@ -366,6 +435,12 @@ pub async fn register(client: &kube::Client, cfg: &Config) -> Result<()> {
         .await
         .ok()
         .and_then(|n| n.status);
+    if ready(existing.as_ref()) {
+        // a restart of an agent whose node is still Ready: its pod network is most likely
+        // still up; a short Ready=False would make the node lifecycle controller mark every
+        // pod of the node NotReady (endpoints lose them) and taint the node
+        network(&cfg.node_name).set(None);
+    }
     let mut st = status(cfg, &m, &now());
     carry_transitions(&mut st, existing.as_ref());
     let patch = serde_json::json!({"status": st});
@@ -461,8 +536,12 @@ pub async fn heartbeat(client: kube::Client, cfg: Arc<Config>) {
     let nodes: Api<Node> = Api::all(client);
     let mut last = None;
     let mut tick = tokio::time::interval(LEASE_RENEW);
+    let net = network(&cfg.node_name);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = net.changed() => {}
+        }
         if let Err(e) = renew_lease(&leases, &cfg).await {
             tracing::warn!(node = %cfg.node_name, error = %e, "cannot renew the node lease");
         }
@@ -596,6 +675,38 @@ mod tests {
         let labels = node.metadata.labels.unwrap();
         assert_eq!(labels["kubernetes.io/hostname"], "n1");
         assert_eq!(labels["kubernetes.io/os"], "linux");
+    }
+
+    #[tokio::test]
+    async fn pod_network_not_ready_is_ready_false_with_the_kubelets_words() {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let conds = conditions(Pressure::default(), Some("no podCIDR yet"), &now);
+        let r = conds.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(r.status, "False");
+        assert_eq!(r.reason.as_deref(), Some("KubeletNotReady"));
+        assert_eq!(
+            r.message.as_deref(),
+            Some(
+                "container runtime network not ready: NetworkReady=false \
+                 reason:NetworkPluginNotReady message:no podCIDR yet"
+            )
+        );
+        let net = network("n-network-test");
+        assert_eq!(net.not_ready(), None, "ready until told otherwise");
+        net.set(Some("why".into()));
+        // a change is kept for the heartbeat even when nobody waits yet
+        tokio::time::timeout(Duration::from_secs(1), net.changed())
+            .await
+            .unwrap();
+        assert_eq!(
+            network("n-network-test").not_ready().as_deref(),
+            Some("why")
+        );
+        net.set(Some("why".into()));
+        let unchanged = tokio::time::timeout(Duration::from_millis(50), net.changed()).await;
+        assert!(unchanged.is_err(), "no change, no wake-up");
+        net.set(None);
+        assert_eq!(net.not_ready(), None);
     }
 
     #[test]

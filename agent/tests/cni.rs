@@ -80,24 +80,20 @@ async fn cni_in_node_netns() {
             .to_string(),
     )
     .unwrap();
-    std::fs::write(
-        net_d.join("10-skiff.conflist"),
-        json!({
-            "cniVersion": "1.0.0",
-            "name": NETWORK,
-            "plugins": [
-                {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": true,
-                 "hairpinMode": true,
-                 "ipam": {"type": "host-local", "dataDir": ipam_dir,
-                    "ranges": [[{"subnet": "10.88.7.0/24", "rangeStart": POD_IP,
-                        "rangeEnd": POD_IP, "gateway": "10.88.7.1"}]],
-                    "routes": [{"dst": "0.0.0.0/0"}]}},
-                {"type": "portmap", "capabilities": {"portMappings": true}}
-            ]
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let skiff_conf = json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "plugins": [
+            {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": true,
+             "hairpinMode": true,
+             "ipam": {"type": "host-local", "dataDir": ipam_dir,
+                "ranges": [[{"subnet": "10.88.7.0/24", "rangeStart": POD_IP,
+                    "rangeEnd": POD_IP, "gateway": "10.88.7.1"}]],
+                "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+    .to_string();
     let conf_dir = net_d.display().to_string();
     let mut node = TestNode::with_args(
         &c.server,
@@ -113,6 +109,27 @@ async fn cni_in_node_netns() {
             "--dns=false",
         ],
     );
+    // no usable configuration yet (only one with a missing plugin): Ready=False, as the
+    // kubelet's NetworkReady=false; once it is there the node becomes Ready
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let message = api_common::wait_for("node NotReady", Duration::from_secs(30), || async {
+        let n = nodes.get_opt("n-cni").await.ok().flatten()?;
+        let ready = n
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (ready.status == "False" && ready.reason.as_deref() == Some("KubeletNotReady"))
+            .then_some(ready.message?)
+    })
+    .await;
+    assert!(
+        message.starts_with(
+            "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady"
+        ) && message.contains(&conf_dir),
+        "{message}"
+    );
+    std::fs::write(net_d.join("10-skiff.conflist"), skiff_conf).unwrap();
     wait_node_ready(&c.client, &node).await;
     // hostPorts are on the node's addresses (not loopback): give the namespace one
     let node_addr = "192.168.78.1";

@@ -1034,7 +1034,7 @@ fn e2e_8_vxlan_between_routed_nodes() {
         |c| c.set_pod_network("vxlan", true).unwrap(),
         |e| {
             // each node: the VXLAN device, and pod routes only through it (none via eth0).
-            // A node is Ready before its pod network is up (that waits for the podCIDR).
+            // The device is up before the node is Ready (NetworkReady); waiting costs nothing.
             for n in &e.cluster.nodes {
                 let link = e.wait(&format!("{}'s VXLAN device", n.name), 60, || {
                     n.ns.ip(&["-d", "link", "show", "skiff.1"]).ok()
