@@ -99,12 +99,12 @@ pub async fn run(
     let tls = server::tls_config(&config)?;
     let cfg = std::sync::Arc::new(config);
     let mut shutdown = std::pin::pin!(shutdown);
-    // as the kubelet: until the API server takes the Node, retry (100 ms doubling to 7 s);
-    // a master that starts later, or restarts with its agents, is no reason to exit
     // the kubelet's NetworkReady: a node with a pod network to set up is Ready=False until
     // it is (registration keeps Ready for a node that is Ready already: an agent restart)
     let net = node::network(&cfg.node_name);
     net.set(network::waiting_for(&cfg));
+    // as the kubelet: until the API server takes the Node, retry (100 ms doubling to 7 s);
+    // a master that starts later, or restarts with its agents, is no reason to exit
     let mut delay = std::time::Duration::from_millis(100);
     while let Err(e) = node::register(&client, &cfg).await {
         tracing::warn!(error = %e, retry_in = ?delay, "unable to register the node with the API server");
